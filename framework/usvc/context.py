@@ -1,0 +1,43 @@
+"""The per-request context that egress calls and log lines read.
+
+The server middleware sets it once per request; everything that runs inside
+the handler (including tasks it spawns, which copy the context) sees it
+through a :class:`contextvars.ContextVar` without passing it by hand.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from opentelemetry.trace import Span
+
+from .propagation import Incoming
+
+
+@dataclass(slots=True)
+class RequestContext:
+    incoming: Incoming
+    span: Span
+    trace_id: int
+    span_id: int
+    sampled: bool
+    request_id: str
+    deadline: float  # event-loop time by which every egress call must be done
+    route: str = ""
+
+    @property
+    def trace_id_hex(self) -> str:
+        return f"{self.trace_id:032x}"
+
+    @property
+    def span_id_hex(self) -> str:
+        return f"{self.span_id:016x}"
+
+
+current_request: ContextVar[RequestContext | None] = ContextVar("usvc_request", default=None)
+
+
+def current() -> RequestContext | None:
+    """The context of the request being served, or None outside a request."""
+    return current_request.get()

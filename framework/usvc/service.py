@@ -1,0 +1,347 @@
+"""``usvc.Service``: an aiohttp application with everything a mesh service needs.
+
+The middleware does, once per request and in this order: parse the trace
+headers, start the server span, set the request context (which egress calls
+and log lines read), apply opt-in fault injection, call the handler, map
+upstream failures to problem+json, then record metrics and the access line.
+``/healthz``, ``/readyz`` and ``/metrics`` are served outside it: probes and
+scrapes are not traffic, and would drown the RED metrics and traces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
+
+from . import faults, logs
+from .context import RequestContext, current_request
+from .egress import Egress, UpstreamError
+from .health import Health, ReadinessCheck
+from .metrics import UNMATCHED_ROUTE, Metrics, method_label
+from .propagation import Incoming, Propagator, new_span_id, new_trace_id
+from .settings import Settings
+from .tracing import Tracing, incoming_sampling
+
+log = logging.getLogger("usvc")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SERVICE_KEY = web.AppKey("usvc.service", "Service")
+INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
+PROBLEM_TYPE = "application/problem+json"
+
+try:
+    USVC_VERSION = version("usvc")
+except PackageNotFoundError:  # running from a source tree
+    USVC_VERSION = "0+unknown"
+
+
+def problem(
+    status: int, title: str, detail: str, ctx: RequestContext | None, **extra: Any
+) -> web.Response:
+    """An RFC 9457 problem+json response carrying the trace id."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    body["detail"] = detail
+    body.update(extra)
+    if ctx is not None:
+        body["trace_id"] = ctx.trace_id_hex
+        body["request_id"] = ctx.request_id
+    return web.json_response(body, status=status, content_type=PROBLEM_TYPE)
+
+
+class Service:
+    """A named service: settings, app, egress client, tracing, metrics, health.
+
+    ``Service("front")`` reads its settings from the environment at once and
+    raises :class:`usvc.SettingsError` naming the bad variable, if any.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env(name)
+        self.name = self.settings.service_name
+        self.propagator = Propagator(
+            [f for f in self.settings.otel_propagators if f != "none"],
+            self.settings.passthrough_headers,
+        )
+        self.tracing = tracing or Tracing(self.settings)
+        self.tracer = self.tracing.tracer
+        self.metrics = Metrics(
+            self.name, self.settings.service_version, self.settings.service_env, USVC_VERSION
+        )
+        self.health = Health()
+        self.egress = Egress(self.settings, self.propagator, self.tracer, self.metrics)
+        self.access_log = logs.AccessLog(self.name, self.settings.access_log)
+        self.app = web.Application(middlewares=[self._middleware])
+        self.app[SERVICE_KEY] = self
+        self.app.router.add_get("/healthz", self.health.healthz, allow_head=False)
+        self.app.router.add_get("/readyz", self.health.readyz, allow_head=False)
+        self.app.router.add_get("/metrics", self._metrics, allow_head=False)
+        self.app.cleanup_ctx.append(self._lifetime)
+
+    # -- routes -------------------------------------------------------------
+    def route(self, method: str, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.app.router.add_route(method, path, handler, **kwargs)
+            return handler
+
+        return register
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kwargs)
+
+    def readiness_check(self, check: ReadinessCheck) -> ReadinessCheck:
+        """Register ``async def check() -> bool``; /readyz is 503 while any is False."""
+        self.health.checks.append(check)
+        return check
+
+    # -- lifetime -----------------------------------------------------------
+    async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        await self.egress.start()
+        self.health.started = True
+        yield
+        self.health.started = False
+        await self.egress.close()
+        # Export in a thread: the OTLP/zipkin exporters block on HTTP.
+        await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": Metrics.content_type}
+        )
+
+    # -- the request path ---------------------------------------------------
+    def _deadline(self, request: web.Request, now: float) -> float:
+        budget = self.settings.request_deadline
+        raw = request.headers.get(ENVOY_TIMEOUT_HEADER)
+        if raw is not None and raw.isdigit() and int(raw) > 0:
+            budget = min(budget, int(raw) / 1000)
+        return now + budget
+
+    def _start(self, request: web.Request, incoming: Incoming, route: str) -> RequestContext:
+        method = request.method
+        parent = None
+        if incoming.trace_id is not None and incoming.parent_span_id is not None:
+            flags = TraceFlags(TraceFlags.SAMPLED if incoming.trace_flags & 1 else 0)
+            parent = set_span_in_context(
+                NonRecordingSpan(
+                    SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
+                )
+            )
+        incoming_sampling.set(incoming.sampling)
+        span = self.tracer.start_span(
+            f"{method} {route}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "http.route": route,
+                "url.path": request.path,
+            },
+        )
+        sc = span.get_span_context()
+        if sc.is_valid:
+            trace_id, span_id, sampled = sc.trace_id, sc.span_id, sc.trace_flags.sampled
+        else:  # OTEL_SDK_DISABLED: keep propagating with ids of our own
+            trace_id = incoming.trace_id or new_trace_id()
+            span_id = new_span_id()
+            sampled = incoming.sampling.value in ("1", "d")
+        request_id = incoming.request_id or uuid.uuid4().hex
+        loop_now = asyncio.get_running_loop().time()
+        return RequestContext(
+            incoming=incoming,
+            span=span,
+            trace_id=trace_id,
+            span_id=span_id,
+            sampled=sampled,
+            request_id=request_id,
+            deadline=self._deadline(request, loop_now),
+            route=route,
+        )
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in INTERNAL_PATHS:
+            return await handler(request)
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+        incoming = self.propagator.extract(request.headers)
+        if incoming.problems and log.isEnabledFor(logging.DEBUG):
+            _debug_problems(incoming)
+        ctx = self._start(request, incoming, route)
+        token = current_request.set(ctx)
+        self.health.in_flight += 1
+        self.metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await self._serve(request, handler, ctx)
+            status = response.status
+            response.headers["x-request-id"] = ctx.request_id
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            exc.headers["x-request-id"] = ctx.request_id
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            span = ctx.span
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            self.metrics.in_flight.dec()
+            self.health.in_flight -= 1
+            self.metrics.observe_request(method_label(request.method), route, status, duration)
+            self.access_log.write(request.method, request.path, route, status, duration)
+            current_request.reset(token)
+
+    async def _serve(
+        self, request: web.Request, handler: Handler, ctx: RequestContext
+    ) -> web.StreamResponse:
+        if self.settings.fault_injection:
+            try:
+                if faults.should_fail(request.headers.get(faults.FAULT_HEADER)):
+                    return problem(
+                        500, "Injected fault", "failed on purpose (fault injection)", ctx,
+                        service=self.name,
+                    )
+            except faults.FaultHeaderError as exc:
+                return problem(400, "Bad fault header", str(exc), ctx, service=self.name)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except UpstreamError as exc:
+            title = "Gateway Timeout" if exc.status == 504 else "Bad Gateway"
+            return problem(
+                exc.status,
+                title,
+                f"{self.name} could not get an answer from {exc.upstream}: {exc.detail}",
+                ctx,
+                service=self.name,
+                upstream=exc.upstream,
+                attempts=exc.attempts,
+            )
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, ctx.route)
+            return problem(500, "Internal Server Error", "unexpected error", ctx, service=self.name)
+
+    # -- running ------------------------------------------------------------
+    def run(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, then drain and exit (see :func:`serve`)."""
+        logs.configure(self.name, self.settings.log_level)
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(self, host, port))
+        else:
+            uvloop.run(serve(self, host, port))
+
+
+def _debug_problems(incoming: Incoming) -> None:
+    log.debug("ignored trace headers", extra={"problems": list(incoming.problems)})
+
+
+async def serve(
+    service: Service,
+    host: str | None = None,
+    port: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``service`` until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    Shutdown: /readyz turns 503 at once; new requests are still served for
+    DRAIN_SECONDS (endpoints take a while to notice); then the listener
+    closes, in-flight requests get up to SHUTDOWN_TIMEOUT to finish, the
+    egress session closes and spans are flushed. A second signal skips the
+    drain period.
+    """
+    settings = service.settings
+    stop = stop or asyncio.Event()
+    hurry = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            hurry.set()
+        log.info("received %s, draining", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    runner = web.AppRunner(
+        service.app, access_log=None, shutdown_timeout=settings.shutdown_timeout
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)
+    await site.start()
+    log.info(
+        "serving",
+        extra={
+            "addresses": [f"{a[0]}:{a[1]}" for a in runner.addresses],
+            "version": settings.service_version,
+            "env": settings.service_env,
+        },
+    )
+    # Objects alive now live for the whole run: keep them out of the
+    # collector's generations, which shortens full-collection pauses.
+    gc.collect()
+    gc.freeze()
+    try:
+        await stop.wait()
+        service.health.draining = True
+        if settings.drain_seconds > 0:
+            try:
+                await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        # Closes the listener, waits up to SHUTDOWN_TIMEOUT for in-flight
+        # handlers (aiohttp's graceful shutdown), then runs cleanup_ctx.
+        await runner.cleanup()
+        if service.health.in_flight:
+            log.warning("shutdown timeout cut %d request(s) short", service.health.in_flight)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("stopped")
