@@ -44,15 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif isinstance(target, web.Application):
         web.run_app(target, host=args.host or "127.0.0.1", port=args.port or 8080)
     else:
-        print(f"usvc: {args.target} is neither a usvc.Service nor a web.Application",
-              file=sys.stderr)
+        print(
+            f"usvc: {args.target} is neither a usvc.Service nor a web.Application", file=sys.stderr
+        )
         return 2
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="usvc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="usvc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve a service: usvc run package.module:svc")
     run.add_argument("target", help="module:attribute of a usvc.Service")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None, help="overrides PORT")
     run.set_defaults(func=cmd_run)
     try:
-        from .mesh import cli as mesh_cli
+        mesh_cli = importlib.import_module("usvc.mesh.cli")
     except ImportError:  # the local mesh is optional
         pass
     else:

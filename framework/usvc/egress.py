@@ -43,7 +43,7 @@ from yarl import URL
 
 from .context import RequestContext, current_request
 from .metrics import Metrics, method_label
-from .propagation import Propagator, new_span_id
+from .propagation import EMPTY, Propagator, new_span_id
 from .settings import Settings
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -64,7 +64,9 @@ class UpstreamError(Exception):
 
 def upstream_name(url: URL) -> str:
     host = url.host or "unknown"
-    return host if url.port in (None, 80, 443) or url.explicit_port is None else f"{host}:{url.port}"
+    return (
+        host if url.port in (None, 80, 443) or url.explicit_port is None else f"{host}:{url.port}"
+    )
 
 
 class Egress:
@@ -130,13 +132,21 @@ class Egress:
         return min(random.uniform(0, ceiling), max(remaining, 0.0))
 
     def headers_for(
-        self, ctx: RequestContext | None, span_id: int, given: Mapping[str, str] | None
+        self,
+        ctx: RequestContext | None,
+        span: Span,
+        span_id: int,
+        given: Mapping[str, str] | None,
     ) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(given or {})
+        out: dict[str, str] = {}
         if ctx is not None:
-            out: dict[str, str] = {}
             self.propagator.inject(ctx.incoming, ctx.trace_id, span_id, ctx.sampled, out)
-            headers.update(out)
+        else:  # a call made outside any request starts its own trace
+            sc = span.get_span_context()
+            if sc.is_valid:
+                self.propagator.inject(EMPTY, sc.trace_id, span_id, sc.trace_flags.sampled, out)
+        headers.update(out)
         return headers
 
 
@@ -188,7 +198,7 @@ class EgressCall:
                 response = await egress.session.request(
                     self.method,
                     self.url,
-                    headers=egress.headers_for(ctx, span_id, given_headers),
+                    headers=egress.headers_for(ctx, span, span_id, given_headers),
                     timeout=aiohttp.ClientTimeout(
                         total=per_try, sock_connect=settings.egress_connect_timeout
                     ),
@@ -196,7 +206,7 @@ class EgressCall:
                     allow_redirects=False,
                     **self.kwargs,
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 outcome, status, detail = "timeout", 504, f"no answer within {per_try:.3g}s"
             except _CONNECTION_ERRORS as exc:
                 outcome, status, detail = "connect_error", 502, f"unreachable: {exc}"
@@ -259,4 +269,3 @@ class EgressCall:
         if error is not None:
             span.set_attribute("error.type", error.split(" ", 1)[0])
             span.set_status(Status(StatusCode.ERROR, error))
-

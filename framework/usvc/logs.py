@@ -40,11 +40,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        ctx = current_request.get()
-        if ctx is not None:
-            line["trace_id"] = ctx.trace_id_hex
-            line["span_id"] = ctx.span_id_hex
-            line["request_id"] = ctx.request_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 line[key] = value
@@ -53,10 +48,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, separators=(",", ":"))
 
 
+class ContextFilter(logging.Filter):
+    """Stamps the current request's ids on a record while it is still in context."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "trace_id" not in record.__dict__:
+            ctx = current_request.get()
+            if ctx is not None:
+                record.trace_id = ctx.trace_id_hex
+                record.span_id = ctx.span_id_hex
+                record.request_id = ctx.request_id
+        return True
+
+
 def configure(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send every log record of the process to ``stream`` as JSON lines."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -74,11 +83,19 @@ class AccessLog:
         self.service = service
         self.enabled = enabled
 
-    def write(
-        self, method: str, path: str, route: str, status: int, duration: float
-    ) -> None:
+    def write(self, method: str, path: str, route: str, status: int, duration: float) -> None:
         if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
             return
+        ctx = current_request.get()
+        ids = (
+            {}
+            if ctx is None
+            else {
+                "trace_id": ctx.trace_id_hex,
+                "span_id": ctx.span_id_hex,
+                "request_id": ctx.request_id,
+            }
+        )
         self.logger.info(
             "%s %s %d",
             method,
@@ -90,5 +107,6 @@ class AccessLog:
                 "route": route,
                 "status": status,
                 "duration_ms": round(duration * 1000, 3),
+                **ids,
             },
         )

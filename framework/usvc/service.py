@@ -11,6 +11,7 @@ scrapes are not traffic, and would drown the RED metrics and traces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -36,7 +37,7 @@ from .context import RequestContext, current_request
 from .egress import Egress, UpstreamError
 from .health import Health, ReadinessCheck
 from .metrics import UNMATCHED_ROUTE, Metrics, method_label
-from .propagation import Incoming, Propagator, new_span_id, new_trace_id
+from .propagation import Incoming, Propagator, new_span_id, new_trace_id, with_request_id
 from .settings import Settings
 from .tracing import Tracing, incoming_sampling
 
@@ -44,7 +45,6 @@ log = logging.getLogger("usvc")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-SERVICE_KEY = web.AppKey("usvc.service", "Service")
 INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 PROBLEM_TYPE = "application/problem+json"
@@ -179,7 +179,9 @@ class Service:
             trace_id = incoming.trace_id or new_trace_id()
             span_id = new_span_id()
             sampled = incoming.sampling.value in ("1", "d")
-        request_id = incoming.request_id or uuid.uuid4().hex
+        if incoming.request_id is None:
+            incoming = with_request_id(incoming, uuid.uuid4().hex)
+        request_id = incoming.request_id or ""
         loop_now = asyncio.get_running_loop().time()
         return RequestContext(
             incoming=incoming,
@@ -240,7 +242,10 @@ class Service:
             try:
                 if faults.should_fail(request.headers.get(faults.FAULT_HEADER)):
                     return problem(
-                        500, "Injected fault", "failed on purpose (fault injection)", ctx,
+                        500,
+                        "Injected fault",
+                        "failed on purpose (fault injection)",
+                        ctx,
                         service=self.name,
                     )
             except faults.FaultHeaderError as exc:
@@ -276,6 +281,9 @@ class Service:
             uvloop.run(serve(self, host, port))
 
 
+SERVICE_KEY = web.AppKey("usvc.service", Service)
+
+
 def _debug_problems(incoming: Incoming) -> None:
     log.debug("ignored trace headers", extra={"problems": list(incoming.problems)})
 
@@ -306,13 +314,9 @@ async def serve(
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(signum, on_signal, signum)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
-    runner = web.AppRunner(
-        service.app, access_log=None, shutdown_timeout=settings.shutdown_timeout
-    )
+    runner = web.AppRunner(service.app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)
     await site.start()
@@ -334,7 +338,7 @@ async def serve(
         if settings.drain_seconds > 0:
             try:
                 await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         # Closes the listener, waits up to SHUTDOWN_TIMEOUT for in-flight

@@ -145,7 +145,7 @@ class Env:
         return self.get(name, _number(0.0, high), default)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     service_name: str
     service_version: str = "v1"
@@ -200,9 +200,7 @@ class Settings:
             egress_timeout=env.get("EGRESS_TIMEOUT", positive, cls.egress_timeout),
             request_deadline=env.get("REQUEST_DEADLINE", positive, cls.request_deadline),
             egress_retries=env.get("EGRESS_RETRIES", _integer(0, 10), cls.egress_retries),
-            egress_retry_backoff=env.get(
-                "EGRESS_RETRY_BACKOFF", seconds, cls.egress_retry_backoff
-            ),
+            egress_retry_backoff=env.get("EGRESS_RETRY_BACKOFF", seconds, cls.egress_retry_backoff),
             passthrough_headers=env.get(
                 "PASSTHROUGH_HEADERS", _header_list, cls.passthrough_headers
             ),

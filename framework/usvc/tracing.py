@@ -120,7 +120,9 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
 class Tracing:
     """A tracer provider with this service's resource, sampler and exporter."""
 
-    def __init__(self, settings: Settings, exporter: SpanExporter | None = None) -> None:
+    def __init__(
+        self, settings: Settings, exporter: SpanExporter | None = None, *, batch: bool = True
+    ) -> None:
         self.enabled = not settings.otel_sdk_disabled
         resource = Resource.create(
             {
@@ -135,7 +137,7 @@ class Tracing:
             exporter = build_exporter(settings)
         if exporter is not None:
             processor: SpanProcessor
-            if settings.otel_traces_exporter == "console":
+            if not batch or settings.otel_traces_exporter == "console":
                 processor = SimpleSpanProcessor(exporter)
             else:
                 processor = BatchSpanProcessor(exporter)

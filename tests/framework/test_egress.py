@@ -1,0 +1,255 @@
+"""The egress client: propagation, retries, deadlines and errors that name the hop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import usvc
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from .conftest import Serve, ServiceFactory
+
+Seen = list[dict[str, str]]
+
+
+async def recording_upstream(
+    serve: Serve, behaviour: Callable[[int], Awaitable[web.Response]] | None = None
+) -> tuple[TestServer, Seen]:
+    """A bare aiohttp upstream that records each request's headers."""
+    seen: Seen = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        if behaviour is not None:
+            return await behaviour(len(seen))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return await serve(app), seen
+
+
+def caller(make_service: ServiceFactory, upstream: str, **env: str) -> usvc.Service:
+    svc = make_service("front", UPSTREAM_URI=upstream, **env)
+
+    @svc.route("*", "/call")
+    async def call(request: web.Request) -> web.Response:
+        assert svc.settings.upstream_uri is not None
+        async with svc.egress.request(request.method, svc.settings.upstream_uri) as upstream:
+            return web.Response(status=upstream.status, text=await upstream.text())
+
+    return svc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_trace_context_and_allow_listed_headers_reach_the_upstream(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/"))).app)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(
+            front.make_url("/call"),
+            headers={
+                "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+                "tracestate": "congo=t61rcWkgMzE",
+                "baggage": "userId=alice",
+                "x-dev-user": "betaUser",
+                "x-request-id": "req-1",
+                "authorization": "Bearer secret",
+                "cookie": "session=secret",
+                "x-custom": "nope",
+            },
+        ) as resp,
+    ):
+        assert resp.status == 200
+    (lowered,) = seen
+    assert lowered["traceparent"].startswith(f"00-{trace_id}-")
+    assert not lowered["traceparent"].startswith(f"00-{trace_id}-00f067aa0ba902b7")
+    assert lowered["tracestate"] == "congo=t61rcWkgMzE"
+    assert lowered["baggage"] == "userId=alice"
+    assert lowered["x-dev-user"] == "betaUser"
+    assert lowered["x-request-id"] == "req-1"
+    assert lowered["x-b3-traceid"] == trace_id
+    for leaked in ("authorization", "cookie", "x-custom"):
+        assert leaked not in lowered
+
+
+async def test_the_egress_span_is_a_child_of_the_server_span_and_parent_of_the_upstream(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/"))).app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")):
+        pass
+    by_kind = {span.kind: span for span in spans.get_finished_spans()}
+    server, client_span = by_kind[SpanKind.SERVER], by_kind[SpanKind.CLIENT]
+    assert client_span.parent is not None and client_span.parent.span_id == server.context.span_id
+    assert client_span.context.trace_id == server.context.trace_id
+    sent = seen[0]["traceparent"].split("-")
+    assert int(sent[1], 16) == server.context.trace_id
+    assert int(sent[2], 16) == client_span.context.span_id
+
+
+async def test_idempotent_calls_are_retried_on_503_until_success(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    async def flaky(n: int) -> web.Response:
+        return web.Response(status=503 if n < 3 else 200, text=str(n))
+
+    upstream, seen = await recording_upstream(serve, flaky)
+    front = await serve(caller(make_service, str(upstream.make_url("/")), EGRESS_RETRIES="2").app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        assert resp.status == 200
+        assert await resp.text() == "3"
+    assert len(seen) == 3
+    # each attempt is its own client span: its own span id in traceparent
+    assert len({h["traceparent"] for h in seen}) == 3
+
+
+async def test_post_is_never_retried(make_service: ServiceFactory, serve: Serve) -> None:
+    async def unavailable(n: int) -> web.Response:
+        return web.Response(status=503)
+
+    upstream, seen = await recording_upstream(serve, unavailable)
+    front = await serve(caller(make_service, str(upstream.make_url("/")), EGRESS_RETRIES="3").app)
+    async with aiohttp.ClientSession() as client, client.post(front.make_url("/call")) as resp:
+        assert resp.status == 503
+    assert len(seen) == 1
+
+
+async def test_a_500_is_handed_to_the_handler_not_retried(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    async def broken(n: int) -> web.Response:
+        return web.Response(status=500, text="bad")
+
+    upstream, seen = await recording_upstream(serve, broken)
+    front = await serve(caller(make_service, str(upstream.make_url("/")), EGRESS_RETRIES="3").app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        assert resp.status == 500
+        assert await resp.text() == "bad"
+    assert len(seen) == 1
+
+
+async def test_an_unreachable_upstream_is_a_fast_502_naming_it(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    port = free_port()
+    front = await serve(caller(make_service, f"http://127.0.0.1:{port}/", EGRESS_RETRIES="2").app)
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        body = await resp.json(content_type=None)
+        assert resp.status == 502
+        assert resp.content_type == "application/problem+json"
+    assert time.monotonic() - started < 2.0
+    assert body["upstream"] == f"127.0.0.1:{port}"
+    assert body["service"] == "front"
+    assert body["attempts"] == 3
+    assert f"127.0.0.1:{port}" in body["detail"]
+    assert len(body["trace_id"]) == 32
+
+
+async def test_a_slow_upstream_is_a_504_within_the_request_deadline(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    async def slow(n: int) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    upstream, _ = await recording_upstream(serve, slow)
+    front = await serve(
+        caller(
+            make_service,
+            str(upstream.make_url("/")),
+            REQUEST_DEADLINE="0.6",
+            EGRESS_TIMEOUT="0.25",
+            EGRESS_RETRIES="5",
+        ).app
+    )
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        body = await resp.json(content_type=None)
+        assert resp.status == 504
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.0, elapsed  # retried until the deadline, not past it
+    assert body["title"] == "Gateway Timeout"
+    assert body["upstream"].startswith("127.0.0.1:")
+
+
+async def test_envoys_expected_timeout_header_shortens_the_deadline(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    async def slow(n: int) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    upstream, _ = await recording_upstream(serve, slow)
+    front = await serve(
+        caller(make_service, str(upstream.make_url("/")), REQUEST_DEADLINE="10").app
+    )
+    started = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(
+            front.make_url("/call"), headers={"x-envoy-expected-rq-timeout-ms": "300"}
+        ) as resp,
+    ):
+        assert resp.status == 504
+    assert time.monotonic() - started < 1.0
+
+
+async def test_egress_metrics_count_calls_by_upstream_and_outcome(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    async def flaky(n: int) -> web.Response:
+        return web.Response(status=503 if n == 1 else 200)
+
+    upstream, _ = await recording_upstream(serve, flaky)
+    svc = caller(make_service, str(upstream.make_url("/")), EGRESS_RETRIES="1")
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/call")):
+            pass
+        async with client.get(front.make_url("/metrics")) as resp:
+            text = await resp.text()
+    host = f"127.0.0.1:{upstream.port}"
+    assert f'http_client_requests_total{{method="GET",outcome="503",upstream="{host}"}} 1.0' in text
+    assert f'http_client_requests_total{{method="GET",outcome="200",upstream="{host}"}} 1.0' in text
+
+
+async def test_egress_outside_a_request_starts_a_trace_of_its_own(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    svc = make_service()
+    await serve(svc.app)  # starts the egress session
+    async with svc.egress.get(upstream.make_url("/")) as resp:
+        assert resp.status == 200
+    (span,) = spans.get_finished_spans()
+    assert span.parent is None
+    assert seen[0]["traceparent"].split("-")[1] == f"{span.context.trace_id:032x}"
+
+
+async def test_a_generated_request_id_is_forwarded_and_returned(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/"))).app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        returned = resp.headers["x-request-id"]
+    assert seen[0]["x-request-id"] == returned
