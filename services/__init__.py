@@ -1,0 +1,1 @@
+"""The usvc demo chain: front -> middle -> core -> clock (or worldtimeapi)."""

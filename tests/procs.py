@@ -1,0 +1,87 @@
+"""Real service processes on loopback ports for tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=0.5) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    name: str,
+    module: str,
+    env: dict[str, str],
+    log_dir: Path,
+    ready_path: str = "/readyz",
+    port: int | None = None,
+) -> Proc:
+    port = port or free_port()
+    log = log_dir / f"{name}.log"
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "OTEL_TRACES_EXPORTER": "none",
+        "DRAIN_SECONDS": "0",
+        **env,
+    }
+    if module.endswith(":app") or ":" not in module:
+        argv = [sys.executable, "-m", module.split(":")[0]]
+    else:
+        argv = [sys.executable, "-m", "usvc", "run", module]
+    with log.open("a") as out:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
+    proc = Proc(name, port, process, log)
+    deadline = time.monotonic() + 20
+    while not http_ok(proc.url + ready_path):
+        if process.poll() is not None or time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc

@@ -1,0 +1,173 @@
+"""The four demo services wired straight to each other (no mesh): replies and failures."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.procs import Proc, free_port, start
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with OPENER.open(request, timeout=10) as resp:
+            return resp.status, resp.headers.get_content_type(), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]:
+    logs = tmp_path_factory.mktemp("logs")
+    procs: dict[str, Proc] = {}
+    try:
+        procs["worldtime"] = start(
+            "worldtime", "services.worldtime.app", {}, logs, ready_path="/api/timezone/Etc/UTC"
+        )
+        procs["clock"] = start(
+            "clock",
+            "services.clock.app:svc",
+            {"SERVICE_NAME": "clock", "SERVICE_ENV": "prod"},
+            logs,
+        )
+        clock = procs["clock"].url + "/"
+        procs["core-test"] = start(
+            "core-test",
+            "services.core.app:svc",
+            {"SERVICE_ENV": "test", "SERVICE_VERSION": "v2", "UPSTREAM_URI": clock},
+            logs,
+        )
+        procs["core-prod"] = start(
+            "core-prod",
+            "services.core.app:svc",
+            {
+                "SERVICE_ENV": "prod",
+                "UPSTREAM_URI": procs["worldtime"].url + "/api/timezone/Asia/Jakarta",
+                "FALLBACK_URI": clock,
+            },
+            logs,
+        )
+        dead = free_port()
+        procs["core-offline"] = start(
+            "core-offline",
+            "services.core.app:svc",
+            {
+                "SERVICE_ENV": "prod",
+                "UPSTREAM_URI": f"http://127.0.0.1:{dead}/api/timezone/Asia/Jakarta",
+                "FALLBACK_URI": clock,
+            },
+            logs,
+        )
+        procs["core-nofallback"] = start(
+            "core-nofallback",
+            "services.core.app:svc",
+            {
+                "SERVICE_ENV": "prod",
+                "UPSTREAM_URI": f"http://127.0.0.1:{dead}/api/timezone/Asia/Jakarta",
+            },
+            logs,
+        )
+        procs["middle"] = start(
+            "middle",
+            "services.middle.app:svc",
+            {
+                "SERVICE_ENV": "canary",
+                "SERVICE_VERSION": "v2",
+                "UPSTREAM_URI": procs["core-test"].url + "/",
+            },
+            logs,
+        )
+        procs["front"] = start(
+            "front", "services.front.app:svc", {"UPSTREAM_URI": procs["middle"].url + "/"}, logs
+        )
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def test_plain_text_reply_shows_one_line_per_hop_with_its_time(chain: dict[str, Proc]) -> None:
+    status, ctype, body = get(chain["front"].url + "/")
+    assert status == 200 and ctype == "text/plain"
+    lines = body.splitlines()
+    assert lines[0].startswith("took (") and "front v1 (dev)" in lines[0]
+    assert lines[0].endswith(f"--> {chain['middle'].url}/")
+    assert lines[1].startswith("  took (") and "middle v2 (canary)" in lines[1]
+    assert lines[2].startswith("    took (") and "core v2 (test)" in lines[2]
+    assert lines[3].startswith("      took (") and "clock v1 (prod)" in lines[3]
+    assert lines[4].strip().startswith("clock: 20")
+
+
+def test_json_reply_nests_each_hop_and_carries_one_trace_id(chain: dict[str, Proc]) -> None:
+    status, ctype, body = get(chain["front"].url + "/", accept="application/json")
+    assert status == 200 and ctype == "application/json"
+    reply = json.loads(body)
+    hops = []
+    node = reply
+    while isinstance(node, dict) and "service" in node:
+        hops.append(node)
+        node = node.get("upstream")
+    assert [h["service"] for h in hops] == ["front", "middle", "core", "clock"]
+    assert len({h["trace_id"] for h in hops}) == 1
+    # each hop's time includes the hops beneath it
+    took = [h["took_ms"] for h in hops]
+    assert took == sorted(took, reverse=True)
+
+
+def test_hello_answers_hello_world(chain: dict[str, Proc]) -> None:
+    for name in ("front", "middle", "core-test", "clock"):
+        status, _, body = get(chain[name].url + "/hello")
+        assert (status, json.loads(body)) == (200, {"hello": "world!"})
+
+
+def test_core_prod_reads_worldtimeapi_json(chain: dict[str, Proc]) -> None:
+    status, _, body = get(chain["core-prod"].url + "/", accept="application/json")
+    reply = json.loads(body)
+    assert status == 200
+    assert reply["worldtime"]["timezone"] == "Asia/Jakarta"
+    assert reply["worldtime"]["utc_offset"] == "+07:00"
+    assert reply["upstream"].startswith("worldtimeapi: ")
+    assert "fallback" not in reply
+
+
+def test_core_prod_falls_back_to_clock_and_says_so(chain: dict[str, Proc]) -> None:
+    status, _, body = get(chain["core-offline"].url + "/")
+    assert status == 200
+    assert "note: 127.0.0.1 unreachable" in body
+    assert "(fallback)" in body
+    assert "clock v1 (prod)" in body
+
+
+def test_core_prod_without_fallback_is_a_502_naming_the_time_api(chain: dict[str, Proc]) -> None:
+    status, ctype, body = get(chain["core-nofallback"].url + "/")
+    problem = json.loads(body)
+    assert status == 502 and ctype == "application/problem+json"
+    assert problem["service"] == "core"
+    assert problem["upstream"] == "127.0.0.1"
+
+
+def test_worldtime_stand_in_speaks_the_real_apis_format(chain: dict[str, Proc]) -> None:
+    status, _, body = get(chain["worldtime"].url + "/api/timezone/Asia/Jakarta")
+    reply = json.loads(body)
+    assert status == 200
+    assert set(reply) >= {
+        "datetime",
+        "timezone",
+        "utc_offset",
+        "unixtime",
+        "abbreviation",
+        "day_of_week",
+        "day_of_year",
+        "week_number",
+        "raw_offset",
+        "dst",
+    }
+    assert reply["datetime"].endswith("+07:00")
+    status, _, body = get(chain["worldtime"].url + "/api/timezone/Mars/Olympus")
+    assert (status, json.loads(body)) == (404, {"error": "unknown location"})
