@@ -172,6 +172,8 @@ class Settings:
     otel_traces_exporter: str = "otlp"
     otel_exporter_otlp_endpoint: str = "http://127.0.0.1:4318"
     otel_exporter_zipkin_endpoint: str = "http://127.0.0.1:9411/api/v2/spans"
+    # The spec's default is 10 s; shorter, so an absent collector can't hold up a shutdown.
+    otel_exporter_timeout: float = 2.0
     otel_propagators: tuple[str, ...] = ("tracecontext", "baggage", "b3multi")
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -223,6 +225,9 @@ class Settings:
             ),
             otel_exporter_zipkin_endpoint=env.get(
                 "OTEL_EXPORTER_ZIPKIN_ENDPOINT", _url, cls.otel_exporter_zipkin_endpoint
+            ),
+            otel_exporter_timeout=env.get(
+                "OTEL_EXPORTER_OTLP_TIMEOUT", positive, cls.otel_exporter_timeout
             ),
             otel_propagators=env.get(
                 "OTEL_PROPAGATORS", _choice_list(PROPAGATOR_NAMES), cls.otel_propagators

@@ -108,13 +108,16 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
     if name == "zipkin":
         from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
-        return ZipkinExporter(endpoint=settings.otel_exporter_zipkin_endpoint)
+        return ZipkinExporter(
+            endpoint=settings.otel_exporter_zipkin_endpoint,
+            timeout=int(max(settings.otel_exporter_timeout, 1)),
+        )
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/")
     if not endpoint.endswith("/v1/traces"):
         endpoint += "/v1/traces"
-    return OTLPSpanExporter(endpoint=endpoint)
+    return OTLPSpanExporter(endpoint=endpoint, timeout=settings.otel_exporter_timeout)
 
 
 class Tracing:
