@@ -336,10 +336,8 @@ async def serve(
         await stop.wait()
         service.health.draining = True
         if settings.drain_seconds > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
-            except TimeoutError:
-                pass
     finally:
         # Closes the listener, waits up to SHUTDOWN_TIMEOUT for in-flight
         # handlers (aiohttp's graceful shutdown), then runs cleanup_ctx.
