@@ -141,7 +141,9 @@ class Egress:
         headers: CIMultiDict[str] = CIMultiDict(given or {})
         out: dict[str, str] = {}
         if ctx is not None:
-            self.propagator.inject(ctx.incoming, ctx.trace_id, span_id, ctx.sampled, out)
+            self.propagator.inject(
+                ctx.incoming, ctx.trace_id, span_id, ctx.sampled, out, parent_span_id=ctx.span_id
+            )
         else:  # a call made outside any request starts its own trace
             sc = span.get_span_context()
             if sc.is_valid:

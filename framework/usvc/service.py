@@ -96,7 +96,10 @@ class Service:
         self.health = Health()
         self.egress = Egress(self.settings, self.propagator, self.tracer, self.metrics)
         self.access_log = logs.AccessLog(self.name, self.settings.access_log)
-        self.app = web.Application(middlewares=[self._middleware])
+        # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
+        self.app = web.Application(
+            middlewares=[self._middleware], handler_args={"max_field_size": 16384}
+        )
         self.app[SERVICE_KEY] = self
         self.app.router.add_get("/healthz", self.health.healthz, allow_head=False)
         self.app.router.add_get("/readyz", self.health.readyz, allow_head=False)

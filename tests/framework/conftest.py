@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import usvc
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import usvc
 from usvc.tracing import Tracing
 
 ServiceFactory = Callable[..., usvc.Service]

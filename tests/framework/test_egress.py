@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import usvc
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+import usvc
 
 from .conftest import Serve, ServiceFactory
 
@@ -253,3 +254,17 @@ async def test_a_generated_request_id_is_forwarded_and_returned(
     async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
         returned = resp.headers["x-request-id"]
     assert seen[0]["x-request-id"] == returned
+
+
+async def test_a_baggage_header_at_the_specs_8192_byte_limit_is_accepted_and_forwarded(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/"))).app)
+    members = [f"k{i:03d}={'v' * 120}" for i in range(64)]
+    baggage = ",".join(members)[:8192].rsplit(",", 1)[0]
+    assert len(baggage) > 7900
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/call"), headers={"baggage": baggage}) as resp:
+            assert resp.status == 200
+    assert seen[0]["baggage"] == baggage

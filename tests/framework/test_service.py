@@ -7,10 +7,11 @@ import logging
 
 import aiohttp
 import pytest
-import usvc
 from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+import usvc
 from usvc.logs import JsonFormatter
 
 from .conftest import Serve, ServiceFactory
