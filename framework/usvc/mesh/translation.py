@@ -1,0 +1,369 @@
+"""Istio objects -> the Envoy route configurations and clusters of the local mesh.
+
+:func:`translate` is pure: Kubernetes/Istio objects (dicts as loaded by
+``yaml.safe_load_all``) and the local addresses of workloads in, a
+:class:`Translation` out. Kinds read:
+
+- ``Deployment`` (and ``StatefulSet``/``DaemonSet``): pod template labels.
+- ``Service`` (v1): selector and ports; every short and long name of a Service
+  reaches it (``middleware-svc``, ``.NS``, ``.NS.svc``, ``.NS.svc.cluster.local``).
+- ``Gateway``, ``VirtualService``, ``DestinationRule``, ``ServiceEntry``
+  (``networking.istio.io`` v1, v1beta1 or v1alpha3).
+
+Every other kind (ServiceAccount, PodDisruptionBudget, PeerAuthentication,
+AuthorizationPolicy, Telemetry, ...) is ignored: identity, mTLS, authorization
+and telemetry settings are cluster-only concerns that do not change where a
+request goes. Within the kinds read, any field the local mesh cannot honour, or
+that Istio does not define, raises :class:`~usvc.mesh.spec.UnsupportedField`.
+
+The result has two route configurations. ``outbound`` stands in for every
+sidecar: one virtual host per HTTP port of every Service and ServiceEntry
+(routes from the VirtualServices bound to ``mesh``, else istiod's default
+route), one CONNECT tunnel per non-HTTP port, and a catch-all answering 502 for
+hosts the registry does not know (Istio's REGISTRY_ONLY). ``gateway`` stands in
+for the ingress gateway: the VirtualServices bound to Gateway objects, on the
+hosts their servers accept. All Gateways share the one local gateway listener,
+so their HTTP servers must agree on one port number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clusters import build_clusters, cluster_name, read_destination_rules
+from .registry import HTTP_PROTOCOLS, MeshHost, Port, Registry, build_registry
+from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service
+from .spec import Spec, UnsupportedField, metadata_name, metadata_namespace
+
+GATEWAY_ROUTES = "gateway"
+OUTBOUND_ROUTES = "outbound"
+ISTIO_VERSIONS = frozenset(
+    {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
+)
+ISTIO_KINDS = frozenset({"Gateway", "VirtualService", "DestinationRule", "ServiceEntry"})
+_NO_ROUTE_BODY = "local mesh: no Service or ServiceEntry has this host (REGISTRY_ONLY)\n"
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What one set of Istio objects means to the local Envoy.
+
+    ``gateway_routes`` and ``outbound_routes`` are Envoy v3
+    RouteConfigurations (named ``gateway`` and ``outbound``), ``clusters`` are
+    Envoy v3 Clusters, all as plain JSON-ready dicts. ``warnings`` lists
+    things istiod would accept but that probably are mistakes (a subset that
+    selects no workload).
+    """
+
+    gateway_routes: dict[str, Any]
+    outbound_routes: dict[str, Any]
+    clusters: tuple[dict[str, Any], ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def cluster(self, name: str) -> dict[str, Any]:
+        for cluster in self.clusters:
+            if cluster["name"] == name:
+                return cluster
+        raise KeyError(name)
+
+    def virtual_host(self, routes: str, domain: str) -> dict[str, Any]:
+        """The virtual host of route configuration ``routes`` that serves ``domain``."""
+        config = self.gateway_routes if routes == GATEWAY_ROUTES else self.outbound_routes
+        for virtual_host in config["virtual_hosts"]:
+            if domain in virtual_host["domains"]:
+                return dict(virtual_host)
+        raise KeyError(f"{routes}: no virtual host for {domain}")
+
+
+@dataclass(frozen=True)
+class _Server:
+    hosts: tuple[str, ...]
+    port: int
+
+
+@dataclass(frozen=True)
+class _Gateway:
+    key: str
+    where: str
+    servers: tuple[_Server, ...]
+
+
+def translate(
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    endpoints: Mapping[str, tuple[str, int]],
+    externals: Mapping[str, tuple[str, int]] | None = None,
+    namespace: str = "default",
+) -> Translation:
+    """Translate Kubernetes + Istio objects for the local mesh.
+
+    ``endpoints`` maps each Deployment name to the ``(host, port)`` its local
+    process listens on; a Deployment without an entry has no running
+    endpoint. ``externals`` maps a ServiceEntry host (or ``host:port``) to a
+    local stand-in address; other ServiceEntry hosts resolve by DNS.
+    ``namespace`` is where objects without ``metadata.namespace`` live; the
+    outbound listener accepts a Service's bare short name when only one
+    namespace has a Service of that name, else for ``namespace``'s.
+    """
+    objects = [obj for obj in objects if obj]
+    for obj in objects:
+        _check_kind(obj)
+    registry = build_registry(
+        objects, endpoints=endpoints, externals=externals or {}, namespace=namespace
+    )
+    gateways = _read_gateways(objects, namespace)
+    rules = read_destination_rules(objects, registry, namespace)
+    services = [
+        read_virtual_service(
+            obj, metadata_name(obj), metadata_namespace(obj, namespace), set(gateways)
+        )
+        for obj in objects
+        if obj.get("kind") == "VirtualService"
+    ]
+    builder = RouteBuilder(registry, rules)
+    for vs in services:
+        builder.routes(vs, port=None, gateway=None)
+    clusters, warnings = build_clusters(registry, rules)
+    return Translation(
+        gateway_routes=_route_config(
+            GATEWAY_ROUTES, _gateway_hosts(services, gateways, registry, builder)
+        ),
+        outbound_routes=_route_config(
+            OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder)
+        ),
+        clusters=tuple(clusters),
+        warnings=tuple(warnings),
+    )
+
+
+def _check_kind(obj: Mapping[str, Any]) -> None:
+    kind = obj.get("kind")
+    api_version = str(obj.get("apiVersion", ""))
+    if (
+        kind in ISTIO_KINDS
+        and api_version.startswith("networking.istio.io/")
+        and api_version not in ISTIO_VERSIONS
+    ):
+        raise ValueError(
+            f"{kind} {metadata_name(obj)}: apiVersion {api_version} is not one the local mesh reads"
+        )
+
+
+def _route_config(name: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, str] = {}
+    for virtual_host in virtual_hosts:
+        for domain in virtual_host["domains"]:
+            if domain in seen:
+                raise ValueError(
+                    f"{name} routes: domain {domain} is claimed by both "
+                    f"{seen[domain]} and {virtual_host['name']}"
+                )
+            seen[domain] = virtual_host["name"]
+    # RDS must accept routes to clusters CDS is still warming; validate()
+    # checks the references statically instead.
+    return {"name": name, "virtual_hosts": virtual_hosts, "validate_clusters": False}
+
+
+# -- outbound (the sidecars) -----------------------------------------------------
+
+
+def _outbound_hosts(
+    services: Sequence[VirtualService], registry: Registry, builder: RouteBuilder
+) -> list[dict[str, Any]]:
+    bound: dict[str, VirtualService] = {}
+    for vs in services:
+        if MESH not in vs.gateways:
+            continue
+        for index, name in enumerate(vs.hosts):
+            host = registry.resolve(name, vs.namespace)
+            if host is None:
+                if "*" in name:
+                    raise vs.spec.unsupported(f"hosts[{index}]", repr(name), "wildcard mesh hosts")
+                raise vs.spec.error(f"hosts[{index}]", f"{name!r} names no Service or ServiceEntry")
+            if host.fqdn in bound:
+                raise ValueError(
+                    f"{vs.where}: hosts[{index}] {name!r} is already routed by "
+                    f"{bound[host.fqdn].where}"
+                )
+            bound[host.fqdn] = vs
+    virtual_hosts = []
+    for host in registry.hosts:
+        bare_port = _bare_port(host)
+        for port in host.ports:
+            if not port.is_http:
+                virtual_hosts.append(_tunnel(host, port))
+                continue
+            routed = bound.get(host.fqdn)
+            routes = builder.routes(routed, port=port.number, gateway=MESH) if routed else []
+            domains = [f"{name}:{port.number}" for name in host.names]
+            if port.number == bare_port:
+                domains = [*host.names, *domains]
+            virtual_hosts.append(
+                {
+                    "name": f"{host.fqdn}:{port.number}",
+                    "domains": domains,
+                    "routes": routes or [builder.default_route(host, port.number)],
+                    "include_request_attempt_count": True,
+                }
+            )
+    virtual_hosts.append(
+        {
+            "name": "block_all",
+            "domains": ["*"],
+            "routes": [
+                {
+                    "name": "block_all",
+                    "match": {"prefix": "/"},
+                    "direct_response": {"status": 502, "body": {"inline_string": _NO_ROUTE_BODY}},
+                }
+            ],
+        }
+    )
+    return virtual_hosts
+
+
+def _bare_port(host: MeshHost) -> int | None:
+    """The port a request without one (``Host: middleware-svc``) goes to."""
+    http_ports = [port.number for port in host.ports if port.is_http]
+    if 80 in http_ports:
+        return 80
+    # A lone port is unambiguous; Kubernetes would need :PORT, locally it is a convenience.
+    return http_ports[0] if len(http_ports) == 1 else None
+
+
+def _tunnel(host: MeshHost, port: Port) -> dict[str, Any]:
+    """A non-HTTP port: the client's proxy CONNECTs, Envoy tunnels the bytes."""
+    return {
+        "name": f"{host.fqdn}:{port.number}",
+        "domains": [f"{name}:{port.number}" for name in host.names],
+        "routes": [
+            {
+                "name": "tunnel",
+                "match": {"connect_matcher": {}},
+                "route": {
+                    "cluster": cluster_name(port.number, "", host.fqdn),
+                    "timeout": "0s",
+                    "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+                },
+            }
+        ],
+    }
+
+
+# -- the ingress gateway ----------------------------------------------------------
+
+
+def _read_gateways(objects: Sequence[Mapping[str, Any]], namespace: str) -> dict[str, _Gateway]:
+    gateways: dict[str, _Gateway] = {}
+    ports: dict[int, str] = {}
+    for obj in objects:
+        if obj.get("kind") != "Gateway":
+            continue
+        name = metadata_name(obj)
+        where = f"Gateway {name}"
+        spec = Spec.of(where, "", obj.get("spec") or {})
+        # selector picks the gateway pods in a cluster; locally there is one gateway.
+        spec.only("Gateway", {"selector", "servers"})
+        servers = []
+        for server in spec.children("servers"):
+            server.only("Server", {"port", "hosts", "name"}, {"tls", "bind", "defaultEndpoint"})
+            port = server.child("port")
+            if port is None:
+                raise server.error("port", "is required")
+            port.only("Port", {"number", "protocol", "name", "targetPort"})
+            number = port.integer("number", minimum=1)
+            if number is None:
+                raise port.error("number", "is required")
+            protocol = (port.text("protocol") or "").upper()
+            if protocol not in HTTP_PROTOCOLS:
+                raise port.unsupported("protocol", protocol or "(none)", "HTTP only")
+            for other, owner in ports.items():
+                if other != number:
+                    raise UnsupportedField(
+                        f"{where}: {port.at('number')} {number}: the local mesh has one "
+                        f"gateway listener and {owner} already puts it on port {other}"
+                    )
+            ports.setdefault(number, where)
+            hosts = tuple(host.split("/", 1)[-1] for host in server.strings("hosts"))
+            if not hosts:
+                raise server.error("hosts", "is required")
+            servers.append(_Server(hosts, number))
+        key = f"{metadata_namespace(obj, namespace)}/{name}"
+        gateways[key] = _Gateway(key, where, tuple(servers))
+    return gateways
+
+
+def _host_covers(pattern: str, host: str) -> bool:
+    if pattern == "*" or pattern == host:
+        return True
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        return host.endswith(suffix) and (not host.startswith("*.") or len(host) > len(pattern))
+    return False
+
+
+def _intersect(server_host: str, vs_host: str) -> str | None:
+    if _host_covers(server_host, vs_host):
+        return vs_host
+    if _host_covers(vs_host, server_host):
+        return server_host
+    return None
+
+
+def _gateway_hosts(
+    services: Sequence[VirtualService],
+    gateways: Mapping[str, _Gateway],
+    registry: Registry,
+    builder: RouteBuilder,
+) -> list[dict[str, Any]]:
+    by_host: dict[str, dict[str, Any]] = {}
+    contributors: dict[str, int] = {}
+    for vs in services:
+        for key in vs.gateways:
+            if key == MESH:
+                continue
+            gateway = gateways[key]
+            for index, vs_host in enumerate(vs.hosts):
+                matched = False
+                for server in gateway.servers:
+                    for server_host in server.hosts:
+                        effective = _intersect(server_host, vs_host)
+                        if effective is None:
+                            continue
+                        matched = True
+                        domains, name = _gateway_domains(effective, registry, vs.namespace)
+                        entry = by_host.setdefault(
+                            name, {"name": name, "domains": domains, "routes": []}
+                        )
+                        entry["routes"].extend(builder.routes(vs, port=server.port, gateway=key))
+                        contributors[name] = contributors.get(name, 0) + 1
+                if not matched:
+                    raise ValueError(
+                        f"{vs.where}: hosts[{index}] {vs_host!r} matches no host of {gateway.where}"
+                    )
+    for name, entry in by_host.items():
+        if contributors[name] > 1:
+            # istiod moves catch-all routes of merged VirtualServices last.
+            entry["routes"].sort(key=lambda route: _catch_all(route))
+        entry["include_request_attempt_count"] = True
+    return list(by_host.values())
+
+
+def _catch_all(route: Mapping[str, Any]) -> bool:
+    match = route["match"]
+    return (
+        match.get("prefix") == "/"
+        and not match.get("headers")
+        and not match.get("query_parameters")
+    )
+
+
+def _gateway_domains(host: str, registry: Registry, namespace: str) -> tuple[list[str], str]:
+    if "*" in host:
+        return [host], host
+    resolved = registry.resolve(host, namespace)
+    names = resolved.names if resolved else (host,)
+    # "host:*" lets clients put any port in Host (curl localhost:8080).
+    return [*names, *(f"{name}:*" for name in names)], resolved.fqdn if resolved else host
