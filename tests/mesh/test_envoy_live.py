@@ -461,6 +461,26 @@ async def test_spans_reach_the_zipkin_collector_with_the_trace_the_backend_saw(
     assert results[0][1]["headers"]["x-b3-traceid"] in reported
 
 
+async def test_with_w3c_the_proxy_continues_a_traceparent_and_writes_both_formats(
+    mesh: Mesh, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    traced = start_envoy(tmp_path, mesh.translate(), w3c=True)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        _, body = await call(
+            session,
+            "http://echo-svc/",
+            proxy=traced.proxy_url,
+            traceparent=f"00-{trace}-00f067aa0ba902b7-01",
+        )
+    finally:
+        stop_envoy(traced)
+    headers = body["headers"]
+    assert headers["x-b3-traceid"] == trace
+    assert headers["traceparent"].split("-")[1] == trace
+    assert headers["traceparent"].split("-")[2] != "00f067aa0ba902b7"
+
+
 def test_the_access_log_has_one_json_line_per_request(envoy: Envoy, mesh: Mesh) -> None:
     envoy.apply(mesh.translate())
     absolute_form_get(envoy.ports.outbound, "relay-svc", "/logged")

@@ -987,6 +987,13 @@ def test_listeners_generate_request_ids_and_trace_with_zipkin_like_istio_sidecar
     assert zipkin["collector_endpoint"] == "/api/v2/spans"
 
 
+def test_w3c_adds_traceparent_to_the_b3_headers_envoy_reads_and_writes() -> None:
+    plain = hcm(tr.bootstrap(CONFIG_DIR, PORTS), "outbound")["tracing"]["provider"]["typed_config"]
+    both = hcm(tr.bootstrap(CONFIG_DIR, PORTS, w3c=True), "outbound")["tracing"]["provider"]
+    assert "trace_context_option" not in plain
+    assert both["typed_config"]["trace_context_option"] == "USE_B3_WITH_W3C_PROPAGATION"
+
+
 def test_without_a_collector_spans_go_to_a_cluster_with_no_endpoints() -> None:
     (collector,) = tr.bootstrap(CONFIG_DIR, PORTS)["static_resources"]["clusters"]
     assert collector["name"] == "zipkin"

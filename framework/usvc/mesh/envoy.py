@@ -121,12 +121,15 @@ def bootstrap(
     zipkin: tuple[str, int] | None = None,
     access_log: Path | None = None,
     sampling: float = 100.0,
+    w3c: bool = False,
     node_id: str = "usvc-local-mesh",
 ) -> dict[str, Any]:
     """The static Envoy bootstrap that reads routes and clusters from ``config_dir``.
 
     Tracing is Istio's: the Zipkin tracer with 128-bit trace ids and B3
-    headers, sampling ``sampling`` percent. Without ``zipkin`` the spans go to
+    headers, sampling ``sampling`` percent; ``w3c`` also reads ``traceparent``
+    when a request has no B3 headers and writes both (Istio's sidecars write B3
+    only). Without ``zipkin`` the spans go to
     a collector cluster with no endpoints, so Envoy still propagates B3 to the
     workloads but reports nothing. The access log is one JSON object per
     request, to ``access_log`` or else to Envoy's stdout.
@@ -143,20 +146,20 @@ def bootstrap(
             "endpoints": [{"lb_endpoints": [_lb_endpoint(*zipkin)]}] if zipkin else [],
         },
     }
+    zipkin_config: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": ZIPKIN_CLUSTER,
+        "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON",
+        "collector_hostname": zipkin[0] if zipkin else ZIPKIN_CLUSTER,
+        "trace_id_128bit": True,
+        "shared_span_context": False,
+    }
+    if w3c:
+        zipkin_config["trace_context_option"] = "USE_B3_WITH_W3C_PROPAGATION"
     tracing = {
         "random_sampling": {"value": sampling},
-        "provider": {
-            "name": "envoy.tracers.zipkin",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-                "collector_cluster": ZIPKIN_CLUSTER,
-                "collector_endpoint": "/api/v2/spans",
-                "collector_endpoint_version": "HTTP_JSON",
-                "collector_hostname": zipkin[0] if zipkin else ZIPKIN_CLUSTER,
-                "trace_id_128bit": True,
-                "shared_span_context": False,
-            },
-        },
+        "provider": {"name": "envoy.tracers.zipkin", "typed_config": zipkin_config},
     }
     log = _access_log(access_log)
     return {
