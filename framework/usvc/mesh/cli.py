@@ -1,0 +1,147 @@
+"""``usvc up`` and ``usvc mesh …``: the local mesh from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .local import SCENARIOS, Layout, LocalMesh, MeshError
+
+
+def default_run_dir(root: Path) -> Path:
+    return root / ".run" / "mesh"
+
+
+def parse_env_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for item in items:
+        workload, sep, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not sep or not eq or not workload or not key:
+            raise SystemExit(f"usvc up: --env {item!r} is not WORKLOAD:NAME=VALUE")
+        overrides.setdefault(workload, {})[key] = value
+    return overrides
+
+
+def parse_gateway(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    host, port = args.gateway
+    mesh = LocalMesh(
+        Layout(root),
+        scenario=args.scenario,
+        gateway_host=host,
+        gateway_port=port,
+        run_dir=Path(args.run_dir) if args.run_dir else default_run_dir(root),
+        env_overrides=parse_env_overrides(args.env or []),
+        base_env={k: v for k, v in _inherited_env().items()},
+    )
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        took = mesh.start()
+    except MeshError as exc:
+        print(f"usvc up: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'workload':<24} {'listens on':<24} labels")
+    for name, url, labels in mesh.describe():
+        print(f"{name:<24} {url:<24} {labels}")
+    assert mesh.ports is not None
+    gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
+    print(f"envoy admin: http://127.0.0.1:{mesh.ports.admin}/   logs: {mesh.run_dir}")
+    print(f"scenario {mesh.scenario}; switch with: usvc mesh use <{'|'.join(SCENARIOS)}>")
+    print(f"ready in {took:.1f}s: curl {gateway}   (or -H 'x-dev-user: betaUser')", flush=True)
+    reported: set[str] = set()
+    try:
+        while not stopping:
+            time.sleep(0.25)
+            for workload in mesh.workloads.values():
+                if not workload.running() and workload.name not in reported:
+                    reported.add(workload.name)
+                    code = workload.process.returncode if workload.process else "?"
+                    print(
+                        f"usvc up: {workload.name} exited ({code}); last log lines:",
+                        file=sys.stderr,
+                    )
+                    for line in workload.last_lines():
+                        print(f"    {line}", file=sys.stderr)
+            if mesh.envoy is not None and mesh.envoy.poll() is not None:
+                print("usvc up: envoy exited; stopping", file=sys.stderr)
+                break
+    finally:
+        print("stopping…", flush=True)
+        mesh.stop()
+    return 0
+
+
+def _inherited_env() -> dict[str, str]:
+    import os
+
+    # Workloads need PATH/HOME and the OTEL_* the user set; not everything else.
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if k in keep or k.startswith("OTEL_")}
+
+
+def cmd_use(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(root)
+    try:
+        mesh = LocalMesh.attach(run_dir)
+        mesh.use(args.scenario)
+    except MeshError as exc:
+        print(f"usvc mesh use: {exc}", file=sys.stderr)
+        return 1
+    print(f"scenario {args.scenario} applied")
+    return 0
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    for name in SCENARIOS:
+        print(name)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    up = sub.add_parser("up", help="run the demo chain locally behind Envoy")
+    up.add_argument("--scenario", default="current", choices=SCENARIOS)
+    up.add_argument(
+        "--gateway",
+        type=parse_gateway,
+        default=("127.0.0.1", 8080),
+        help="HOST:PORT of the gateway listener (default 127.0.0.1:8080)",
+    )
+    up.add_argument("--root", default=".", help="project root holding k8s/ and services/")
+    up.add_argument("--run-dir", default=None, help="logs and Envoy config (default .run/mesh)")
+    up.add_argument(
+        "--env",
+        action="append",
+        metavar="WORKLOAD:NAME=VALUE",
+        help="extra environment for one workload (repeatable)",
+    )
+    up.set_defaults(func=cmd_up)
+    mesh = sub.add_parser("mesh", help="control a running local mesh")
+    mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
+    use = mesh_sub.add_parser("use", help="switch the running mesh to another scenario")
+    use.add_argument("scenario", choices=SCENARIOS)
+    use.add_argument("--root", default=".")
+    use.add_argument("--run-dir", default=None)
+    use.set_defaults(func=cmd_use)
+    scenarios = mesh_sub.add_parser("scenarios", help="list the scenarios")
+    scenarios.set_defaults(func=cmd_scenarios)
