@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from usvc.mesh.local import LocalMesh
+from usvc.mesh.local import LocalMesh, MeshError
 
 from .conftest import fetch_many, gateway, scenario_with, start_mesh
 
@@ -106,7 +106,7 @@ async def test_a_delay_past_the_route_timeout_is_a_504_close_to_the_timeout(
 
 
 def test_an_unknown_scenario_is_refused_with_the_known_ones(retry_mesh: LocalMesh) -> None:
-    with pytest.raises(Exception, match="unknown scenario 'nope'; known: .*current"):
+    with pytest.raises(MeshError, match=r"unknown scenario 'nope'; known: .*current"):
         retry_mesh.use("nope")
 
 

@@ -1,0 +1,120 @@
+"""`usvc up` as a user runs it: one command, ready, switchable, and clean on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.procs import ROOT, free_port, http_ok
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def usvc(*args: str, run_dir: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "usvc", *args, "--run-dir", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 60) -> list[str]:
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line.rstrip())
+        if line.startswith(prefix):
+            return seen
+    stderr = proc.stderr.read() if proc.stderr else ""
+    raise AssertionError(f"no {prefix!r} line; stdout: {seen}; stderr: {stderr}")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_usvc_up_serves_the_chain_switches_scenario_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    up = usvc("up", "--gateway", f"127.0.0.1:{port}", run_dir=tmp_path)
+    try:
+        lines = wait_for_line(up, "ready in ")
+        assert any(line.startswith("middle-canary ") for line in lines)
+        assert any("stand-in for the public API" in line for line in lines)
+        children = children_of(up.pid)
+        assert len(children) == 9  # seven workloads, the time API stand-in, Envoy
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", headers={"x-dev-user": "betaUser"}
+        )
+        with OPENER.open(request, timeout=10) as resp:
+            assert "middle v3 (dev)" in resp.read().decode()
+
+        switch = subprocess.run(
+            [sys.executable, "-m", "usvc", "mesh", "use", "canary", "--run-dir", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert switch.returncode == 0, switch.stderr
+        for _ in range(10):
+            with OPENER.open(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                assert "middle v2 (canary)" in resp.read().decode()
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
+    assert up.returncode == 0
+    time.sleep(0.2)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert alive == []
+    assert not http_ok(f"http://127.0.0.1:{port}/hello")
+
+
+def test_a_workload_that_dies_is_reported_with_its_last_log_lines(tmp_path: Path) -> None:
+    up = usvc(
+        "up",
+        "--gateway",
+        f"127.0.0.1:{free_port()}",
+        "--env",
+        "clock:FAULT_INJECTION=maybe",
+        run_dir=tmp_path,
+    )
+    _, stderr = up.communicate(timeout=60)
+    assert up.returncode == 1
+    assert "clock exited with status 2; its last log lines:" in stderr
+    assert "FAULT_INJECTION='maybe' is invalid: expected a boolean" in stderr
+
+
+def test_mesh_use_without_a_running_mesh_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "usvc", "mesh", "use", "prod", "--run-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"no local mesh is running from {tmp_path}" in result.stderr
