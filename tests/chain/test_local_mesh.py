@@ -171,3 +171,31 @@ async def test_use_switches_the_running_mesh_to_the_named_scenarios_rules(mesh: 
         }
     finally:
         await asyncio.to_thread(mesh.use, "current")
+
+
+async def test_the_local_mesh_routes_by_the_charts_rendered_rules(mesh: LocalMesh) -> None:
+    """Values given to `helm install` change local routing the same way: one source of rules."""
+    from tests.manifests.support import tool
+
+    values = tool.scenario_values(
+        "current",
+        {"routing": {"weights": {"canary": 100, "prod": 0}, "match": {"betaUser": "alice"}}},
+    )
+    rules = [
+        obj
+        for obj in tool.render_objects(values)
+        if obj["apiVersion"].startswith("networking.istio.io/")
+    ]
+    assert mesh.layout.manifests_dir is not None
+    target = mesh.layout.manifests_dir / "mesh" / "scenarios" / "helm-values.yaml"
+    target.write_text(tool.dump(rules))
+    try:
+        await asyncio.to_thread(mesh.use, "helm-values")
+        plain = await fetch_many(gateway(mesh), 40)
+        alice = await fetch_many(gateway(mesh), 20, {"x-dev-user": "alice"})
+        beta = await fetch_many(gateway(mesh), 20, {"x-dev-user": "betaUser"})
+    finally:
+        await asyncio.to_thread(mesh.use, "current")
+    assert {path_of(b)[1] for _, b in plain} == {"middle/canary"}
+    assert {path_of(b)[1] for _, b in alice} == {"middle/dev"}
+    assert "middle/dev" not in {path_of(b)[1] for _, b in beta}
