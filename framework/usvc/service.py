@@ -96,6 +96,7 @@ class Service:
         self.health = Health()
         self.egress = Egress(self.settings, self.propagator, self.tracer, self.metrics)
         self.access_log = logs.AccessLog(self.name, self.settings.access_log)
+        self._header_problems = ProblemLog()
         # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
         self.app = web.Application(
             middlewares=[self._middleware], handler_args={"max_field_size": 16384}
@@ -205,8 +206,8 @@ class Service:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else UNMATCHED_ROUTE
         incoming = self.propagator.extract(request.headers)
-        if incoming.problems and log.isEnabledFor(logging.DEBUG):
-            _debug_problems(incoming)
+        if incoming.problems:
+            self._header_problems.report(incoming.problems)
         ctx = self._start(request, incoming, route)
         token = current_request.set(ctx)
         self.health.in_flight += 1
@@ -287,8 +288,31 @@ class Service:
 SERVICE_KEY = web.AppKey("usvc.service", Service)
 
 
-def _debug_problems(incoming: Incoming) -> None:
-    log.debug("ignored trace headers", extra={"problems": list(incoming.problems)})
+class ProblemLog:
+    """Says at DEBUG why trace headers were ignored, at most once per ``interval``.
+
+    The headers are the client's to choose: logging each bad one would let any
+    client flood the logs, so the rest are only counted until the next line.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.suppressed = 0
+        self._next = 0.0
+
+    def report(self, problems: tuple[str, ...]) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        self._next = now + self.interval
+        log.debug(
+            "ignored trace headers",
+            extra={"problems": list(problems), "suppressed_since_last": self.suppressed},
+        )
+        self.suppressed = 0
 
 
 async def serve(

@@ -322,3 +322,22 @@ async def test_one_json_access_line_per_request_carries_the_trace_id(
     assert line["service"] == "front"
     assert isinstance(line["duration_ms"], float)
     assert len(line["span_id"]) == 16
+
+
+async def test_ignored_trace_headers_are_logged_at_debug_at_most_once_a_second(
+    make_service: ServiceFactory, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = make_service()
+    add_hello(svc)
+    server = await serve(svc.app)
+    with caplog.at_level(logging.DEBUG, logger="usvc"):
+        async with aiohttp.ClientSession() as client:
+            for _ in range(50):
+                async with client.get(
+                    server.make_url("/hello/x"), headers={"traceparent": "00-bad"}
+                ) as resp:
+                    assert resp.status == 200
+    lines = [r for r in caplog.records if r.getMessage() == "ignored trace headers"]
+    assert len(lines) == 1
+    assert "traceparent" in lines[0].problems[0]
+    assert svc._header_problems.suppressed == 49
