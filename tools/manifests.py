@@ -39,6 +39,9 @@ import helm_python
 import pydantic
 import yaml
 
+from usvc.mesh.routes import RETRY_ON
+from usvc.mesh.spec import parse_duration
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "usvc"
 K8S = REPO / "k8s"
@@ -529,42 +532,15 @@ DURATION_KEYS = {
     "idleTimeout",
     "maxConnectionDuration",
 }
-DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns))+$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
-DURATION_UNIT_SECONDS = {
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 1e-3,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ns": 1e-9,
-}
-RETRY_ON = {
-    "5xx",
-    "gateway-error",
-    "reset",
-    "reset-before-request",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-}
 
 
 def duration_seconds(text: str) -> float | None:
-    """Seconds of a Go-style duration ("1m30s", "250ms"), None when malformed."""
-    if not DURATION.match(text):
-        return None
-    return sum(float(n) * DURATION_UNIT_SECONDS[u] for n, u in DURATION_PART.findall(text))
+    """Seconds of a Go-style duration ("1m30s", "250ms"), None when malformed.
+
+    The local mesh's own parser: what passes here is what the translator takes.
+    """
+    nanos = parse_duration(text)
+    return None if nanos is None else nanos / 1e9
 
 
 def istio_rule_errors(obj: Mapping[str, Any]) -> list[str]:

@@ -33,8 +33,8 @@ _PREVIOUS_PRIORITIES = {
         "update_frequency": 2,
     },
 }
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-_RETRY_ON = frozenset(
+DEFAULTRETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+RETRY_ON = frozenset(
     {
         "5xx",
         "gateway-error",
@@ -584,7 +584,7 @@ def _mirror(cluster: str, percent: float) -> dict[str, Any]:
 
 def _default_retry(*, consistent_hash: bool = False) -> dict[str, Any]:
     policy: dict[str, Any] = {
-        "retry_on": DEFAULT_RETRY_ON,
+        "retry_on": DEFAULTRETRY_ON,
         "num_retries": 2,
         "host_selection_retry_max_attempts": 5,
     }
@@ -628,13 +628,13 @@ def _retry(spec: Spec | None, *, consistent_hash: bool) -> dict[str, Any] | None
                 if not 100 <= code <= 599:
                     raise spec.error("retryOn", f"{part} is not an HTTP status code")
                 codes.append(code)
-            elif part in _RETRY_ON:
+            elif part in RETRY_ON:
                 conditions.append(part)
             else:
                 raise spec.error(
                     "retryOn",
                     f"{part!r} is not a retry condition "
-                    f"(one of {', '.join(sorted(_RETRY_ON))} or a status code)",
+                    f"(one of {', '.join(sorted(RETRY_ON))} or a status code)",
                 )
         if codes and "retriable-status-codes" not in conditions:
             conditions.append("retriable-status-codes")
