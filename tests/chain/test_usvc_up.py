@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.procs import ROOT, free_port, http_ok
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -118,3 +120,27 @@ def test_mesh_use_without_a_running_mesh_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert f"no local mesh is running from {tmp_path}" in result.stderr
+
+
+def test_the_readmes_first_command_runs_the_chain(tmp_path: Path) -> None:
+    """`./dev up`, exactly as the README shows it, in the venv `./dev` set up."""
+    venv = Path(sys.prefix)
+    if not (venv / ".usvc-installed").exists():
+        pytest.skip("runs in a venv made by ./dev (as in CI); this one was made otherwise")
+    port = free_port()
+    up = subprocess.Popen(
+        ["./dev", "up", "--gateway", f"127.0.0.1:{port}", "--run-dir", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "VENV": str(venv)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_line(up, "ready in ")
+        with OPENER.open(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert resp.read().decode().startswith("took (")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(30)
+    assert up.returncode == 0

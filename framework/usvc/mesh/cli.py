@@ -45,7 +45,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         gateway_port=port,
         run_dir=Path(args.run_dir) if args.run_dir else default_run_dir(root),
         env_overrides=parse_env_overrides(args.env or []),
-        base_env={k: v for k, v in _inherited_env().items()},
+        base_env=_inherited_env(),
+        zipkin=args.zipkin,
     )
     stopping = False
 
@@ -129,6 +130,13 @@ def add_commands(sub: Any) -> None:
     )
     up.add_argument("--root", default=".", help="project root holding k8s/ and services/")
     up.add_argument("--run-dir", default=None, help="logs and Envoy config (default .run/mesh)")
+    up.add_argument(
+        "--zipkin",
+        type=parse_gateway,
+        default=None,
+        metavar="HOST:PORT",
+        help="send Envoy's spans to a Zipkin-compatible collector (Jaeger: 9411)",
+    )
     up.add_argument(
         "--env",
         action="append",

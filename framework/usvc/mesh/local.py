@@ -194,9 +194,12 @@ class LocalMesh:
                 continue
             name = doc["metadata"]["name"]
             labels = pod_labels(doc)
+            # The manifest's environment, then the user's OTEL_* (locally, where
+            # spans go is the user's choice), the scenario's, then --env.
             env = {
                 **self.base_env,
                 **container_env(doc),
+                **{k: v for k, v in self.base_env.items() if k.startswith("OTEL_")},
                 **extra.get(name, {}),
                 **self.env_overrides.get(name, {}),
             }
