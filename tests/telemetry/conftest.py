@@ -1,0 +1,171 @@
+"""A real Prometheus scraping the local mesh while traffic runs through it.
+
+The mesh runs the `current` scenario with the retry scenario's environment
+(fault injection at clock, the `fail` header forwarded), so that
+`fail: 1` gives 5xx on every hop of the betaUser path. Prometheus (Debian's
+`prometheus` package) scrapes every workload each second, one job per workload,
+with the Deployment's pod labels app/version/env as target labels, as the
+kubernetes-pods job of a cluster adds them; the queries must work despite the
+clash with usvc_build_info's own env and version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.procs import ROOT, free_port, http_ok
+from usvc.mesh.local import Layout, LocalMesh
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+MISSING = "Debian's prometheus package is not installed (apt-get install prometheus)"
+RULES = ROOT / "telemetry" / "prometheus" / "rules.yml"
+RULES_TEST = ROOT / "telemetry" / "prometheus" / "rules.test.yml"
+POD_LABELS = ("app", "version", "env")
+# Scrapes of every target that must have seen traffic before anything is asked.
+SCRAPES = 3
+DRIVE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    mesh: LocalMesh
+    url: str  # Prometheus
+    config: Path
+    at: float  # when traffic stopped: queries are evaluated at this instant
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        return query(self.url, expr, self.at if at is None else at)
+
+
+def query(url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """The result vector of an instant query; fails with Prometheus's own message."""
+    params = {"query": expr, **({} if at is None else {"time": f"{at:.3f}"})}
+    request = f"{url}/api/v1/query?{urllib.parse.urlencode(params)}"
+    try:
+        with NO_PROXY.open(request, timeout=10) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as error:
+        body = json.load(error)
+    assert body["status"] == "success", f"{expr}\n-> {body.get('error')}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+# Loopback only: a proxy named by the environment must not get the queries.
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def prometheus_config(mesh: LocalMesh, rules: Path) -> dict[str, Any]:
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {
+                "job_name": name,
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{workload.port}"],
+                        "labels": {k: workload.labels[k] for k in POD_LABELS},
+                    }
+                ],
+            }
+            for name, workload in mesh.workloads.items()
+        ],
+    }
+
+
+async def drive(gateway: str, prometheus: str, workloads: int) -> None:
+    """Mixed traffic until Prometheus has scraped every workload SCRAPES times.
+
+    Each round has plain requests (middle canary or prod), betaUser ones (middle
+    dev, core test, clock), betaUser ones that fail at clock, and 404s at front.
+    """
+    mix: list[tuple[str, dict[str, str]]] = [
+        *[("", {})] * 40,
+        *[("", {"x-dev-user": "betaUser"})] * 10,
+        *[("", {"x-dev-user": "betaUser", "fail": "1"})] * 5,
+        *[("no-such-page", {})] * 5,
+    ]
+    scraped = f"count(count_over_time(up[1m]) >= {SCRAPES})"
+    deadline = time.monotonic() + DRIVE_SECONDS
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as client:
+
+        async def get(path: str, headers: dict[str, str]) -> None:
+            async with client.get(gateway + path, headers=headers) as resp:
+                await resp.read()
+
+        while True:
+            await asyncio.gather(*(get(path, headers) for path, headers in mix))
+            found = await asyncio.to_thread(query, prometheus, scraped)
+            if found and int(float(found[0]["value"][1])) == workloads:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Prometheus did not scrape every target in time: {found}")
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    if PROMETHEUS is None:
+        pytest.skip(MISSING)
+    tmp = tmp_path_factory.mktemp("telemetry")
+    mesh = LocalMesh(
+        Layout(ROOT),
+        gateway_port=free_port(),
+        run_dir=tmp / "run",
+        base_env={"OTEL_TRACES_EXPORTER": "none", "PATH": "/usr/bin:/bin"},
+    )
+    mesh.env_overrides = mesh.scenario_env("retry")
+    mesh.start()
+    prometheus: subprocess.Popen[bytes] | None = None
+    try:
+        config = tmp / "prometheus.yml"
+        config.write_text(yaml.safe_dump(prometheus_config(mesh, RULES), sort_keys=False))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with (tmp / "prometheus.log").open("w") as log:
+            prometheus = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while not http_ok(f"{url}/-/ready"):
+            if prometheus.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"prometheus did not start:\n{(tmp / 'prometheus.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.05)
+        assert mesh.ports is not None
+        gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
+        asyncio.run(drive(gateway, url, len(mesh.workloads)))
+        yield Observed(mesh, url, config, at=time.time())
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            try:
+                prometheus.wait(10)
+            except subprocess.TimeoutExpired:
+                prometheus.kill()
+                prometheus.wait()
+        mesh.stop()
