@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .builds import SUITES
+from .builds import SUITES, Pending
 from .procs import StartError
 from .runner import Options, run_suite, table
 from .wrk import WrkError
@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of the table: profile BUILD of --suite with py-spy under wrk",
     )
     parser.add_argument(
-        "--hop", default="middle", help="with --profile on a chain build: which hop (middle)"
+        "--hop",
+        default="middle",
+        help="with --profile on a chain build: which process (middle; for usvc+envoy a "
+        "workload such as middle-dev, or envoy)",
     )
     parser.add_argument("--native", action="store_true", help="with --profile: native frames")
     parser.add_argument("--out", help="with --profile: where to write the speedscope file")
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_suite(suite, options)
             results.append(result)
             print(table(result) + "\n", flush=True)
-    except (WrkError, StartError) as exc:
+    except (WrkError, StartError, Pending) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     if args.json:
