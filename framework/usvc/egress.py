@@ -33,6 +33,7 @@ from multidict import CIMultiDict
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
+    SpanContext,
     SpanKind,
     Status,
     StatusCode,
@@ -142,7 +143,13 @@ class Egress:
         out: dict[str, str] = {}
         if ctx is not None:
             self.propagator.inject(
-                ctx.incoming, ctx.trace_id, span_id, ctx.sampled, out, parent_span_id=ctx.span_id
+                ctx.incoming,
+                ctx.trace_id,
+                span_id,
+                ctx.sampled,
+                out,
+                parent_span_id=ctx.span_id,
+                request_id=ctx.request_id,
             )
         else:  # a call made outside any request starts its own trace
             sc = span.get_span_context()
@@ -237,6 +244,11 @@ class EgressCall:
             await asyncio.sleep(egress.backoff(attempt, deadline - loop.time()))
 
     def _start_span(self, ctx: RequestContext | None, attempt: int) -> tuple[Span, int]:
+        if ctx is not None and not ctx.span.is_recording():
+            # An unsampled request: its children are not sampled either.
+            span_id = new_span_id()
+            flags = ctx.span.get_span_context().trace_flags
+            return NonRecordingSpan(SpanContext(ctx.trace_id, span_id, False, flags)), span_id
         if ctx is None:
             span = self.egress.tracer.start_span(self.method, kind=SpanKind.CLIENT)
         else:

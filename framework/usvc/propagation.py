@@ -41,6 +41,7 @@ __all__ = [
     "Incoming",
     "Propagator",
     "Sampling",
+    "new_request_id",
     "new_span_id",
     "new_trace_id",
     "with_request_id",
@@ -245,6 +246,11 @@ def new_span_id() -> int:
         value = random.getrandbits(64)
         if value:
             return value
+
+
+def new_request_id() -> str:
+    """A random 128-bit request id as 32 hex characters (valid for extraction)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def with_request_id(incoming: Incoming, request_id: str) -> Incoming:
@@ -648,6 +654,7 @@ class Propagator:
         out: MutableMapping[str, str],
         *,
         parent_span_id: int | None = None,
+        request_id: str | None = None,
     ) -> None:
         """Write the headers for an egress call made from span ``span_id``.
 
@@ -655,6 +662,8 @@ class Propagator:
         ``traceparent``'s parent-id and as B3's SpanId. B3's ParentSpanId is the
         span that made the call (usually the server span), passed as
         ``parent_span_id``; without it ParentSpanId is omitted, which B3 allows.
+        ``request_id`` (one made for a request that came without) replaces
+        ``incoming.request_id``; the caller validates it (see :func:`new_request_id`).
 
         ``sampled`` is this service's decision; a DEBUG incoming state forces it,
         since debug "implies accept". ``trace_id`` equal to ``incoming.trace_id``
@@ -710,8 +719,9 @@ class Propagator:
                     out["x-b3-flags"] = "1"
                 else:
                     out["x-b3-sampled"] = "1" if sampled else "0"
-        if incoming.request_id:
-            out["x-request-id"] = incoming.request_id
+        request_id = request_id or incoming.request_id
+        if request_id:
+            out["x-request-id"] = request_id
         if incoming.ot_span_context:
             out["x-ot-span-context"] = incoming.ot_span_context
         for name, value in incoming.passthrough:

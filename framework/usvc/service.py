@@ -16,7 +16,6 @@ import gc
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.trace import (
     NonRecordingSpan,
+    Span,
     SpanContext,
     SpanKind,
     Status,
@@ -37,9 +37,9 @@ from .context import RequestContext, current_request
 from .egress import Egress, UpstreamError
 from .health import Health, ReadinessCheck
 from .metrics import UNMATCHED_ROUTE, Metrics, method_label
-from .propagation import Incoming, Propagator, new_span_id, new_trace_id, with_request_id
+from .propagation import Incoming, Propagator, new_request_id, new_span_id, new_trace_id
 from .settings import Settings
-from .tracing import Tracing, incoming_sampling
+from .tracing import Tracing, chosen_trace_id, incoming_sampling
 
 log = logging.getLogger("usvc")
 
@@ -94,6 +94,8 @@ class Service:
             self.name, self.settings.service_version, self.settings.service_env, USVC_VERSION
         )
         self.health = Health()
+        # Read at scrape time: nothing to update per request.
+        self.metrics.in_flight.set_function(lambda: self.health.in_flight)
         self.egress = Egress(self.settings, self.propagator, self.tracer, self.metrics)
         self.access_log = logs.AccessLog(self.name, self.settings.access_log)
         self._header_problems = ProblemLog()
@@ -138,6 +140,7 @@ class Service:
         self.health.started = True
         yield
         self.health.started = False
+        self.access_log.flush()
         await self.egress.close()
         # Export in a thread: the OTLP/zipkin exporters block on HTTP.
         await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
@@ -156,45 +159,47 @@ class Service:
         return now + budget
 
     def _start(self, request: web.Request, incoming: Incoming, route: str) -> RequestContext:
-        method = request.method
-        parent = None
-        if incoming.trace_id is not None and incoming.parent_span_id is not None:
-            flags = TraceFlags(TraceFlags.SAMPLED if incoming.trace_flags & 1 else 0)
-            parent = set_span_in_context(
-                NonRecordingSpan(
-                    SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
+        # Decide sampling first: an unsampled request then costs a
+        # NonRecordingSpan, not an SDK span the exporter would drop anyway.
+        tracing = self.tracing
+        trace_id = incoming.trace_id or new_trace_id()
+        sampled = tracing.decider.sampled(incoming.sampling, trace_id)
+        span: Span
+        if sampled and tracing.enabled:
+            parent = None
+            if incoming.trace_id is not None and incoming.parent_span_id is not None:
+                flags = TraceFlags(TraceFlags.SAMPLED if incoming.trace_flags & 1 else 0)
+                parent = set_span_in_context(
+                    NonRecordingSpan(
+                        SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
+                    )
                 )
+            incoming_sampling.set(incoming.sampling)
+            chosen = chosen_trace_id.set(trace_id)
+            span = self.tracer.start_span(
+                f"{request.method} {route}",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": request.method,
+                    "http.route": route,
+                    "url.path": request.path,
+                },
             )
-        incoming_sampling.set(incoming.sampling)
-        span = self.tracer.start_span(
-            f"{method} {route}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "http.route": route,
-                "url.path": request.path,
-            },
-        )
-        sc = span.get_span_context()
-        if sc.is_valid:
-            trace_id, span_id, sampled = sc.trace_id, sc.span_id, sc.trace_flags.sampled
-        else:  # OTEL_SDK_DISABLED: keep propagating with ids of our own
-            trace_id = incoming.trace_id or new_trace_id()
+            chosen_trace_id.reset(chosen)
+            span_id = span.get_span_context().span_id
+        else:
             span_id = new_span_id()
-            sampled = incoming.sampling.value in ("1", "d")
-        if incoming.request_id is None:
-            incoming = with_request_id(incoming, uuid.uuid4().hex)
-        request_id = incoming.request_id or ""
-        loop_now = asyncio.get_running_loop().time()
+            flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
+            span = NonRecordingSpan(SpanContext(trace_id, span_id, False, flags))
         return RequestContext(
             incoming=incoming,
             span=span,
             trace_id=trace_id,
             span_id=span_id,
             sampled=sampled,
-            request_id=request_id,
-            deadline=self._deadline(request, loop_now),
+            request_id=incoming.request_id or new_request_id(),
+            deadline=self._deadline(request, asyncio.get_running_loop().time()),
             route=route,
         )
 
@@ -211,7 +216,6 @@ class Service:
         ctx = self._start(request, incoming, route)
         token = current_request.set(ctx)
         self.health.in_flight += 1
-        self.metrics.in_flight.inc()
         status = 500
         try:
             response = await self._serve(request, handler, ctx)
@@ -233,7 +237,6 @@ class Service:
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
             span.end()
-            self.metrics.in_flight.dec()
             self.health.in_flight -= 1
             self.metrics.observe_request(method_label(request.method), route, status, duration)
             self.access_log.write(request.method, request.path, route, status, duration)

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -42,6 +43,17 @@ log = logging.getLogger("usvc.tracing")
 # The incoming sampling state for the server span about to start. Set by the
 # middleware right before start_span, read by the sampler; no other use.
 incoming_sampling: ContextVar[Sampling | None] = ContextVar("usvc_sampling", default=None)
+# The trace id usvc chose for a new trace, for the id generator to hand the SDK.
+chosen_trace_id: ContextVar[int | None] = ContextVar("usvc_trace_id", default=None)
+
+
+class ChosenIdGenerator(RandomIdGenerator):
+    """Gives the SDK the trace id usvc already sampled on, so both agree."""
+
+    def generate_trace_id(self) -> int:
+        chosen = chosen_trace_id.get()
+        return chosen if chosen is not None else super().generate_trace_id()
+
 
 _SAMPLE = SamplingResult(Decision.RECORD_AND_SAMPLE)
 _DROP = SamplingResult(Decision.DROP)
@@ -82,6 +94,32 @@ class UsvcSampler(Sampler):
     def get_description(self) -> str:
         kind = "ParentBased" if self._parent_based else "Root"
         return f"Usvc{kind}{{{self._root.get_description()}}}"
+
+
+class Decider:
+    """The sampling decision for a server span, made before any span exists.
+
+    Unsampled requests then cost a NonRecordingSpan instead of an SDK span;
+    sampled ones go through the SDK, whose :class:`UsvcSampler` reaches the
+    same answer from the same inputs (the ratio depends on the trace id only).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        name = settings.otel_traces_sampler
+        self.parent_based = name.startswith("parentbased_")
+        base = name.removeprefix("parentbased_")
+        ratio = {"always_on": 1.0, "always_off": 0.0}.get(base, settings.otel_traces_sampler_arg)
+        # TraceIdRatioBased's rule: the low 64 bits of the trace id below a bound.
+        self.bound = TraceIdRatioBased.get_bound_for_rate(ratio)
+        self.always = ratio >= 1.0
+
+    def sampled(self, state: Sampling, trace_id: int) -> bool:
+        if self.parent_based:
+            if state is Sampling.ACCEPT or state is Sampling.DEBUG:
+                return True
+            if state is Sampling.DENY:
+                return False
+        return self.always or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self.bound
 
 
 def build_sampler(settings: Settings) -> Sampler:
@@ -135,7 +173,10 @@ class Tracing:
                 "deployment.environment.name": settings.service_env,
             }
         )
-        self.provider = TracerProvider(resource=resource, sampler=build_sampler(settings))
+        self.provider = TracerProvider(
+            resource=resource, sampler=build_sampler(settings), id_generator=ChosenIdGenerator()
+        )
+        self.decider = Decider(settings)
         if exporter is None and self.enabled:
             exporter = build_exporter(settings)
         if exporter is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -12,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import usvc
-from usvc.logs import JsonFormatter
+from usvc.logs import configure
 
 from .conftest import Serve, ServiceFactory
 
@@ -296,32 +297,61 @@ class TestFaultInjection:
 
 
 async def test_one_json_access_line_per_request_carries_the_trace_id(
-    make_service: ServiceFactory, serve: Serve, caplog: pytest.LogCaptureFixture
+    make_service: ServiceFactory, serve: Serve
 ) -> None:
     svc = make_service("front")
     add_hello(svc)
+    svc.access_log.stream = io.StringIO()
     server = await serve(svc.app)
     trace_id = "0af7651916cd43dd8448eb211c80319c"
-    with caplog.at_level(logging.INFO, logger="usvc.access"):
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(
-                server.make_url("/hello/x"),
-                headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01", "x-request-id": "r1"},
-            ),
+    async with aiohttp.ClientSession() as client:
+        async with client.get(
+            server.make_url("/hello/x"),
+            headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01", "x-request-id": "r1"},
         ):
             pass
-    (record,) = [r for r in caplog.records if r.name == "usvc.access"]
-    # the context is gone after the request: format with the ids the record kept
-    line = json.loads(JsonFormatter("front").format(record))
+    (raw,) = svc.access_log.stream.getvalue().splitlines()
+    line = json.loads(raw)
     assert line["trace_id"] == trace_id
     assert line["request_id"] == "r1"
     assert line["route"] == "/hello/{name}"
+    assert line["path"] == "/hello/x"
     assert line["status"] == 200
     assert line["method"] == "GET"
     assert line["service"] == "front"
+    assert line["logger"] == "usvc.access"
+    assert line["level"] == "info"
     assert isinstance(line["duration_ms"], float)
     assert len(line["span_id"]) == 16
+    assert line["time"].endswith("Z")
+
+
+async def test_framework_log_records_are_json_with_the_requests_ids(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    svc = make_service("front")
+
+    @svc.get("/boom")
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("bad")
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure("front", "INFO", stream)
+    try:
+        server = await serve(svc.app)
+        async with aiohttp.ClientSession() as client:
+            async with client.get(server.make_url("/boom"), headers={"x-request-id": "r2"}):
+                pass
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = [json.loads(raw) for raw in stream.getvalue().splitlines()]
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert error["message"] == "unhandled error in GET /boom"
+    assert error["request_id"] == "r2" and len(error["trace_id"]) == 32
+    assert "RuntimeError: bad" in error["exception"]
 
 
 async def test_ignored_trace_headers_are_logged_at_debug_at_most_once_a_second(
