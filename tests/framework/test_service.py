@@ -310,6 +310,7 @@ async def test_one_json_access_line_per_request_carries_the_trace_id(
             headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01", "x-request-id": "r1"},
         ):
             pass
+    svc.access_log.flush()
     (raw,) = svc.access_log.stream.getvalue().splitlines()
     line = json.loads(raw)
     assert line["trace_id"] == trace_id
