@@ -17,8 +17,9 @@ graceful shutdown already wired in::
 
 from .context import RequestContext, current
 from .egress import Egress, UpstreamError
-from .service import USVC_VERSION, Service, problem, serve
+from .service import Service, problem, serve
 from .settings import Settings, SettingsError
+from .version import USVC_VERSION
 
 __all__ = [
     "Egress",

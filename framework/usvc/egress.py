@@ -37,15 +37,17 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
-    Tracer,
-    set_span_in_context,
+    TraceFlags,
 )
+from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
 from .context import RequestContext, current_request
 from .metrics import Metrics, method_label
-from .propagation import EMPTY, Propagator, new_span_id
+from .propagation import EMPTY, Propagator, Sampling, new_span_id, new_trace_id
 from .settings import Settings
+from .spans import UsvcSpan
+from .tracing import Tracing
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -77,12 +79,12 @@ class Egress:
         self,
         settings: Settings,
         propagator: Propagator,
-        tracer: Tracer,
+        tracing: Tracing,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.propagator = propagator
-        self.tracer = tracer
+        self.tracing = tracing
         self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
 
@@ -244,33 +246,39 @@ class EgressCall:
             await asyncio.sleep(egress.backoff(attempt, deadline - loop.time()))
 
     def _start_span(self, ctx: RequestContext | None, attempt: int) -> tuple[Span, int]:
-        if ctx is not None and not ctx.span.is_recording():
-            # An unsampled request: its children are not sampled either.
-            span_id = new_span_id()
-            flags = ctx.span.get_span_context().trace_flags
-            return NonRecordingSpan(SpanContext(ctx.trace_id, span_id, False, flags)), span_id
-        if ctx is None:
-            span = self.egress.tracer.start_span(self.method, kind=SpanKind.CLIENT)
+        """A client span for one attempt: recording only when the request is sampled."""
+        tracing = self.egress.tracing
+        span_id = new_span_id()
+        if ctx is None:  # a call outside any request starts a trace of its own
+            trace_id, parent = new_trace_id(), None
+            sampled = tracing.enabled and tracing.decider.sampled(Sampling.DEFER, trace_id)
         else:
-            span = self.egress.tracer.start_span(
-                self.method,
-                context=set_span_in_context(ctx.span),
-                kind=SpanKind.CLIENT,
-            )
-        span_context = span.get_span_context()
-        if isinstance(span, NonRecordingSpan) and not span_context.is_valid:
-            return span, new_span_id()
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "http.request.method": self.method,
-                    "url.full": str(self.url.with_query(None)),
-                    "server.address": self.url.host or "",
-                    "server.port": self.url.port or 80,
-                    "http.request.resend_count": attempt,
-                }
-            )
-        return span, span_context.span_id
+            trace_id, parent = ctx.trace_id, ctx.span.get_span_context()
+            sampled = ctx.span.is_recording()
+            if not sampled:  # unsampled (or tracing off): pass the decision on, record nothing
+                return NonRecordingSpan(
+                    SpanContext(trace_id, span_id, False, parent.trace_flags)
+                ), span_id
+        if not sampled:
+            return NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(0))), span_id
+        url = self.url
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": self.method,
+            "url.full": str(url.with_query(None)),
+            "server.address": url.host or "",
+            "server.port": url.port or 80,
+        }
+        if attempt:
+            attributes["http.request.resend_count"] = attempt
+        span = UsvcSpan(
+            tracing,
+            self.method,
+            SpanContext(trace_id, span_id, False, TraceFlags(TraceFlags.SAMPLED)),
+            parent,
+            SpanKind.CLIENT,
+            attributes,
+        )
+        return span, span_id
 
     @staticmethod
     def _finish_span(span: Span, status: int | None, error: str | None) -> None:

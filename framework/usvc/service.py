@@ -17,10 +17,10 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from opentelemetry import context as otel_context
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -39,7 +39,9 @@ from .health import Health, ReadinessCheck
 from .metrics import UNMATCHED_ROUTE, Metrics, method_label
 from .propagation import Incoming, Propagator, new_request_id, new_span_id, new_trace_id
 from .settings import Settings
-from .tracing import Tracing, chosen_trace_id, incoming_sampling
+from .spans import UsvcSpan
+from .tracing import Tracing
+from .version import USVC_VERSION
 
 log = logging.getLogger("usvc")
 
@@ -48,11 +50,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 PROBLEM_TYPE = "application/problem+json"
-
-try:
-    USVC_VERSION = version("usvc")
-except PackageNotFoundError:  # running from a source tree
-    USVC_VERSION = "0+unknown"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(0)
 
 
 def problem(
@@ -96,7 +95,7 @@ class Service:
         self.health = Health()
         # Read at scrape time: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self.health.in_flight)
-        self.egress = Egress(self.settings, self.propagator, self.tracer, self.metrics)
+        self.egress = Egress(self.settings, self.propagator, self.tracing, self.metrics)
         self.access_log = logs.AccessLog(self.name, self.settings.access_log)
         self._header_problems = ProblemLog()
         # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
@@ -164,34 +163,29 @@ class Service:
         tracing = self.tracing
         trace_id = incoming.trace_id or new_trace_id()
         sampled = tracing.decider.sampled(incoming.sampling, trace_id)
+        span_id = new_span_id()
         span: Span
         if sampled and tracing.enabled:
             parent = None
             if incoming.trace_id is not None and incoming.parent_span_id is not None:
                 flags = TraceFlags(TraceFlags.SAMPLED if incoming.trace_flags & 1 else 0)
-                parent = set_span_in_context(
-                    NonRecordingSpan(
-                        SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
-                    )
-                )
-            incoming_sampling.set(incoming.sampling)
-            chosen = chosen_trace_id.set(trace_id)
-            span = self.tracer.start_span(
+                parent = SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
+            span = UsvcSpan(
+                tracing,
                 f"{request.method} {route}",
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={
+                SpanContext(trace_id, span_id, False, _SAMPLED),
+                parent,
+                SpanKind.SERVER,
+                {
                     "http.request.method": request.method,
                     "http.route": route,
                     "url.path": request.path,
                 },
             )
-            chosen_trace_id.reset(chosen)
-            span_id = span.get_span_context().span_id
         else:
-            span_id = new_span_id()
-            flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
-            span = NonRecordingSpan(SpanContext(trace_id, span_id, False, flags))
+            span = NonRecordingSpan(
+                SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED)
+            )
         return RequestContext(
             incoming=incoming,
             span=span,
@@ -215,6 +209,9 @@ class Service:
             self._header_problems.report(incoming.problems)
         ctx = self._start(request, incoming, route)
         token = current_request.set(ctx)
+        # One attach per request: trace.get_current_span() and spans users
+        # start with svc.tracer see the server span as their parent.
+        otel_token = otel_context.attach(set_span_in_context(ctx.span))
         self.health.in_flight += 1
         status = 500
         try:
@@ -240,6 +237,7 @@ class Service:
             self.health.in_flight -= 1
             self.metrics.observe_request(method_label(request.method), route, status, duration)
             self.access_log.write(request.method, request.path, route, status, duration)
+            otel_context.detach(otel_token)
             current_request.reset(token)
 
     async def _serve(

@@ -1,19 +1,16 @@
 """OpenTelemetry tracing: one provider per service, a spec-faithful sampler, exporters.
 
 Trace headers are parsed by :mod:`usvc.propagation`, not by OpenTelemetry's
-propagators (see TOOLING.md for their gaps). The sampler therefore gets the
-incoming B3/W3C sampling state from usvc instead of guessing it from trace
-flags: a B3 "defer" lets this service decide, which OpenTelemetry's own
-parent-based sampler would turn into "deny".
+propagators (see TOOLING.md for their gaps), so a request's sampling is
+decided here from that parse (:class:`Decider`), before any span exists.
+The spans usvc makes itself are :class:`usvc.spans.UsvcSpan`; they reach the
+provider's span processors and exporters like any SDK span.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from contextvars import ContextVar
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -22,86 +19,32 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
-    Decision,
+    ParentBased,
     Sampler,
-    SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, Tracer, get_current_span
-from opentelemetry.trace.span import TraceState
-from opentelemetry.util.types import Attributes
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Tracer
 
 from .propagation import Sampling
 from .settings import Settings
+from .spans import UsvcSpan
+from .version import USVC_VERSION
 
 log = logging.getLogger("usvc.tracing")
 
-# The incoming sampling state for the server span about to start. Set by the
-# middleware right before start_span, read by the sampler; no other use.
-incoming_sampling: ContextVar[Sampling | None] = ContextVar("usvc_sampling", default=None)
-# The trace id usvc chose for a new trace, for the id generator to hand the SDK.
-chosen_trace_id: ContextVar[int | None] = ContextVar("usvc_trace_id", default=None)
-
-
-class ChosenIdGenerator(RandomIdGenerator):
-    """Gives the SDK the trace id usvc already sampled on, so both agree."""
-
-    def generate_trace_id(self) -> int:
-        chosen = chosen_trace_id.get()
-        return chosen if chosen is not None else super().generate_trace_id()
-
-
-_SAMPLE = SamplingResult(Decision.RECORD_AND_SAMPLE)
-_DROP = SamplingResult(Decision.DROP)
-
-
-class UsvcSampler(Sampler):
-    """Parent-based sampling that keeps B3's four sampling states apart.
-
-    A remote parent's accept/debug samples, deny drops, defer (or no parent)
-    asks the root sampler. A local parent (a span of this process) is followed.
-    """
-
-    def __init__(self, root: Sampler, parent_based: bool = True) -> None:
-        self._root = root
-        self._parent_based = parent_based
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        if self._parent_based:
-            parent = get_current_span(parent_context).get_span_context()
-            if parent.is_valid and not parent.is_remote:
-                return _SAMPLE if parent.trace_flags.sampled else _DROP
-            state = incoming_sampling.get()
-            if state is Sampling.ACCEPT or state is Sampling.DEBUG:
-                return _SAMPLE
-            if state is Sampling.DENY:
-                return _DROP
-        return self._root.should_sample(parent_context, trace_id, name, kind, attributes, links)
-
-    def get_description(self) -> str:
-        kind = "ParentBased" if self._parent_based else "Root"
-        return f"Usvc{kind}{{{self._root.get_description()}}}"
-
 
 class Decider:
-    """The sampling decision for a server span, made before any span exists.
+    """The sampling decision for a request's server span, made before any span exists.
 
-    Unsampled requests then cost a NonRecordingSpan instead of an SDK span;
-    sampled ones go through the SDK, whose :class:`UsvcSampler` reaches the
-    same answer from the same inputs (the ratio depends on the trace id only).
+    Parent-based like OTEL_TRACES_SAMPLER says, but from usvc's parse of the
+    trace headers: B3's accept and debug sample, deny drops, and "defer" (or
+    no parent) lets the ratio decide on the trace id, as the root sampler
+    would. OpenTelemetry's ParentBased would read "defer" as "deny".
+    Unsampled requests then cost a NonRecordingSpan and nothing else.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -123,8 +66,12 @@ class Decider:
 
 
 def build_sampler(settings: Settings) -> Sampler:
+    """The SDK sampler, for spans users start with ``svc.tracer``.
+
+    Inside a request their parent is the (local) server span, whose decision
+    they follow; outside one, the root sampler decides.
+    """
     name = settings.otel_traces_sampler
-    parent_based = name.startswith("parentbased_")
     base = name.removeprefix("parentbased_")
     root: Sampler
     if base == "always_on":
@@ -133,7 +80,7 @@ def build_sampler(settings: Settings) -> Sampler:
         root = ALWAYS_OFF
     else:
         root = TraceIdRatioBased(settings.otel_traces_sampler_arg)
-    return UsvcSampler(root, parent_based)
+    return ParentBased(root) if name.startswith("parentbased_") else root
 
 
 def build_exporter(settings: Settings) -> SpanExporter | None:
@@ -173,10 +120,9 @@ class Tracing:
                 "deployment.environment.name": settings.service_env,
             }
         )
-        self.provider = TracerProvider(
-            resource=resource, sampler=build_sampler(settings), id_generator=ChosenIdGenerator()
-        )
+        self.provider = TracerProvider(resource=resource, sampler=build_sampler(settings))
         self.decider = Decider(settings)
+        self.scope = InstrumentationScope("usvc", USVC_VERSION)
         if exporter is None and self.enabled:
             exporter = build_exporter(settings)
         if exporter is not None:
@@ -186,7 +132,13 @@ class Tracing:
             else:
                 processor = BatchSpanProcessor(exporter)
             self.provider.add_span_processor(processor)
-        self.tracer: Tracer = self.provider.get_tracer("usvc")
+        self.tracer: Tracer = self.provider.get_tracer("usvc", USVC_VERSION)
+        # The provider's processors (ours and any a user adds) get usvc's spans too.
+        self._processor = self.provider._active_span_processor
+
+    def export(self, span: UsvcSpan) -> None:
+        """Hand a finished span to the span processors, as the SDK's spans are."""
+        self._processor.on_end(span.readable())
 
     def shutdown(self) -> None:
         """Flush what is queued and stop the exporter."""
