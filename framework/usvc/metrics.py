@@ -3,32 +3,84 @@
 Each service owns a :class:`CollectorRegistry`, so several services can live in
 one process (tests, benchmarks) without sharing series. Labels use the route
 template, never the raw path, and one fixed value for unmatched paths, so no
-client can grow the label set. Label children are cached per known label
-tuple: looking one up costs a dict hit instead of prometheus-client's locking.
+client can grow the label set.
+
+The request counters and latency histograms are kept by :class:`RedSeries`,
+not by prometheus-client's Counter and Histogram: those take a lock and walk
+every bucket on each observation, and the counter repeats the histogram's
+count. A service's requests and its scrapes all run on one event loop, so
+plain lists suffice, and the families are built when Prometheus scrapes.
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds; tuned for a few-hop request chain: sub-millisecond to a slow upstream.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-_ServerChildren = tuple[Counter, Histogram]
-_ClientChildren = tuple[Counter, Histogram]
-
 
 def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "OTHER"
+
+
+class RedSeries(Collector):
+    """A request counter and a latency histogram over the same labels.
+
+    Exposed as ``<name>_total`` (counter) and ``<histogram>`` (buckets, sum,
+    count), exactly as a prometheus-client Counter and Histogram would be.
+    """
+
+    def __init__(
+        self,
+        counter: tuple[str, str],
+        histogram: tuple[str, str],
+        labels: Sequence[str],
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.counter_name, self.counter_help = counter
+        self.histogram_name, self.histogram_help = histogram
+        self.labels = list(labels)
+        self.bounds = tuple(buckets)
+        # label values -> [count per bucket (the last one is +Inf)..., sum]
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], seconds: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, seconds)] += 1
+        series[-1] += seconds
+
+    def count(self, labels: tuple[str, ...]) -> int:
+        series = self._series.get(labels)
+        return 0 if series is None else int(sum(series[:-1]))
+
+    def collect(self) -> Iterator[Metric]:
+        counter = CounterMetricFamily(self.counter_name, self.counter_help, labels=self.labels)
+        histogram = HistogramMetricFamily(
+            self.histogram_name, self.histogram_help, labels=self.labels
+        )
+        edges = [*(f"{bound}" for bound in self.bounds), "+Inf"]
+        for labels, series in self._series.items():
+            cumulative, buckets = 0.0, []
+            for edge, count in zip(edges, series[:-1], strict=True):
+                cumulative += count
+                buckets.append((edge, cumulative))
+            counter.add_metric(list(labels), cumulative)
+            histogram.add_metric(list(labels), buckets, series[-1])
+        yield counter
+        yield histogram
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
 
 class Metrics:
@@ -38,36 +90,31 @@ class Metrics:
 
     def __init__(self, service: str, version: str, env: str, usvc_version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "http_server_requests",
-            "HTTP requests served, by method, route template and status code.",
+        self.server = RedSeries(
+            ("http_server_requests", "HTTP requests served, by method, route template and code."),
+            (
+                "http_server_request_duration_seconds",
+                "Time to serve an HTTP request, by method, route template and status code.",
+            ),
             ("method", "route", "code"),
-            registry=self.registry,
         )
-        self.duration = Histogram(
-            "http_server_request_duration_seconds",
-            "Time to serve an HTTP request, by method, route template and status code.",
-            ("method", "route", "code"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+        self.egress = RedSeries(
+            (
+                "http_client_requests",
+                "Egress HTTP attempts by upstream host, method and outcome "
+                "(the status code, or connect_error / timeout).",
+            ),
+            (
+                "http_client_request_duration_seconds",
+                "Time of one egress HTTP attempt, by upstream host, method and outcome.",
+            ),
+            ("upstream", "method", "outcome"),
         )
+        self.registry.register(self.server)
+        self.registry.register(self.egress)
         self.in_flight = Gauge(
             "http_server_requests_in_flight",
             "HTTP requests being served now.",
-            registry=self.registry,
-        )
-        self.egress_requests = Counter(
-            "http_client_requests",
-            "Egress HTTP calls by upstream host, method and outcome "
-            "(the status code, or connect_error / timeout / error).",
-            ("upstream", "method", "outcome"),
-            registry=self.registry,
-        )
-        self.egress_duration = Histogram(
-            "http_client_request_duration_seconds",
-            "Time of one egress HTTP attempt, by upstream host, method and outcome.",
-            ("upstream", "method", "outcome"),
-            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.build_info = Gauge(
@@ -77,33 +124,16 @@ class Metrics:
             registry=self.registry,
         )
         self.build_info.labels(service, version, env, usvc_version).set(1)
-        self._server: dict[tuple[str, str, int], _ServerChildren] = {}
-        self._client: dict[tuple[str, str, str], _ClientChildren] = {}
+        self._codes: dict[int, str] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        children = self._server.get(key)
-        if children is None:
-            code = str(status)
-            children = (
-                self.requests.labels(method, route, code),
-                self.duration.labels(method, route, code),
-            )
-            self._server[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        code = self._codes.get(status)
+        if code is None:
+            code = self._codes[status] = str(status)
+        self.server.observe((method, route, code), seconds)
 
     def observe_egress(self, upstream: str, method: str, outcome: str, seconds: float) -> None:
-        key = (upstream, method, outcome)
-        children = self._client.get(key)
-        if children is None:
-            children = (
-                self.egress_requests.labels(upstream, method, outcome),
-                self.egress_duration.labels(upstream, method, outcome),
-            )
-            self._client[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.egress.observe((upstream, method, outcome), seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
