@@ -106,13 +106,26 @@ class AccessLog:
         )
         self._second = -1
         self._second_text = ""
+        self._millis = -1
+        self._time_text = ""
+        self._routes: dict[str, str] = {}
 
     def _time(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int(now % 1 * 1000):03d}Z"
+        millis = int(now * 1000)
+        if millis != self._millis:
+            self._millis = millis
+            second = millis // 1000
+            if second != self._second:
+                self._second = second
+                self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._time_text = f"{self._second_text}.{millis % 1000:03d}Z"
+        return self._time_text
+
+    def _route(self, route: str) -> str:
+        quoted = self._routes.get(route)
+        if quoted is None:  # route templates are few: the app's own
+            quoted = self._routes[route] = _quote(route)
+        return quoted
 
     def write(self, method: str, path: str, route: str, status: int, duration: float) -> None:
         if not self.enabled:
@@ -124,12 +137,13 @@ class AccessLog:
             else f',"trace_id":"{ctx.trace_id_hex}","span_id":"{ctx.span_id_hex}"'
             f',"request_id":{_quote(ctx.request_id)}'
         )
-        quoted_method, quoted_path = _quote(method), _quote(path)
+        # aiohttp accepts only token characters in a method: nothing to escape.
+        escaped_path = _quote(path)[1:-1]
         self._pending.append(
             f'{{"time":"{self._time(time.time())}"{self._head}'
-            f"{_quote(f'{method} {path} {status}')},"
-            f'"method":{quoted_method},"path":{quoted_path},"route":{_quote(route)},'
-            f'"status":{status},"duration_ms":{round(duration * 1000, 3)}{ids}}}\n'
+            f'"{method} {escaped_path} {status}","method":"{method}","path":"{escaped_path}",'
+            f'"route":{self._route(route)},"status":{status},'
+            f'"duration_ms":{round(duration * 1000, 3)}{ids}}}\n'
         )
         if len(self._pending) == 1:
             try:
