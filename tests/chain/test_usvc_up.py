@@ -125,7 +125,7 @@ def test_mesh_use_without_a_running_mesh_says_so(tmp_path: Path) -> None:
 def test_the_readmes_first_command_runs_the_chain(tmp_path: Path) -> None:
     """`./dev up`, exactly as the README shows it, in the venv `./dev` set up."""
     venv = Path(sys.prefix)
-    if not (venv / ".usvc-installed").exists():
+    if not (venv / ".usvc-installed-test").exists():
         pytest.skip("runs in a venv made by ./dev (as in CI); this one was made otherwise")
     port = free_port()
     up = subprocess.Popen(
