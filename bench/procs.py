@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from usvc.mesh.local import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -118,14 +119,8 @@ class Server:
         return "\n    ".join(lines)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout)
 
 
 def python_server(name: str, args: Sequence[str], env: Mapping[str, str], run_dir: Path) -> Server:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from usvc.mesh.local import free_port, http_ok
+from usvc.mesh.local import free_port, http_ok, terminate
 
 __all__ = ["ROOT", "Proc", "free_port", "http_ok", "start"]
 
@@ -28,13 +28,7 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 def start(

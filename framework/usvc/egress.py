@@ -35,8 +35,6 @@ from opentelemetry.trace import (
     Span,
     SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
     TraceFlags,
 )
 from opentelemetry.util.types import AttributeValue
@@ -141,7 +139,6 @@ class Egress:
         span_id: int,
         given: Mapping[str, str] | None,
     ) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict(given or {})
         out: dict[str, str] = {}
         if ctx is not None:
             self.propagator.inject(
@@ -157,6 +154,9 @@ class Egress:
             sc = span.get_span_context()
             if sc.is_valid:
                 self.propagator.inject(EMPTY, sc.trace_id, span_id, sc.trace_flags.sampled, out)
+        if not given:
+            return CIMultiDict(out)
+        headers = CIMultiDict(given)
         headers.update(out)
         return headers
 
@@ -232,13 +232,14 @@ class EgressCall:
             )
             may_retry = attempt < retries and deadline - loop.time() > 0
             if response is not None:
-                self._finish_span(span, response.status, None)
+                if isinstance(span, UsvcSpan):
+                    span.outcome(response.status, error_from=400)
                 if response.status not in RETRYABLE_STATUS or not may_retry:
                     self._response, self._span = response, span
                     return response
                 response.release()
-            else:
-                self._finish_span(span, None, detail)
+            elif isinstance(span, UsvcSpan):
+                span.outcome(None, error_from=400, error=f"{outcome} {detail}")
             span.end()
             if not may_retry:
                 raise UpstreamError(status, self.upstream, detail, attempt + 1)
@@ -279,15 +280,3 @@ class EgressCall:
             attributes,
         )
         return span, span_id
-
-    @staticmethod
-    def _finish_span(span: Span, status: int | None, error: str | None) -> None:
-        if not span.is_recording():
-            return
-        if status is not None:
-            span.set_attribute("http.response.status_code", status)
-            if status >= 400:
-                span.set_status(Status(StatusCode.ERROR))
-        if error is not None:
-            span.set_attribute("error.type", error.split(" ", 1)[0])
-            span.set_status(Status(StatusCode.ERROR, error))

@@ -26,8 +26,6 @@ from opentelemetry.trace import (
     Span,
     SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
     TraceFlags,
     set_span_in_context,
 )
@@ -229,10 +227,8 @@ class Service:
         finally:
             duration = time.perf_counter() - started
             span = ctx.span
-            if span.is_recording():
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+            if isinstance(span, UsvcSpan):
+                span.outcome(status, error_from=500)  # a 4xx is the client's error
             span.end()
             self.health.in_flight -= 1
             self.metrics.observe_request(method_label(request.method), route, status, duration)

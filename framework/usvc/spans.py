@@ -130,6 +130,20 @@ class UsvcSpan(Span):
         self._end = end_time or time.time_ns()
         self._tracing.export(self)
 
+    # -- for usvc itself ---------------------------------------------------------
+    def outcome(self, status: int | None, error_from: int, error: str | None = None) -> None:
+        """Record the HTTP outcome: a status at or over ``error_from`` (or an
+        ``error``) marks the span as an error. No validation: usvc's own values."""
+        if self._end is not None:
+            return
+        if status is not None:
+            self._attributes["http.response.status_code"] = status
+            if status >= error_from:
+                self._status = Status(StatusCode.ERROR)
+        if error is not None:
+            self._attributes["error.type"] = error.split(" ", 1)[0].rstrip(":")
+            self._status = Status(StatusCode.ERROR, error)
+
     # -- export ----------------------------------------------------------------
     def readable(self) -> ReadableSpan:
         tracing = self._tracing

@@ -268,3 +268,36 @@ async def test_a_baggage_header_at_the_specs_8192_byte_limit_is_accepted_and_for
         async with client.get(front.make_url("/call"), headers={"baggage": baggage}) as resp:
             assert resp.status == 200
     assert seen[0]["baggage"] == baggage
+
+
+async def test_client_spans_record_the_outcome_of_each_attempt(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    async def flaky(n: int) -> web.Response:
+        return web.Response(status=503 if n == 1 else 200)
+
+    upstream, _ = await recording_upstream(serve, flaky)
+    front = await serve(caller(make_service, str(upstream.make_url("/")), EGRESS_RETRIES="1").app)
+    port = free_port()
+    dead = await serve(caller(make_service, f"http://127.0.0.1:{port}/", EGRESS_RETRIES="0").app)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/call")) as resp:
+            assert resp.status == 200
+        async with client.get(dead.make_url("/call")) as resp:
+            assert resp.status == 502
+    clients = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    outcomes = [
+        (
+            s.attributes.get("http.response.status_code"),
+            s.attributes.get("error.type"),
+            s.status.status_code.name,
+            s.attributes.get("http.request.resend_count", 0),
+        )
+        for s in clients
+        if s.attributes is not None
+    ]
+    assert outcomes == [
+        (503, None, "ERROR", 0),
+        (200, None, "UNSET", 1),
+        (None, "connect_error", "ERROR", 0),
+    ]

@@ -51,6 +51,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM (the graceful way), then SIGKILL if it is not gone within ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def load_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in paths:
@@ -125,13 +137,8 @@ class Workload:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout)
         if self.log_handle is not None:
             self.log_handle.close()
             self.log_handle = None
@@ -350,13 +357,8 @@ class LocalMesh:
                 workload.process.send_signal(signal.SIGTERM)
         for workload in [*self.workloads.values(), *self.stand_ins.values()]:
             workload.stop()
-        if self.envoy is not None and self.envoy.poll() is None:
-            self.envoy.terminate()
-            try:
-                self.envoy.wait(10)
-            except subprocess.TimeoutExpired:
-                self.envoy.kill()
-                self.envoy.wait()
+        if self.envoy is not None:
+            terminate(self.envoy)
         if self.run_dir is not None:
             (self.run_dir / STATE_FILE).unlink(missing_ok=True)
 
