@@ -37,6 +37,12 @@ async def recording_upstream(
     return await serve(app), seen
 
 
+async def too_slow(n: int) -> web.Response:
+    """An upstream that answers long after any deadline the tests set."""
+    await asyncio.sleep(5)
+    return web.Response()
+
+
 def caller(make_service: ServiceFactory, upstream: str, **env: str) -> usvc.Service:
     svc = make_service("front", UPSTREAM_URI=upstream, **env)
 
@@ -168,11 +174,7 @@ async def test_an_unreachable_upstream_is_a_fast_502_naming_it(
 async def test_a_slow_upstream_is_a_504_within_the_request_deadline(
     make_service: ServiceFactory, serve: Serve
 ) -> None:
-    async def slow(n: int) -> web.Response:
-        await asyncio.sleep(5)
-        return web.Response()
-
-    upstream, _ = await recording_upstream(serve, slow)
+    upstream, _ = await recording_upstream(serve, too_slow)
     front = await serve(
         caller(
             make_service,
@@ -195,11 +197,7 @@ async def test_a_slow_upstream_is_a_504_within_the_request_deadline(
 async def test_envoys_expected_timeout_header_shortens_the_deadline(
     make_service: ServiceFactory, serve: Serve
 ) -> None:
-    async def slow(n: int) -> web.Response:
-        await asyncio.sleep(5)
-        return web.Response()
-
-    upstream, _ = await recording_upstream(serve, slow)
+    upstream, _ = await recording_upstream(serve, too_slow)
     front = await serve(
         caller(make_service, str(upstream.make_url("/")), REQUEST_DEADLINE="10").app
     )
