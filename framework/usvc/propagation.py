@@ -225,6 +225,7 @@ class Headers(Protocol):
     def get(self, key: str, /) -> str | None: ...
     @overload
     def get(self, key: str, default: None, /) -> str | None: ...
+    def __contains__(self, key: object, /) -> bool: ...
 
 
 def new_trace_id() -> int:
@@ -488,6 +489,7 @@ class Propagator:
         "_b3multi",
         "_b3single",
         "_baggage",
+        "_extracted",
         "_passthrough",
         "_passthrough_set",
         "_tracecontext",
@@ -527,6 +529,8 @@ class Propagator:
                 names.append(lowered)
         self._passthrough = tuple(names)
         self._passthrough_set = frozenset(names)
+        # Every header extract reads: when none is present the answer is EMPTY.
+        self._extracted = (*_OWN_HEADERS, *names)
 
     @property
     def passthrough(self) -> tuple[str, ...]:
@@ -540,6 +544,13 @@ class Propagator:
         W3C context and the B3 headers describe the same span, B3's debug state
         and 64-bit trace id are kept too, since W3C cannot express them.
         """
+        # An edge service's usual request carries none of these: answer it
+        # without parsing or building anything.
+        for name in self._extracted:
+            if name in headers:
+                break
+        else:
+            return EMPTY
         problems: list[str] | None = None
         trace_id: int | None = None
         parent_span_id: int | None = None

@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from usvc.propagation import (
     BAGGAGE_MAX_BYTES,
     BAGGAGE_MAX_MEMBERS,
+    EMPTY,
     TRACESTATE_MAX_LENGTH,
     Incoming,
     Propagator,
@@ -1363,3 +1364,18 @@ def test_round_trip_keeps_ids_sampling_debug_and_width(
     assert received.request_id == incoming.request_id
     assert received.ot_span_context == incoming.ot_span_context
     assert received.passthrough == incoming.passthrough
+
+
+def test_a_request_without_any_context_header_is_the_shared_empty_context() -> None:
+    propagator = Propagator(passthrough=("x-dev-user",))
+    plain = CIMultiDictProxy(CIMultiDict({"Host": "a", "Accept": "*/*", "Cookie": "c=1"}))
+    assert propagator.extract(plain) is EMPTY
+    # any one header that extraction reads takes the full path
+    for name, value in (
+        ("x-dev-user", "betaUser"),
+        ("x-request-id", "r1"),
+        ("b3", "0"),
+        ("traceparent", "junk"),
+    ):
+        headers = CIMultiDictProxy(CIMultiDict({"Host": "a", name: value}))
+        assert propagator.extract(headers) != EMPTY, name
