@@ -232,13 +232,13 @@ class EgressCall:
             )
             may_retry = attempt < retries and deadline - loop.time() > 0
             if response is not None:
-                if isinstance(span, UsvcSpan):
+                if type(span) is UsvcSpan:
                     span.outcome(response.status, error_from=400)
                 if response.status not in RETRYABLE_STATUS or not may_retry:
                     self._response, self._span = response, span
                     return response
                 response.release()
-            elif isinstance(span, UsvcSpan):
+            elif type(span) is UsvcSpan:
                 span.outcome(None, error_from=400, error=f"{outcome} {detail}")
             span.end()
             if not may_retry:

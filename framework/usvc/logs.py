@@ -143,7 +143,7 @@ class AccessLog:
             f'{{"time":"{self._time(time.time())}"{self._head}'
             f'"{method} {escaped_path} {status}","method":"{method}","path":"{escaped_path}",'
             f'"route":{self._route(route)},"status":{status},'
-            f'"duration_ms":{round(duration * 1000, 3)}{ids}}}\n'
+            f'"duration_ms":{duration * 1000:.3f}{ids}}}\n'
         )
         if len(self._pending) == 1:
             try:

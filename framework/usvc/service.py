@@ -227,7 +227,7 @@ class Service:
         finally:
             duration = time.perf_counter() - started
             span = ctx.span
-            if isinstance(span, UsvcSpan):
+            if type(span) is UsvcSpan:
                 span.outcome(status, error_from=500)  # a 4xx is the client's error
             span.end()
             self.health.in_flight -= 1
