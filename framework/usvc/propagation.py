@@ -615,19 +615,12 @@ class Propagator:
             if problem is not None:
                 problems = _add(problems, problem)
 
-        request_id = headers.get("x-request-id")
-        if request_id is not None:
-            request_id = request_id.strip(_OWS)
-            if _REQUEST_ID_RE.fullmatch(request_id) is None:
-                request_id = None
-                problems = _add(problems, _BAD_REQUEST_ID)
-
-        ot_span_context = headers.get("x-ot-span-context")
-        if ot_span_context is not None:
-            ot_span_context = ot_span_context.strip(_OWS)
-            if _OT_SPAN_CONTEXT_RE.fullmatch(ot_span_context) is None:
-                ot_span_context = None
-                problems = _add(problems, _BAD_OT_SPAN_CONTEXT)
+        request_id, problems = _opaque(
+            headers.get("x-request-id"), _REQUEST_ID_RE, _BAD_REQUEST_ID, problems
+        )
+        ot_span_context, problems = _opaque(
+            headers.get("x-ot-span-context"), _OT_SPAN_CONTEXT_RE, _BAD_OT_SPAN_CONTEXT, problems
+        )
 
         passthrough: tuple[tuple[str, str], ...] = ()
         for name in self._passthrough:
@@ -738,6 +731,18 @@ class Propagator:
         for name, value in incoming.passthrough:
             if value and name in self._passthrough_set:
                 out[name] = value
+
+
+def _opaque(
+    value: str | None, valid: re.Pattern[str], problem: str, problems: list[str] | None
+) -> tuple[str | None, list[str] | None]:
+    """A header passed on as received (trimmed) when ``valid`` matches it, else dropped."""
+    if value is None:
+        return None, problems
+    value = value.strip(_OWS)
+    if valid.fullmatch(value) is None:
+        return None, _add(problems, problem)
+    return value, problems
 
 
 def _add(problems: list[str] | None, problem: str) -> list[str]:
