@@ -53,9 +53,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM (the graceful way), then SIGKILL if it is not gone within ``timeout``."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        reap(process, timeout)
+
+
+def reap(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Wait for a process already told to stop; SIGKILL it after ``timeout``."""
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -112,12 +116,14 @@ class Workload:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
+    signalled: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, root: Path) -> None:
+        self.signalled = False
         self.log_handle = self.log_path.open("a")
         # "pkg.mod:attr" is a usvc service; a bare module runs as a script.
         if ":" in self.module:
@@ -136,9 +142,16 @@ class Workload:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def signal_stop(self) -> None:
+        """Ask the process to stop (once); :meth:`stop` then waits for it."""
+        if self.process is not None and self.process.poll() is None and not self.signalled:
+            self.process.send_signal(signal.SIGTERM)
+            self.signalled = True
+
     def stop(self, timeout: float = 10.0) -> None:
+        self.signal_stop()
         if self.process is not None:
-            terminate(self.process, timeout)
+            reap(self.process, timeout)
         if self.log_handle is not None:
             self.log_handle.close()
             self.log_handle = None
@@ -352,9 +365,9 @@ class LocalMesh:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        # All at once, so their drains overlap; then wait for each.
         for workload in [*self.workloads.values(), *self.stand_ins.values()]:
-            if workload.process is not None and workload.process.poll() is None:
-                workload.process.send_signal(signal.SIGTERM)
+            workload.signal_stop()
         for workload in [*self.workloads.values(), *self.stand_ins.values()]:
             workload.stop()
         if self.envoy is not None:
