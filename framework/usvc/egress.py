@@ -122,9 +122,8 @@ class Egress:
         return self.request("DELETE", url, **kwargs)
 
     def deadline(self, ctx: RequestContext | None) -> float:
-        loop_now = asyncio.get_running_loop().time()
         if ctx is None:  # a background call: bounded by one call's timeout
-            return loop_now + self.settings.egress_timeout
+            return asyncio.get_running_loop().time() + self.settings.egress_timeout
         return ctx.deadline
 
     def backoff(self, attempt: int, remaining: float) -> float:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 import usvc
 from services.chain import HopFailed, add_hello, call_json, failed, hop, respond
@@ -70,8 +71,6 @@ async def index(request: web.Request) -> web.Response:
 
 
 def host_of(url: str) -> str:
-    from yarl import URL
-
     return URL(url).host or url
 
 
