@@ -157,9 +157,10 @@ class MeshBuild(Build):
 
     def start(self, run_dir: Path, loop: str) -> None:
         try:
-            from usvc.mesh.local import Layout, LocalMesh
+            from usvc_mesh.manifests import Layout
+            from usvc_mesh.supervisor import LocalMesh
         except Exception as exc:  # the local mesh is still being built
-            raise Pending(f"usvc.mesh.local does not import: {exc!r}") from None
+            raise Pending(f"usvc_mesh does not import: {exc!r}") from None
         env = {k: v for k, v in clean_env().items() if k in ("PATH", "PYTHONPATH", "HOME", "LANG")}
         try:
             self.mesh = LocalMesh(
@@ -183,8 +184,8 @@ class MeshBuild(Build):
         pids = {
             name: w.process.pid for name, w in self.mesh.workloads.items() if w.process is not None
         }
-        if self.mesh.envoy is not None:
-            pids["envoy"] = self.mesh.envoy.pid
+        if self.mesh.proxy is not None:
+            pids["envoy"] = self.mesh.proxy.pid
         return pids
 
     def cpu(self) -> dict[str, float]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from usvc.mesh.local import terminate
+from usvc_mesh.procs import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from usvc.mesh.local import free_port, http_ok, terminate
+from usvc_mesh.procs import free_port, http_ok, terminate
 
 __all__ = ["ROOT", "Proc", "free_port", "http_ok", "start"]
 

@@ -39,8 +39,8 @@ import helm_python
 import pydantic
 import yaml
 
-from usvc.mesh.routes import RETRY_ON
-from usvc.mesh.spec import parse_duration
+from usvc_mesh.routes import RETRY_ON
+from usvc_mesh.spec import parse_duration
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "usvc"

@@ -1,9 +1,8 @@
 """The ``usvc`` command.
 
 ``usvc run module:attr``  serve a :class:`usvc.Service` (or ``web.Application``)
-``usvc up``               run the demo chain locally behind a real Envoy
-``usvc mesh use NAME``    switch the running local mesh to another scenario
-``usvc mesh scenarios``   list the scenarios
+Other packages add commands through the ``usvc.commands`` entry point group:
+usvc-mesh adds ``usvc up`` and ``usvc mesh …`` (the local mesh).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from .settings import SettingsError
 
@@ -61,12 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=None, help="overrides HOST")
     run.add_argument("--port", type=int, default=None, help="overrides PORT")
     run.set_defaults(func=cmd_run)
-    try:
-        mesh_cli = importlib.import_module("usvc.mesh.cli")
-    except ImportError:  # the local mesh is optional
-        pass
-    else:
-        mesh_cli.add_commands(sub)
+    for plugin in entry_points(group="usvc.commands"):
+        plugin.load()(sub)
     return parser
 
 

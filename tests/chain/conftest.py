@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tests.procs import ROOT, free_port
-from usvc.mesh.local import Layout, LocalMesh
+from usvc_mesh.manifests import Layout
+from usvc_mesh.supervisor import LocalMesh
 
 JSON = {"Accept": "application/json"}
 

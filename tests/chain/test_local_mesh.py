@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from usvc.mesh.local import LocalMesh
+from usvc_mesh.supervisor import LocalMesh
 
 from .conftest import JSON, fetch_many, gateway, hops, path_of
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from usvc.mesh.local import LocalMesh, MeshError
+from usvc_mesh.manifests import MeshError
+from usvc_mesh.supervisor import LocalMesh
 
 from .conftest import fetch_many, gateway, scenario_with, start_mesh
 

@@ -375,7 +375,17 @@ def test_probes_use_healthz_and_readyz_on_the_http_port(
         assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert "command" not in container and "args" not in container
+
+
+def test_each_container_runs_its_service_module_with_usvc_run(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    # The local mesh starts exactly this command, so it is spelt out in the manifest.
+    for deployment in of_kind(default_objects, "Deployment"):
+        app = deployment["spec"]["template"]["metadata"]["labels"]["app"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["python", "-m", "usvc", "run"]
+        assert container["args"] == [f"services.{app}.app:svc"]
 
 
 def test_pods_are_annotated_for_metrics_merging_and_sidecar_injection(

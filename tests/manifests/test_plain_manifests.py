@@ -111,7 +111,7 @@ def test_scenario_env_map_is_what_the_chart_changes_in_the_workloads(
 def test_the_local_mesh_translates_every_scenario() -> None:
     # The chain's own tests check where requests go; this one only proves the
     # local translator accepts every field the chart writes.
-    mesh = pytest.importorskip("usvc.mesh.translate")
+    mesh = pytest.importorskip("usvc_mesh")
     workloads = sorted((tool.K8S / "workloads").glob("*.yaml"))
     for scenario in SCENARIOS:
         paths = [*workloads, tool.K8S / "mesh" / "scenarios" / f"{scenario}.yaml"]

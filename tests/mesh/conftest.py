@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from usvc.mesh import translate as mesh
+import usvc_mesh as mesh
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import usvc_mesh as tr
 from tests.mesh.conftest import (
     Backend,
     Backends,
@@ -36,7 +37,6 @@ from tests.mesh.conftest import (
     stop_envoy,
     virtual_service,
 )
-from usvc.mesh import translate as tr
 
 pytestmark = pytest.mark.slow
 

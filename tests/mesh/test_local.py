@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.procs import ROOT
-from usvc.mesh.cli import parse_env_overrides, parse_gateway
-from usvc.mesh.envoy import MeshPorts
-from usvc.mesh.local import Layout, LocalMesh, MeshError
+from usvc_mesh.cli import parse_env_overrides, parse_gateway
+from usvc_mesh.envoy import MeshPorts
+from usvc_mesh.manifests import Layout, MeshError
+from usvc_mesh.supervisor import LocalMesh
 
 
 def test_a_root_without_manifests_is_refused_naming_the_folder(tmp_path: Path) -> None:
@@ -54,13 +56,19 @@ def test_each_workload_gets_its_deployments_env_and_the_local_overrides(tmp_path
     assert middle.env["EGRESS_PROXY"] == "http://127.0.0.1:2"
     assert middle.env["HOST"] == "127.0.0.1"
     assert middle.env["PORT"] == str(middle.port)
-    assert middle.module == "services.middle.app:svc"
+    # the container's command and args, with "python" meaning this interpreter
+    assert middle.argv == [sys.executable, "-m", "usvc", "run", "services.middle.app:svc"]
     # the user's OTEL_* wins over the manifest's "none": locally, spans go where you say
     assert middle.env["OTEL_TRACES_EXPORTER"] == "otlp"
     # the retry scenario's workload env (generated from the chart) applies
     assert mesh.workloads["clock"].env["FAULT_INJECTION"] == "true"
     assert "fail" in middle.env["PASSTHROUGH_HEADERS"]
-    assert set(mesh.stand_ins) == {"worldtimeapi.org"}
+    assert set(mesh.stand_ins) == {"worldtimeapi.org"}  # the ServiceEntry's annotation
+    assert mesh.stand_ins["worldtimeapi.org"].argv == [
+        sys.executable,
+        "-m",
+        "services.worldtime.app",
+    ]
 
 
 def test_env_overrides_win_over_everything(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import usvc_mesh as tr
 from tests.mesh.conftest import (
     deployment,
     destination_rule,
@@ -20,8 +21,7 @@ from tests.mesh.conftest import (
     service,
     virtual_service,
 )
-from usvc.mesh import translate as tr
-from usvc.mesh.spec import envoy_duration, parse_duration
+from usvc_mesh.spec import envoy_duration, parse_duration
 
 FQDN = "middleware-svc.default.svc.cluster.local"
 ENDPOINTS = {

@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 from tests.procs import ROOT, free_port, http_ok
-from usvc.mesh.local import Layout, LocalMesh
+from usvc_mesh.manifests import Layout
+from usvc_mesh.supervisor import LocalMesh
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

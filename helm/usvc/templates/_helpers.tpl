@@ -188,6 +188,10 @@ spec:
         - name: {{ $name }}
           image: {{ include "usvc.image" (list $root $svc) }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          # Spelt out (the image's entrypoint says the same) so that the local
+          # mesh, which runs Deployments as processes, starts what a pod starts.
+          command: ["python", "-m", "usvc", "run"]
+          args: [{{ $svc.module | quote }}]
           ports:
             - name: http
               containerPort: 8080

@@ -1,4 +1,9 @@
-"""``usvc up`` and ``usvc mesh …``: the local mesh from the command line."""
+"""``usvc up`` and ``usvc mesh …``: the local mesh from the command line.
+
+Installed with the usvc framework, these are sub-commands of ``usvc`` (the
+``usvc.commands`` entry point); alone, the same commands are ``usvc-mesh up``,
+``usvc-mesh mesh use …``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .local import SCENARIOS, Layout, LocalMesh, MeshError
+from .manifests import Layout, MeshError
+from .supervisor import LocalMesh
 
 
 def default_run_dir(root: Path) -> Path:
@@ -67,7 +74,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     assert mesh.ports is not None
     gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
     print(f"envoy admin: http://127.0.0.1:{mesh.ports.admin}/   logs: {mesh.run_dir}")
-    print(f"scenario {mesh.scenario}; switch with: usvc mesh use <{'|'.join(SCENARIOS)}>")
+    choices = "|".join(mesh.layout.scenarios())
+    print(f"scenario {mesh.scenario}; switch with: usvc mesh use <{choices}>")
     print(f"ready in {took:.1f}s: curl {gateway}   (or -H 'x-dev-user: betaUser')", flush=True)
     reported: set[str] = set()
     try:
@@ -83,7 +91,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     )
                     for line in workload.last_lines():
                         print(f"    {line}", file=sys.stderr)
-            if mesh.envoy is not None and mesh.envoy.poll() is not None:
+            if mesh.proxy is not None and mesh.proxy.poll() is not None:
                 print("usvc up: envoy exited; stopping", file=sys.stderr)
                 break
     finally:
@@ -114,21 +122,23 @@ def cmd_use(args: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
-    for name in SCENARIOS:
+    for name in Layout(Path(args.root).resolve()).scenarios():
         print(name)
     return 0
 
 
 def add_commands(sub: Any) -> None:
     up = sub.add_parser("up", help="run the demo chain locally behind Envoy")
-    up.add_argument("--scenario", default="current", choices=SCENARIOS)
+    up.add_argument("--scenario", default="current", help="a file of k8s/mesh/scenarios/")
     up.add_argument(
         "--gateway",
         type=parse_gateway,
         default=("127.0.0.1", 8080),
         help="HOST:PORT of the gateway listener (default 127.0.0.1:8080)",
     )
-    up.add_argument("--root", default=".", help="project root holding k8s/ and services/")
+    up.add_argument(
+        "--root", default=".", help="the workloads' working directory, holding k8s/ (default .)"
+    )
     up.add_argument("--run-dir", default=None, help="logs and Envoy config (default .run/mesh)")
     up.add_argument(
         "--zipkin",
@@ -147,9 +157,19 @@ def add_commands(sub: Any) -> None:
     mesh = sub.add_parser("mesh", help="control a running local mesh")
     mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
     use = mesh_sub.add_parser("use", help="switch the running mesh to another scenario")
-    use.add_argument("scenario", choices=SCENARIOS)
+    use.add_argument("scenario", help="a file of k8s/mesh/scenarios/")
     use.add_argument("--root", default=".")
     use.add_argument("--run-dir", default=None)
     use.set_defaults(func=cmd_use)
     scenarios = mesh_sub.add_parser("scenarios", help="list the scenarios")
+    scenarios.add_argument("--root", default=".")
     scenarios.set_defaults(func=cmd_scenarios)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``usvc-mesh``: the same commands without the usvc framework installed."""
+    parser = argparse.ArgumentParser(prog="usvc-mesh", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -14,7 +14,7 @@ Every other kind (ServiceAccount, PodDisruptionBudget, PeerAuthentication,
 AuthorizationPolicy, Telemetry, ...) is ignored: identity, mTLS, authorization
 and telemetry settings are cluster-only concerns that do not change where a
 request goes. Within the kinds read, any field the local mesh cannot honour, or
-that Istio does not define, raises :class:`~usvc.mesh.spec.UnsupportedField`.
+that Istio does not define, raises :class:`~usvc_mesh.spec.UnsupportedField`.
 
 The result has two route configurations. ``outbound`` stands in for every
 sidecar: one virtual host per HTTP port of every Service and ServiceEntry

@@ -1,12 +1,11 @@
-"""The local mesh: every workload of the demo as a process, one real Envoy between them.
+"""The supervisor: every Deployment of the manifests as a process, one real Envoy between them.
 
-Workloads and rules come from the same manifests a cluster applies
-(``k8s/workloads/*.yaml`` and ``k8s/mesh/scenarios/<scenario>.yaml``, rendered
-from the Helm chart): each Deployment becomes a process with the Deployment's
-own environment, except where it must differ on one machine (its port, and
-the outbound proxy that stands in for the iptables redirect to a sidecar).
-ServiceEntry hosts are served by local stand-ins, since this machine may
-have no internet.
+Workloads and rules come from the manifests a cluster applies (see
+:mod:`usvc_mesh.manifests` for the layout): each Deployment becomes a process
+running its container's command with the Deployment's own environment, except
+where it must differ on one machine (its port, and the outbound proxy that
+stands in for the iptables redirect to a sidecar). ServiceEntry hosts that ask
+for it are served by local stand-ins, since this machine may have no internet.
 
 A scenario switch rewrites Envoy's route and cluster files in place; Envoy
 reloads them without dropping a request in flight.
@@ -18,105 +17,44 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
-from . import envoy as tr
+from . import envoy
+from .manifests import (
+    Layout,
+    MeshError,
+    container_env,
+    pod_labels,
+    ready_path,
+    stand_ins,
+    workload_command,
+)
+from .procs import free_port, http_ok, reap, terminate
 from .translation import Translation, translate
 
-SCENARIOS = ("current", "prod", "dev", "canary", "beta", "retry", "stress")
-# Hosts a ServiceEntry may name that a local stand-in can answer for.
-STAND_INS: Mapping[str, str] = {"worldtimeapi.org": "services.worldtime.app"}
 STATE_FILE = "mesh.json"
 
 
-class MeshError(RuntimeError):
-    """The local mesh cannot start or switch; the message says why."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    """SIGTERM (the graceful way), then SIGKILL if it is not gone within ``timeout``."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        reap(process, timeout)
-
-
-def reap(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    """Wait for a process already told to stop; SIGKILL it after ``timeout``."""
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def load_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for path in paths:
-        with path.open() as handle:
-            docs.extend(d for d in yaml.safe_load_all(handle) if isinstance(d, dict))
-    return docs
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the manifests live (the chart's rendered output, ``k8s/``)."""
-
-    root: Path  # the project root: workloads import ``services.<app>.app``
-    manifests_dir: Path | None = None  # default: root/k8s
-    namespace: str = "usvc"  # the one k8s/ was rendered for
-
-    @property
-    def manifests(self) -> Path:
-        return self.manifests_dir or self.root / "k8s"
-
-    def workload_files(self) -> list[Path]:
-        files = sorted((self.manifests / "workloads").glob("*.yaml"))
-        if not files:
-            raise MeshError(f"no workload manifests in {self.manifests / 'workloads'}")
-        return files
-
-    def scenario_file(self, scenario: str) -> Path:
-        path = self.manifests / "mesh" / "scenarios" / f"{scenario}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in path.parent.glob("*.yaml") if "." not in p.stem)
-            raise MeshError(f"unknown scenario {scenario!r}; known: {', '.join(known)}")
-        return path
-
-    def scenario_env_file(self, scenario: str) -> Path:
-        return self.manifests / "mesh" / "scenarios" / f"{scenario}.env.yaml"
-
-
 @dataclass
-class Workload:
-    """One Deployment run as a local process."""
+class WorkloadProcess:
+    """One Deployment (or stand-in) run as a local process."""
 
     name: str
     labels: dict[str, str]
     env: dict[str, str]
-    module: str
+    argv: list[str]
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
     signalled: bool = False
+    ready_path: str = "/readyz"
 
     @property
     def url(self) -> str:
@@ -125,13 +63,8 @@ class Workload:
     def start(self, root: Path) -> None:
         self.signalled = False
         self.log_handle = self.log_path.open("a")
-        # "pkg.mod:attr" is a usvc service; a bare module runs as a script.
-        if ":" in self.module:
-            argv = [sys.executable, "-m", "usvc", "run", self.module]
-        else:
-            argv = [sys.executable, "-m", self.module]
         self.process = subprocess.Popen(
-            argv,
+            self.argv,
             cwd=root,
             env=self.env,
             stdout=self.log_handle,
@@ -163,19 +96,6 @@ class Workload:
             return []
 
 
-def container_env(deployment: Mapping[str, Any]) -> dict[str, str]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    env: dict[str, str] = {}
-    for item in containers[0].get("env", []):
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-    return env
-
-
-def pod_labels(deployment: Mapping[str, Any]) -> dict[str, str]:
-    return dict(deployment["spec"]["template"]["metadata"].get("labels", {}))
-
-
 @dataclass
 class LocalMesh:
     """Starts, watches, switches and stops the local chain. See the module docstring."""
@@ -187,28 +107,20 @@ class LocalMesh:
     run_dir: Path | None = None
     env_overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     base_env: Mapping[str, str] = field(default_factory=dict)
-    workloads: dict[str, Workload] = field(default_factory=dict)
-    stand_ins: dict[str, Workload] = field(default_factory=dict)
-    envoy: subprocess.Popen[bytes] | None = None
-    ports: tr.MeshPorts | None = None
+    workloads: dict[str, WorkloadProcess] = field(default_factory=dict)
+    stand_ins: dict[str, WorkloadProcess] = field(default_factory=dict)
+    proxy: subprocess.Popen[bytes] | None = None  # the Envoy process
+    ports: envoy.MeshPorts | None = None
     zipkin: tuple[str, int] | None = None  # where Envoy reports its spans, if anywhere
 
     # -- configuration -------------------------------------------------------
     def documents(self, scenario: str) -> list[dict[str, Any]]:
-        return load_documents([*self.layout.workload_files(), self.layout.scenario_file(scenario)])
-
-    def scenario_env(self, scenario: str) -> dict[str, dict[str, str]]:
-        """Extra env per Deployment a scenario needs (e.g. fault injection for retry)."""
-        path = self.layout.scenario_env_file(scenario)
-        if not path.is_file():
-            return {}
-        data = yaml.safe_load(path.read_text()) or {}
-        return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
+        return self.layout.documents(scenario)
 
     def plan(self, docs: Sequence[Mapping[str, Any]]) -> None:
         assert self.run_dir is not None and self.ports is not None
         outbound = f"http://127.0.0.1:{self.ports.outbound}"
-        extra = self.scenario_env(self.scenario)
+        extra = self.layout.scenario_env(self.scenario)
         for doc in docs:
             if doc.get("kind") != "Deployment":
                 continue
@@ -225,30 +137,28 @@ class LocalMesh:
             }
             port = free_port()
             env.update(HOST="127.0.0.1", PORT=str(port), EGRESS_PROXY=outbound, DRAIN_SECONDS="0")
-            self.workloads[name] = Workload(
+            self.workloads[name] = WorkloadProcess(
                 name=name,
                 labels=labels,
                 env=env,
-                module=f"services.{labels.get('app', name)}.app:svc",
+                argv=workload_command(doc),
+                ready_path=ready_path(doc),
                 port=port,
                 log_path=self.run_dir / f"{name}.log",
             )
         if not self.workloads:
             raise MeshError("the manifests define no Deployment")
-        for doc in docs:
-            if doc.get("kind") != "ServiceEntry":
-                continue
-            for host in doc["spec"].get("hosts", []):
-                if host in STAND_INS and host not in self.stand_ins:
-                    port = free_port()
-                    self.stand_ins[host] = Workload(
-                        name=f"stand-in:{host}",
-                        labels={},
-                        env={**self.base_env, "HOST": "127.0.0.1", "PORT": str(port)},
-                        module=STAND_INS[host],
-                        port=port,
-                        log_path=self.run_dir / f"stand-in-{host}.log",
-                    )
+        for stand_in in stand_ins(docs):
+            port = free_port()
+            self.stand_ins[stand_in.host] = WorkloadProcess(
+                name=f"stand-in:{stand_in.host}",
+                labels={},
+                env={**self.base_env, "HOST": "127.0.0.1", "PORT": str(port)},
+                argv=list(stand_in.argv),
+                port=port,
+                log_path=self.run_dir / f"stand-in-{stand_in.host}.log",
+                ready_path=stand_in.ready_path,
+            )
 
     def translation(self, scenario: str) -> Translation:
         endpoints = {name: ("127.0.0.1", w.port) for name, w in self.workloads.items()}
@@ -267,7 +177,7 @@ class LocalMesh:
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="usvc-mesh-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = tr.MeshPorts(
+        self.ports = envoy.MeshPorts(
             gateway=self.gateway_port,
             outbound=free_port(),
             admin=free_port(),
@@ -276,14 +186,14 @@ class LocalMesh:
         docs = self.documents(self.scenario)
         self.plan(docs)
         config_dir = self.run_dir / "envoy"
-        tr.write(config_dir, self.translation(self.scenario))
-        bootstrap = tr.write_bootstrap(
+        envoy.write(config_dir, self.translation(self.scenario))
+        bootstrap = envoy.write_bootstrap(
             config_dir,
             self.ports,
             access_log=self.run_dir / "envoy-access.log",
             zipkin=self.zipkin,
         )
-        tr.validate(config_dir)
+        envoy.validate(config_dir)
         try:
             for workload in [*self.stand_ins.values(), *self.workloads.values()]:
                 workload.start(self.layout.root)
@@ -298,8 +208,8 @@ class LocalMesh:
     def _start_envoy(self, bootstrap: Path) -> None:
         assert self.run_dir is not None
         log = (self.run_dir / "envoy.log").open("a")
-        self.envoy = subprocess.Popen(
-            tr.envoy_command(bootstrap, concurrency=2),
+        self.proxy = subprocess.Popen(
+            envoy.envoy_command(bootstrap, concurrency=2),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -308,8 +218,10 @@ class LocalMesh:
 
     def _wait_ready(self, deadline: float) -> None:
         assert self.ports is not None
-        pending = {w.name: f"{w.url}/readyz" for w in self.workloads.values()}
-        pending.update({w.name: f"{w.url}/api/timezone/Etc/UTC" for w in self.stand_ins.values()})
+        pending = {
+            w.name: f"{w.url}{w.ready_path}"
+            for w in [*self.workloads.values(), *self.stand_ins.values()]
+        }
         pending["envoy"] = f"http://127.0.0.1:{self.ports.admin}/ready"
         while pending:
             self.check_alive()
@@ -330,10 +242,10 @@ class LocalMesh:
                     f"{workload.name} exited with status {workload.process.returncode}; "
                     f"its last log lines:\n    {tail}"
                 )
-        if self.envoy is not None and self.envoy.poll() is not None:
+        if self.proxy is not None and self.proxy.poll() is not None:
             assert self.run_dir is not None
             tail = "\n    ".join((self.run_dir / "envoy.log").read_text().splitlines()[-15:])
-            raise MeshError(f"envoy exited with status {self.envoy.returncode}:\n    {tail}")
+            raise MeshError(f"envoy exited with status {self.proxy.returncode}:\n    {tail}")
 
     def use(self, scenario: str) -> None:
         """Switch the routing rules of the running mesh; nothing restarts."""
@@ -343,12 +255,12 @@ class LocalMesh:
         staging = self.run_dir / "envoy-check"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(config_dir, staging)
-        tr.write(staging, translation)
-        tr.validate(staging)  # a bad rule set never reaches the running Envoy
+        envoy.write(staging, translation)
+        envoy.validate(staging)  # a bad rule set never reaches the running Envoy
         shutil.rmtree(staging, ignore_errors=True)
-        tr.write(config_dir, translation)
+        envoy.write(config_dir, translation)
         assert self.ports is not None
-        tr.wait_applied(("127.0.0.1", self.ports.admin), translation)
+        envoy.wait_applied(("127.0.0.1", self.ports.admin), translation)
         self.scenario = scenario
         self._save_state()
 
@@ -358,7 +270,7 @@ class LocalMesh:
         workload.stop()
         workload.start(self.layout.root)
         deadline = time.monotonic() + 30
-        while not http_ok(f"{workload.url}/readyz"):
+        while not http_ok(f"{workload.url}{workload.ready_path}"):
             self.check_alive()
             if time.monotonic() > deadline:
                 raise MeshError(f"{name} did not become ready after restart")
@@ -370,8 +282,8 @@ class LocalMesh:
             workload.signal_stop()
         for workload in [*self.workloads.values(), *self.stand_ins.values()]:
             workload.stop()
-        if self.envoy is not None:
-            terminate(self.envoy)
+        if self.proxy is not None:
+            terminate(self.proxy)
         if self.run_dir is not None:
             (self.run_dir / STATE_FILE).unlink(missing_ok=True)
 
@@ -403,11 +315,11 @@ class LocalMesh:
         except FileNotFoundError:
             raise MeshError(f"no local mesh is running from {run_dir}") from None
         mesh = cls(Layout(Path(state["root"])), scenario=state["scenario"], run_dir=run_dir)
-        mesh.ports = tr.MeshPorts(**state["ports"])
+        mesh.ports = envoy.MeshPorts(**state["ports"])
         for name, port in state["workloads"].items():
-            mesh.workloads[name] = Workload(name, {}, {}, "", port, run_dir / f"{name}.log")
+            mesh.workloads[name] = WorkloadProcess(name, {}, {}, [], port, run_dir / f"{name}.log")
         for host, port in state["stand_ins"].items():
-            mesh.stand_ins[host] = Workload(host, {}, {}, "", port, run_dir / f"{host}.log")
+            mesh.stand_ins[host] = WorkloadProcess(host, {}, {}, [], port, run_dir / f"{host}.log")
         return mesh
 
     def describe(self) -> list[tuple[str, str, str]]:
@@ -420,15 +332,3 @@ class LocalMesh:
         for host, w in self.stand_ins.items():
             rows.append((host, w.url, "stand-in for the public API"))
         return rows
-
-
-# Loopback checks must not go through a proxy the user's environment names.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=0.5) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False

@@ -33,7 +33,7 @@ _PREVIOUS_PRIORITIES = {
         "update_frequency": 2,
     },
 }
-DEFAULTRETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 RETRY_ON = frozenset(
     {
         "5xx",
@@ -584,7 +584,7 @@ def _mirror(cluster: str, percent: float) -> dict[str, Any]:
 
 def _default_retry(*, consistent_hash: bool = False) -> dict[str, Any]:
     policy: dict[str, Any] = {
-        "retry_on": DEFAULTRETRY_ON,
+        "retry_on": DEFAULT_RETRY_ON,
         "num_retries": 2,
         "host_selection_retry_max_attempts": 5,
     }
