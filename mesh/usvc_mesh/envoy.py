@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
+from .translation import DNS_CACHE, GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
 BOOTSTRAP_FILE = "bootstrap.json"
 CDS_FILE = "cds.json"
@@ -367,6 +367,7 @@ def _listener(
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
                 },
             },
+            *([] if edge else [_passthrough_filter()]),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -390,6 +391,18 @@ def _listener(
         "address": _address(host, port),
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}],
+    }
+
+
+def _passthrough_filter() -> dict[str, Any]:
+    """Resolves hosts for the PassthroughCluster (ALLOW_ANY); idle for every other cluster."""
+    return {
+        "name": "envoy.filters.http.dynamic_forward_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http"
+            ".dynamic_forward_proxy.v3.FilterConfig",
+            "dns_cache_config": dict(DNS_CACHE),
+        },
     }
 
 

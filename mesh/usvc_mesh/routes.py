@@ -188,7 +188,7 @@ class RouteBuilder:
         """istiod's route for a host no VirtualService covers."""
         action: dict[str, Any] = {
             "cluster": cluster_name(port, "", host.fqdn),
-            "timeout": "0s",
+            **route_timeout(None),
         }
         policy = hash_policy(self.rules.get(host.fqdn), port, "")
         if policy is not None:
@@ -330,7 +330,7 @@ class RouteBuilder:
                     "route", "weights add up to 0: at least one destination needs a weight"
                 )
             action["weighted_clusters"] = {"clusters": weighted}
-        action["timeout"] = http.duration("timeout") or "0s"
+        action.update(route_timeout(http.duration("timeout")))
         if hashes:
             action["hash_policy"] = [dict(h) for h in hashes]
         rewrite = http.child("rewrite")
@@ -574,11 +574,22 @@ def _fraction(percent: float) -> dict[str, Any]:
     return {"numerator": round(percent * 10_000), "denominator": "MILLION"}
 
 
+def route_timeout(timeout: str | None) -> dict[str, str]:
+    """istiod's setTimeout (pilot/pkg/networking/core/route/route.go): no timeout
+    is ``0s``, and ``max_grpc_timeout`` is the same value, so a gRPC client's
+    ``grpc-timeout`` header bounds the call (unbounded by the route when 0s)."""
+    value = timeout or "0s"
+    return {"timeout": value, "max_grpc_timeout": value}
+
+
 def _mirror(cluster: str, percent: float) -> dict[str, Any]:
     return {
         "cluster": cluster,
         "runtime_fraction": {"default_value": _fraction(percent)},
         "trace_sampled": False,
+        # Istio >= 1.28 (features.DisableShadowHostSuffix, default true): the
+        # copy keeps the original Host instead of "<host>-shadow".
+        "disable_shadow_host_suffix_append": True,
     }
 
 

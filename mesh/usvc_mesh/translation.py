@@ -19,8 +19,11 @@ that Istio does not define, raises :class:`~usvc_mesh.spec.UnsupportedField`.
 The result has two route configurations. ``outbound`` stands in for every
 sidecar: one virtual host per HTTP port of every Service and ServiceEntry
 (routes from the VirtualServices bound to ``mesh``, else istiod's default
-route), one CONNECT tunnel per non-HTTP port, and a catch-all answering 502 for
-hosts the registry does not know (Istio's REGISTRY_ONLY). ``gateway`` stands in
+route), one CONNECT tunnel per non-HTTP port, and a catch-all for hosts the
+registry does not know: passed through to the host itself (Istio's default
+``outboundTrafficPolicy`` ALLOW_ANY; Envoy's dynamic forward proxy resolves it)
+or answered 502 (REGISTRY_ONLY). The mode is the mesh's default unless a
+namespace-wide ``Sidecar`` sets it. ``gateway`` stands in
 for the ingress gateway: the VirtualServices bound to Gateway objects, on the
 hosts their servers accept. All Gateways share the one local gateway listener,
 so their HTTP servers must agree on one port number.
@@ -34,7 +37,7 @@ from typing import Any
 
 from .clusters import build_clusters, cluster_name, read_destination_rules
 from .registry import HTTP_PROTOCOLS, MeshHost, Port, Registry, build_registry
-from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service
+from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
 from .spec import Spec, UnsupportedField, metadata_name, metadata_namespace
 
 GATEWAY_ROUTES = "gateway"
@@ -44,6 +47,13 @@ ISTIO_VERSIONS = frozenset(
 )
 ISTIO_KINDS = frozenset({"Gateway", "VirtualService", "DestinationRule", "ServiceEntry"})
 _NO_ROUTE_BODY = "local mesh: no Service or ServiceEntry has this host (REGISTRY_ONLY)\n"
+# pkg/config/mesh/mesh.go DefaultMeshConfig: outboundTrafficPolicy.mode ALLOW_ANY.
+ALLOW_ANY = "ALLOW_ANY"
+REGISTRY_ONLY = "REGISTRY_ONLY"
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+# The DNS cache the passthrough cluster and the outbound listener's
+# dynamic_forward_proxy filter share; the two must carry the same config.
+DNS_CACHE = {"name": "passthrough_dns", "dns_lookup_family": "V4_PREFERRED"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ def translate(
     endpoints: Mapping[str, tuple[str, int]],
     externals: Mapping[str, tuple[str, int]] | None = None,
     namespace: str = "default",
+    outbound_traffic_policy: str = ALLOW_ANY,
 ) -> Translation:
     """Translate Kubernetes + Istio objects for the local mesh.
 
@@ -106,6 +117,8 @@ def translate(
     ``namespace`` is where objects without ``metadata.namespace`` live; the
     outbound listener accepts a Service's bare short name when only one
     namespace has a Service of that name, else for ``namespace``'s.
+    ``outbound_traffic_policy`` is the mesh config's mode (Istio's default
+    ALLOW_ANY); a namespace-wide Sidecar in the objects overrides it.
     """
     objects = [obj for obj in objects if obj]
     for obj in objects:
@@ -126,12 +139,15 @@ def translate(
     for vs in services:
         builder.routes(vs, port=None, gateway=None)
     clusters, warnings = build_clusters(registry, rules)
+    mode = _outbound_mode(objects, namespace, outbound_traffic_policy)
+    if mode == ALLOW_ANY:
+        clusters.append(_passthrough_cluster())
     return Translation(
         gateway_routes=_route_config(
             GATEWAY_ROUTES, _gateway_hosts(services, gateways, registry, builder)
         ),
         outbound_routes=_route_config(
-            OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder)
+            OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder, mode)
         ),
         clusters=tuple(clusters),
         warnings=tuple(warnings),
@@ -169,8 +185,70 @@ def _route_config(name: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, A
 # -- outbound (the sidecars) -----------------------------------------------------
 
 
+def _outbound_mode(objects: Sequence[Mapping[str, Any]], namespace: str, default: str) -> str:
+    """The outboundTrafficPolicy mode: the mesh default, or a namespace-wide Sidecar's.
+
+    The one local Envoy is every workload's sidecar, so only a Sidecar without
+    ``workloadSelector`` whose egress is Istio's default (``*/*``) can be
+    honoured; anything else is refused rather than silently applied to all.
+    """
+    if default not in (ALLOW_ANY, REGISTRY_ONLY):
+        raise ValueError(
+            f"outbound traffic policy {default!r}: expected ALLOW_ANY or REGISTRY_ONLY"
+        )
+    modes: dict[str, str] = {}
+    for obj in objects:
+        if obj.get("kind") != "Sidecar":
+            continue
+        where = f"Sidecar {metadata_name(obj)}"
+        spec = Spec.of(where, "", obj.get("spec") or {})
+        spec.only(
+            "Sidecar",
+            {"egress", "outboundTrafficPolicy"},
+            {"workloadSelector", "ingress", "inboundConnectionPool"},
+        )
+        for index, egress in enumerate(spec.children("egress")):
+            egress.only("IstioEgressListener", {"hosts"}, {"port", "bind", "captureMode"})
+            if egress.strings("hosts") != ["*/*"]:
+                raise spec.unsupported(
+                    f"egress[{index}].hosts", egress.strings("hosts"), "only the default */*"
+                )
+        policy = spec.child("outboundTrafficPolicy")
+        if policy is None:
+            continue
+        policy.only("OutboundTrafficPolicy", {"mode"}, {"egressProxy"})
+        mode = policy.text("mode", ALLOW_ANY) or ALLOW_ANY
+        if mode not in (ALLOW_ANY, REGISTRY_ONLY):
+            raise policy.error("mode", f"must be ALLOW_ANY or REGISTRY_ONLY, not {mode!r}")
+        modes[metadata_namespace(obj, namespace)] = mode
+    if len(set(modes.values())) > 1:
+        raise UnsupportedField(
+            f"Sidecars set different outboundTrafficPolicy modes per namespace ({modes}); "
+            "the local mesh has one outbound proxy for all namespaces"
+        )
+    return next(iter(modes.values()), default)
+
+
+def _passthrough_cluster() -> dict[str, Any]:
+    """Istio's PassthroughCluster, for a proxy that sees absolute-form requests:
+    Envoy's dynamic forward proxy resolves the request's host and connects to it."""
+    return {
+        "name": PASSTHROUGH_CLUSTER,
+        "connect_timeout": "10s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.dynamic_forward_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters"
+                ".dynamic_forward_proxy.v3.ClusterConfig",
+                "dns_cache_config": dict(DNS_CACHE),
+            },
+        },
+    }
+
+
 def _outbound_hosts(
-    services: Sequence[VirtualService], registry: Registry, builder: RouteBuilder
+    services: Sequence[VirtualService], registry: Registry, builder: RouteBuilder, mode: str
 ) -> list[dict[str, Any]]:
     bound: dict[str, VirtualService] = {}
     for vs in services:
@@ -208,19 +286,19 @@ def _outbound_hosts(
                     "include_request_attempt_count": True,
                 }
             )
-    virtual_hosts.append(
-        {
-            "name": "block_all",
-            "domains": ["*"],
-            "routes": [
-                {
-                    "name": "block_all",
-                    "match": {"prefix": "/"},
-                    "direct_response": {"status": 502, "body": {"inline_string": _NO_ROUTE_BODY}},
-                }
-            ],
+    if mode == ALLOW_ANY:
+        catch_all: dict[str, Any] = {
+            "name": "allow_any",
+            "match": {"prefix": "/"},
+            "route": {"cluster": PASSTHROUGH_CLUSTER, **route_timeout(None)},
         }
-    )
+    else:
+        catch_all = {
+            "name": "block_all",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 502, "body": {"inline_string": _NO_ROUTE_BODY}},
+        }
+    virtual_hosts.append({"name": catch_all["name"], "domains": ["*"], "routes": [catch_all]})
     return virtual_hosts
 
 

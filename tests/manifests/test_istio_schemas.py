@@ -24,6 +24,7 @@ def test_every_istio_object_passes_strict_validation(
         "VirtualService",
         "DestinationRule",
         "ServiceEntry",
+        "Sidecar",
         "PeerAuthentication",
         "AuthorizationPolicy",
         "Telemetry",

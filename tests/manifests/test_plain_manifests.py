@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .support import SCENARIOS, tool
+from .support import SCENARIOS, named, tool
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(
@@ -214,3 +214,16 @@ def test_registry_one_liner_swaps_every_image() -> None:
     assert images == {
         f"registry.example.com/usvc/{s}:0.1.0" for s in ("front", "middle", "core", "clock")
     }
+
+
+@pytest.mark.parametrize("mode", ["ALLOW_ANY", "REGISTRY_ONLY"])
+def test_the_charts_outbound_traffic_policy_is_what_the_local_mesh_applies(mode: str) -> None:
+    mesh = pytest.importorskip("usvc_mesh")
+    objects = tool.render_objects({"mesh": {"outboundTrafficPolicy": mode}})
+    sidecar = named(objects, "Sidecar", "default")
+    assert sidecar["spec"]["outboundTrafficPolicy"] == {"mode": mode}
+    deployments = [o["metadata"]["name"] for o in objects if o.get("kind") == "Deployment"]
+    endpoints = {name: ("127.0.0.1", 20000 + i) for i, name in enumerate(deployments)}
+    translation = mesh.translate(objects, endpoints=endpoints, namespace="usvc")
+    catch_all = translation.virtual_host("outbound", "*")["name"]
+    assert catch_all == {"ALLOW_ANY": "allow_any", "REGISTRY_ONLY": "block_all"}[mode]

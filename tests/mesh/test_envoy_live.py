@@ -254,9 +254,29 @@ def test_the_outbound_proxy_routes_absolute_form_requests_by_host(envoy: Envoy, 
         assert (status, body["name"], body["host"], body["path"]) == (200, backend, authority, path)
 
 
-def test_the_outbound_proxy_answers_502_for_a_host_no_service_has(envoy: Envoy, mesh: Mesh) -> None:
+def outbound_policy(mode: str) -> dict[str, Any]:
+    """A namespace-wide Sidecar setting the outbound traffic policy, as the chart renders it."""
+    return istio(
+        "Sidecar",
+        "default",
+        {"egress": [{"hosts": ["*/*"]}], "outboundTrafficPolicy": {"mode": mode}},
+    )
+
+
+def test_by_default_a_host_no_service_has_is_passed_through(envoy: Envoy, mesh: Mesh) -> None:
+    # Istio's mesh default is outboundTrafficPolicy ALLOW_ANY (pkg/config/mesh/mesh.go,
+    # DefaultMeshConfig; istio.io "Accessing External Services"): the call leaves the mesh
+    # to the host itself. "localhost:PORT" is a host no Service or ServiceEntry has.
     envoy.apply(mesh.translate())
-    status, body = absolute_form_get(envoy.ports.outbound, "nowhere.test", "/")
+    outside = mesh.backends["stand-in"]
+    status, body = absolute_form_get(envoy.ports.outbound, f"localhost:{outside.port}", "/out")
+    assert (status, body["name"], body["path"]) == (200, "stand-in", "/out")
+
+
+def test_with_registry_only_a_host_no_service_has_is_answered_502(envoy: Envoy, mesh: Mesh) -> None:
+    envoy.apply(mesh.translate(outbound_policy("REGISTRY_ONLY")))
+    outside = mesh.backends["stand-in"]
+    status, body = absolute_form_get(envoy.ports.outbound, f"localhost:{outside.port}", "/")
     assert status == 502
     assert "no Service or ServiceEntry" in body["body"]
 
@@ -375,7 +395,7 @@ async def test_istios_default_retry_policy_retries_a_refused_connection_twice(
     assert retries(envoy, "dead-svc") == before + 2
 
 
-async def test_a_mirror_sends_a_copy_to_the_shadow_host(
+async def test_a_mirrored_copy_keeps_the_original_host(
     envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
 ) -> None:
     rule = {
@@ -389,7 +409,9 @@ async def test_a_mirror_sends_a_copy_to_the_shadow_host(
     deadline = time.monotonic() + 2
     while not shadow.seen and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert shadow.seen[0]["host"] == "echo-svc-shadow"
+    # Istio >= 1.28 sets disable_shadow_host_suffix_append (pilot/pkg/features:
+    # DISABLE_SHADOW_HOST_SUFFIX, default true); older releases sent "echo-svc-shadow".
+    assert shadow.seen[0]["host"] == "echo-svc"
 
 
 # -- tracing -----------------------------------------------------------------------------
@@ -519,6 +541,23 @@ def switch_rules(target: str) -> list[dict[str, Any]]:
     # Each side defines only the subset it uses, so the switch also removes a cluster.
     rule = destination_rule("switch", "switch-svc", {target: {"v": target}})
     return [front, rule]
+
+
+async def test_a_grpc_timeout_header_bounds_the_call_when_the_route_has_no_timeout(
+    envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
+) -> None:
+    # istiod's setTimeout (pilot/pkg/networking/core/route/route.go) sets max_grpc_timeout
+    # 0s on a route without timeout, so Envoy honours the client's grpc-timeout.
+    envoy.apply(mesh.translate(*switch_rules("slow")))  # the slow backend answers after 1 s
+    headers = {"content-type": "application/grpc", "grpc-timeout": "200m", "te": "trailers"}
+    started = time.monotonic()
+    async with session.post(f"{envoy.gateway_url}/", headers=headers, data=b"") as response:
+        await response.read()
+        grpc = (response.headers.get("grpc-status"), response.headers.get("grpc-message"))
+    elapsed = time.monotonic() - started
+    # Envoy's own 504, as a trailers-only gRPC reply (HTTP 504 maps to UNAVAILABLE, 14)
+    assert grpc == ("14", "upstream request timeout")
+    assert elapsed < 0.9
 
 
 async def test_a_hot_switch_takes_effect_without_restart_and_drops_no_request_in_flight(

@@ -122,9 +122,55 @@ def test_a_port_other_than_80_is_reached_only_with_its_port_unless_it_is_the_onl
     assert "a-svc" not in translation.virtual_host("outbound", "a-svc:9090")["domains"]
 
 
-def test_an_unknown_host_gets_502_like_istios_registry_only_mode() -> None:
-    catch_all = mesh_of().virtual_host("outbound", "*")
-    assert catch_all["routes"][0]["direct_response"]["status"] == 502
+def sidecar(**spec: Any) -> dict[str, Any]:
+    return istio("Sidecar", "default", spec)
+
+
+def test_an_unknown_host_passes_through_by_default_like_istios_allow_any() -> None:
+    translation = mesh_of()
+    (route,) = translation.virtual_host("outbound", "*")["routes"]
+    assert route["route"]["cluster"] == "PassthroughCluster"
+    passthrough = translation.cluster("PassthroughCluster")
+    assert passthrough["cluster_type"]["name"] == "envoy.clusters.dynamic_forward_proxy"
+
+
+def test_a_namespace_sidecar_with_registry_only_answers_502_for_an_unknown_host() -> None:
+    translation = mesh_of(sidecar(outboundTrafficPolicy={"mode": "REGISTRY_ONLY"}))
+    (route,) = translation.virtual_host("outbound", "*")["routes"]
+    assert route["direct_response"]["status"] == 502
+    with pytest.raises(KeyError):
+        translation.cluster("PassthroughCluster")
+
+
+def test_the_mesh_default_outbound_policy_can_be_registry_only() -> None:
+    translation = mesh_of(outbound_traffic_policy="REGISTRY_ONLY")
+    assert translation.virtual_host("outbound", "*")["name"] == "block_all"
+
+
+def test_a_sidecar_for_some_workloads_only_is_refused_naming_the_field() -> None:
+    # one Envoy serves every workload: a per-workload Sidecar cannot be honoured
+    with pytest.raises(tr.UnsupportedField, match=r"Sidecar default: workloadSelector"):
+        mesh_of(sidecar(workloadSelector={"labels": {"app": "front"}}))
+
+
+def test_a_sidecar_limiting_egress_hosts_is_refused_naming_the_field() -> None:
+    with pytest.raises(tr.UnsupportedField, match=r"egress\[0\]\.hosts"):
+        mesh_of(sidecar(egress=[{"hosts": ["./*"]}]))
+
+
+def test_an_unknown_outbound_mode_is_an_error_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"outboundTrafficPolicy\.mode must be ALLOW_ANY or"):
+        mesh_of(sidecar(outboundTrafficPolicy={"mode": "ALLOW_SOME"}))
+
+
+def test_a_route_without_timeout_lets_grpc_timeout_bound_the_call() -> None:
+    # route.go setTimeout: max_grpc_timeout 0s (the grpc-timeout header applies unbounded)
+    assert route_for({"route": [to()]})["route"]["max_grpc_timeout"] == "0s"
+
+
+def test_a_route_timeout_is_also_the_grpc_timeout_cap() -> None:
+    action = route_for({"route": [to()], "timeout": "3s"})["route"]
+    assert (action["timeout"], action["max_grpc_timeout"]) == ("3s", "3s")
 
 
 # -- istiod's defaults ------------------------------------------------------------
@@ -475,6 +521,8 @@ def test_mirror_with_percentage_becomes_a_request_mirror_policy() -> None:
             "cluster": f"outbound|80|dev|{FQDN}",
             "runtime_fraction": {"default_value": {"numerator": 100_000, "denominator": "MILLION"}},
             "trace_sampled": False,
+            # the copy keeps the original Host (Istio >= 1.28's default)
+            "disable_shadow_host_suffix_append": True,
         }
     ]
 
