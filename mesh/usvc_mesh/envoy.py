@@ -360,7 +360,13 @@ def _listener(
             "config_source": _file_source(config_dir / RDS_FILES[name]),
         },
         "http_filters": [
-            # Empty here; routes switch it on through typed_per_filter_config.
+            # Both empty here; routes switch them on through typed_per_filter_config.
+            {
+                "name": "envoy.filters.http.cors",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+                },
+            },
             {
                 "name": "envoy.filters.http.fault",
                 "typed_config": {

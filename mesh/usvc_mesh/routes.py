@@ -16,10 +16,12 @@ from typing import Any
 
 from .clusters import DestinationRule, cluster_name, hash_policy
 from .registry import MeshHost, Registry
-from .spec import Spec
+from .spec import Spec, parse_duration
 
 MESH = "mesh"
 FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
+_CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 _FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 _EXTENSIONS = "type.googleapis.com/envoy.extensions"
 _PREVIOUS_HOSTS = {
@@ -98,8 +100,19 @@ _HTTP_FIELDS = {
     "mirrorPercentage",
     "mirrorPercent",
     "headers",
+    "corsPolicy",
 }
-_HTTP_UNSUPPORTED = {"delegate", "corsPolicy", "mirror_percent"}
+_HTTP_UNSUPPORTED = {"delegate", "mirror_percent"}
+_CORS_FIELDS = {
+    "allowOrigins",
+    "allowOrigin",
+    "allowMethods",
+    "allowHeaders",
+    "exposeHeaders",
+    "maxAge",
+    "allowCredentials",
+    "unmatchedPreflights",
+}
 _MATCH_FIELDS = {
     "name",
     "uri",
@@ -143,7 +156,11 @@ def read_virtual_service(
     spec.only("VirtualService", _VS_FIELDS, _VS_UNSUPPORTED)
     hosts = spec.strings("hosts")
     if not hosts:
-        raise spec.error("hosts", "is required")
+        # Istio allows it only for a delegate: a VirtualService another one's
+        # http[].delegate points to, which the local mesh does not apply.
+        raise spec.unsupported(
+            "hosts", "(none)", "a VirtualService without hosts is a delegate; delegates are not"
+        )
     bound = tuple(
         gateway_key(gateway, namespace, gateways, spec, f"gateways[{index}]")
         for index, gateway in enumerate(spec.strings("gateways") or [MESH])
@@ -242,9 +259,15 @@ class RouteBuilder:
             route["decorator"] = {
                 "operation": _operation(route["match"], cluster, vs.name, listen_port)
             }
+            per_filter: dict[str, Any] = {}
             fault = _fault(http.child("fault"))
             if fault is not None:
-                route["typed_per_filter_config"] = {FAULT_FILTER: fault}
+                per_filter[FAULT_FILTER] = fault
+            cors = _cors(http.child("corsPolicy"))
+            if cors is not None:
+                per_filter[CORS_FILTER] = cors
+            if per_filter:
+                route["typed_per_filter_config"] = per_filter
             routes.append(route)
             if _is_catch_all(route["match"]):
                 catch_all = True
@@ -497,6 +520,47 @@ def _string_match(spec: Spec, key: str) -> dict[str, Any] | None:
     return {kind: value}
 
 
+def _cors(spec: Spec | None) -> dict[str, Any] | None:
+    """istiod's TranslateCORSPolicy (pilot/pkg/networking/core/route/route.go)."""
+    if spec is None:
+        return None
+    spec.only("CorsPolicy", _CORS_FIELDS)
+    out: dict[str, Any] = {
+        "@type": _CORS_TYPE,
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        # FORWARD (and unset) forward preflights that match no origin; IGNORE answers them.
+        "forward_not_matching_preflights": spec.text("unmatchedPreflights") != "IGNORE",
+    }
+    if spec.text("unmatchedPreflights") not in (None, "UNSPECIFIED", "FORWARD", "IGNORE"):
+        raise spec.error("unmatchedPreflights", "must be FORWARD or IGNORE")
+    if spec.has("allowOrigins"):
+        origins = []
+        for item in spec.children("allowOrigins"):
+            matcher = _string_match(Spec(item.where, item.path, {"m": item.data}), "m")
+            if matcher is None:
+                raise item.error("", "needs exact, prefix or regex")
+            origins.append(matcher)
+        out["allow_origin_string_match"] = origins
+    elif spec.has("allowOrigin"):  # deprecated: exact strings
+        out["allow_origin_string_match"] = [{"exact": o} for o in spec.strings("allowOrigin")]
+    for key, field in (
+        ("allowMethods", "allow_methods"),
+        ("allowHeaders", "allow_headers"),
+        ("exposeHeaders", "expose_headers"),
+    ):
+        if spec.has(key):
+            out[field] = ",".join(spec.strings(key))
+    if spec.has("maxAge"):
+        nanos = parse_duration(spec.data["maxAge"])
+        if nanos is None:
+            raise spec.error("maxAge", f"is not a duration: {spec.data['maxAge']!r}")
+        out["max_age"] = str(nanos // 1_000_000_000)
+    credentials = spec.flag("allowCredentials")
+    if credentials is not None:
+        out["allow_credentials"] = credentials
+    return out
+
+
 def _header_matcher(name: str, string_match: dict[str, Any] | None) -> dict[str, Any]:
     if string_match is None:
         return {"name": name, "present_match": True}
@@ -515,6 +579,12 @@ def _match(spec: Spec | None) -> dict[str, Any]:
         for name in block.data:
             if not isinstance(name, str) or name != name.lower():
                 raise block.error(str(name), "header names must be lower-case")
+            if name.startswith("@request.auth.claims"):
+                # Istio matches the claim of a JWT a RequestAuthentication validated
+                # (istio.io: "JWT claim based routing"), not a request header.
+                raise block.unsupported(
+                    name, hint="JWT claims need RequestAuthentication, not applied locally"
+                )
             matcher = _header_matcher(name, _string_match(block, name))
             if invert:
                 matcher["invert_match"] = True

@@ -543,6 +543,32 @@ def switch_rules(target: str) -> list[dict[str, Any]]:
     return [front, rule]
 
 
+async def test_a_cors_policy_answers_preflights_and_marks_allowed_origins(
+    envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
+) -> None:
+    cors = {
+        "allowOrigins": [{"exact": "https://shop.example"}],
+        "allowMethods": ["GET"],
+        "maxAge": "1m",
+    }
+    rule = {"route": [{"destination": {"host": "echo-svc", "subset": "v1"}}], "corsPolicy": cors}
+    envoy.apply(mesh.translate(virtual_service("echo", ["echo-svc"], [rule])))
+    preflight = {
+        "Origin": "https://shop.example",
+        "Access-Control-Request-Method": "GET",
+    }
+    async with session.options("http://echo-svc/", proxy=envoy.proxy_url, headers=preflight) as r:
+        assert r.status == 200
+        assert r.headers["access-control-allow-origin"] == "https://shop.example"
+        assert r.headers["access-control-max-age"] == "60"
+    hits = mesh.backends["echo-v1"].hits
+    assert hits == 0  # Envoy answered the preflight itself
+    other = {"Origin": "https://evil.example"}
+    async with session.get("http://echo-svc/", proxy=envoy.proxy_url, headers=other) as r:
+        assert r.status == 200
+        assert "access-control-allow-origin" not in r.headers
+
+
 async def test_a_grpc_timeout_header_bounds_the_call_when_the_route_has_no_timeout(
     envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
 ) -> None:

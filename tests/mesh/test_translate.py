@@ -793,7 +793,9 @@ def vs_with(**fields: Any) -> dict[str, Any]:
 
 
 UNSUPPORTED = {
-    "http[0].corsPolicy": vs_with(corsPolicy={"allowOrigins": [{"exact": "x"}]}),
+    "http[0].match[0].headers.@request.auth.claims.groups": vs_with(
+        match=[{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}]
+    ),
     "http[0].delegate": vs_with(delegate={"name": "x"}),
     "tcp": middle_vs(MIDDLE_RULE, tcp=[{"route": [to()]}]),
     "tls": middle_vs(MIDDLE_RULE, tls=[{"route": [to()]}]),
@@ -808,6 +810,54 @@ def test_an_unsupported_virtual_service_field_is_an_error_naming_object_and_path
     message = f"VirtualService middleware-svc: {path} is not supported by the local mesh"
     with pytest.raises(tr.UnsupportedField, match=message.replace("[", r"\[").replace("]", r"\]")):
         mesh_of(UNSUPPORTED[path])
+
+
+def test_a_delegate_virtual_service_without_hosts_is_refused_naming_delegates() -> None:
+    child = virtual_service("child", [], [{"route": [to()]}])
+    with pytest.raises(tr.UnsupportedField, match=r"VirtualService child: hosts .*delegate"):
+        mesh_of(child)
+
+
+def test_a_cors_policy_becomes_istiods_per_route_cors_config() -> None:
+    cors = {
+        "allowOrigins": [{"exact": "https://shop.example"}, {"regex": "https://.*\\.example"}],
+        "allowMethods": ["GET", "POST"],
+        "allowHeaders": ["x-dev-user"],
+        "exposeHeaders": ["x-request-id"],
+        "maxAge": "24h",
+        "allowCredentials": True,
+    }
+    route = route_for({"route": [to()], "corsPolicy": cors})
+    assert route["typed_per_filter_config"]["envoy.filters.http.cors"] == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "forward_not_matching_preflights": True,
+        "allow_origin_string_match": [
+            {"exact": "https://shop.example"},
+            {"safe_regex": {"regex": "https://.*\\.example"}},
+        ],
+        "allow_methods": "GET,POST",
+        "allow_headers": "x-dev-user",
+        "expose_headers": "x-request-id",
+        "max_age": "86400",
+        "allow_credentials": True,
+    }
+
+
+def test_cors_unmatched_preflights_ignore_answers_them_at_the_proxy() -> None:
+    cors = {"allowOrigins": [{"exact": "a"}], "unmatchedPreflights": "IGNORE"}
+    route = route_for({"route": [to()], "corsPolicy": cors})
+    assert (
+        route["typed_per_filter_config"]["envoy.filters.http.cors"][
+            "forward_not_matching_preflights"
+        ]
+        is False
+    )
+
+
+def test_a_misspelt_cors_field_is_an_error_naming_it() -> None:
+    with pytest.raises(tr.UnsupportedField, match=r"corsPolicy\.allowOrigns is not a field"):
+        route_for({"route": [to()], "corsPolicy": {"allowOrigns": [{"exact": "a"}]}})
 
 
 RULE_UNSUPPORTED: dict[str, dict[str, Any]] = {
@@ -1019,10 +1069,21 @@ def test_routes_and_clusters_come_from_files_in_the_config_dir() -> None:
     )
 
 
-def test_the_fault_filter_runs_empty_before_the_router() -> None:
+def test_the_cors_and_fault_filters_run_empty_before_the_router() -> None:
+    # as istiod orders them; routes switch them on with typed_per_filter_config
     filters = hcm(tr.bootstrap(CONFIG_DIR, PORTS), "gateway")["http_filters"]
-    assert [f["name"] for f in filters] == ["envoy.filters.http.fault", "envoy.filters.http.router"]
-    assert set(filters[0]["typed_config"]) == {"@type"}
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.cors",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.router",
+    ]
+    assert set(filters[0]["typed_config"]) == set(filters[1]["typed_config"]) == {"@type"}
+
+
+def test_the_outbound_listener_resolves_passthrough_hosts_before_routing() -> None:
+    filters = hcm(tr.bootstrap(CONFIG_DIR, PORTS), "outbound")["http_filters"]
+    names = [f["name"] for f in filters]
+    assert names.index("envoy.filters.http.dynamic_forward_proxy") == len(names) - 2
 
 
 def test_listeners_generate_request_ids_and_trace_with_zipkin_like_istio_sidecars() -> None:
