@@ -68,6 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     except MeshError as exc:
         print(f"usvc up: {exc}", file=sys.stderr)
         return 1
+    for warning in mesh.warnings:
+        print(f"usvc up: warning: {warning}", file=sys.stderr)
     print(f"{'workload':<24} {'listens on':<24} labels")
     for name, url, labels in mesh.describe():
         print(f"{name:<24} {url:<24} {labels}")

@@ -112,6 +112,8 @@ class LocalMesh:
     proxy: subprocess.Popen[bytes] | None = None  # the Envoy process
     ports: envoy.MeshPorts | None = None
     zipkin: tuple[str, int] | None = None  # where Envoy reports its spans, if anywhere
+    # What istiod would accept but the local mesh doubts or applies differently.
+    warnings: list[str] = field(default_factory=list)
 
     # -- configuration -------------------------------------------------------
     def documents(self, scenario: str) -> list[dict[str, Any]]:
@@ -186,7 +188,9 @@ class LocalMesh:
         docs = self.documents(self.scenario)
         self.plan(docs)
         config_dir = self.run_dir / "envoy"
-        envoy.write(config_dir, self.translation(self.scenario))
+        translation = self.translation(self.scenario)
+        self.warnings = list(translation.warnings)
+        envoy.write(config_dir, translation)
         bootstrap = envoy.write_bootstrap(
             config_dir,
             self.ports,

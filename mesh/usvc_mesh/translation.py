@@ -123,6 +123,7 @@ def translate(
     objects = [obj for obj in objects if obj]
     for obj in objects:
         _check_kind(obj)
+    export_warnings = _check_export_to(objects, namespace)
     registry = build_registry(
         objects, endpoints=endpoints, externals=externals or {}, namespace=namespace
     )
@@ -150,8 +151,57 @@ def translate(
             OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder, mode)
         ),
         clusters=tuple(clusters),
-        warnings=tuple(warnings),
+        warnings=tuple([*export_warnings, *warnings]),
     )
+
+
+_EXPORTED_KINDS = frozenset({"VirtualService", "DestinationRule", "ServiceEntry"})
+
+
+def _check_export_to(objects: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+    """Refuse an ``exportTo`` the one local outbound proxy cannot honour.
+
+    Istio (istio.io: VirtualService/DestinationRule/ServiceEntry ``exportTo``)
+    makes an object visible only to proxies in the listed namespaces ("." its
+    own, "*" all, "~" none). Locally one outbound proxy serves every workload,
+    so an object hidden from the namespace of any local workload would apply to
+    it anyway: that is an error, not a silent difference. A gateway-bound
+    VirtualService is visible to the ingress gateway only if the gateway runs in
+    an exported namespace, which the manifests do not say: that is a warning.
+    """
+    clients = {
+        metadata_namespace(obj, namespace)
+        for obj in objects
+        if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")
+    }
+    warnings: list[str] = []
+    for obj in objects:
+        kind = obj.get("kind")
+        if kind not in _EXPORTED_KINDS:
+            continue
+        spec = Spec.of(f"{kind} {metadata_name(obj)}", "", obj.get("spec") or {})
+        export_to = spec.strings("exportTo")
+        if not export_to or "*" in export_to:
+            continue
+        own = metadata_namespace(obj, namespace)
+        visible = {own if item == "." else item for item in export_to if item != "~"}
+        bound = spec.strings("gateways") if kind == "VirtualService" else []
+        to_mesh = kind != "VirtualService" or not bound or MESH in bound
+        hidden = sorted(clients - visible)
+        if to_mesh and hidden:
+            raise spec.unsupported(
+                "exportTo",
+                export_to,
+                f"it hides the object from namespace {', '.join(hidden)}, but the one local "
+                "outbound proxy serves every namespace's workloads",
+            )
+        if bound and [g for g in bound if g != MESH]:
+            warnings.append(
+                f"{spec.where}: exportTo {export_to} — in a cluster the ingress gateway applies "
+                f"it only if the gateway runs in {', '.join(sorted(visible)) or 'no namespace'}; "
+                "the local gateway applies it"
+            )
+    return warnings
 
 
 def _check_kind(obj: Mapping[str, Any]) -> None:

@@ -54,6 +54,8 @@ def test_the_mesh_runs_manifests_that_are_not_the_demo(tmp_path: Path) -> None:
         # the local-command annotation wins over the container's entrypoint
         assert mesh.workloads["beta-two"].argv == [sys.executable, "greeter.py"]
         assert not mesh.stand_ins
+        # what the local gateway cannot know is said, not ignored
+        assert [w for w in mesh.warnings if "VirtualService alpha: exportTo" in w]
         gateway = f"http://127.0.0.1:{mesh.gateway_port}/"
         assert get(gateway) == "alpha > beta-one"
         assert get(gateway, {"x-variant": "two"}) == "alpha > beta-two"

@@ -812,6 +812,33 @@ def test_an_unsupported_virtual_service_field_is_an_error_naming_object_and_path
         mesh_of(UNSUPPORTED[path])
 
 
+def test_export_to_own_namespace_is_applied_when_every_workload_is_in_it() -> None:
+    translation = mesh_of(middle_vs({"route": [to("canary")]}, exportTo=["."]))
+    assert "canary" in routes_of(translation)[0]["route"]["cluster"]
+
+
+def test_export_to_hiding_a_rule_from_a_local_workloads_namespace_is_refused() -> None:
+    # istio.io VirtualService exportTo: "." exports to the object's namespace only
+    other = {**deployment("shop", app="shop"), "metadata": {"name": "shop", "namespace": "shop"}}
+    vs = middle_vs({"route": [to("canary")]}, exportTo=["."])
+    with pytest.raises(tr.UnsupportedField, match=r"VirtualService middleware-svc: exportTo.*shop"):
+        mesh_of(vs, other)
+
+
+def test_export_to_hiding_a_destination_rule_is_refused_too() -> None:
+    other = {**deployment("shop", app="shop"), "metadata": {"name": "shop", "namespace": "shop"}}
+    with pytest.raises(tr.UnsupportedField, match=r"DestinationRule .*: exportTo"):
+        mesh_of(other, rule=middle_rule(exportTo=["~"]))
+
+
+def test_a_gateway_virtual_service_with_export_to_is_applied_with_a_warning() -> None:
+    vs = virtual_service(
+        "front", ["*"], [{"route": [to()]}], gateways=["front-gateway"], exportTo=["."]
+    )
+    translation = mesh_of(gateway(), vs)
+    assert any("exportTo" in w and "ingress gateway" in w for w in translation.warnings)
+
+
 def test_a_delegate_virtual_service_without_hosts_is_refused_naming_delegates() -> None:
     child = virtual_service("child", [], [{"route": [to()]}])
     with pytest.raises(tr.UnsupportedField, match=r"VirtualService child: hosts .*delegate"):
