@@ -235,6 +235,30 @@ def hash_policy(rule: DestinationRule | None, port: int, subset: str) -> Mapping
     return load_balancer.hash_policy if load_balancer else None
 
 
+# The DNS cache that forward-proxy clusters and the outbound listener's
+# dynamic_forward_proxy filter share; the two must carry the same config.
+DNS_CACHE = {"name": "passthrough_dns", "dns_lookup_family": "V4_PREFERRED"}
+# A ServiceEntry with resolution NONE: traffic goes to the request's own host.
+FORWARD_PROXY = "FORWARD_PROXY"
+
+
+def forward_proxy_cluster() -> dict[str, Any]:
+    """The cluster type that connects to whatever host a request names (Envoy's
+    dynamic forward proxy): how a proxy that sees absolute-form requests reaches
+    the "original destination" Istio's PassthroughCluster and NONE resolution mean."""
+    return {
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.dynamic_forward_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters"
+                ".dynamic_forward_proxy.v3.ClusterConfig",
+                "dns_cache_config": dict(DNS_CACHE),
+            },
+        },
+    }
+
+
 def _cluster(
     host: MeshHost, port: Port, subset: str, endpoints: Sequence[Endpoint], policy: Policy
 ) -> dict[str, Any]:
@@ -267,10 +291,20 @@ def _cluster(
             else [],
         },
     }
-    if discovery != "STATIC":
+    if discovery == FORWARD_PROXY:
+        del cluster["type"], cluster["load_assignment"]
+        cluster.update(forward_proxy_cluster())
+    elif discovery != "STATIC":
         cluster["dns_lookup_family"] = "V4_ONLY"
     if port.is_http:
-        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: _http_options(port, pool)}
+        options = _http_options(port, pool)
+        if discovery == FORWARD_PROXY:
+            # Envoy requires these on a forward proxy; they only act on TLS upstreams.
+            options["upstream_http_protocol_options"] = {
+                "auto_sni": True,
+                "auto_san_validation": True,
+            }
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: options}
     if pool.tcp_keepalive is not None:
         cluster["upstream_connection_options"] = {"tcp_keepalive": dict(pool.tcp_keepalive)}
     if policy.outlier is not None:

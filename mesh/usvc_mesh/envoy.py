@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .translation import DNS_CACHE, GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
+from .clusters import DNS_CACHE
+from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
 BOOTSTRAP_FILE = "bootstrap.json"
 CDS_FILE = "cds.json"

@@ -308,11 +308,15 @@ def _service_entry(
             if override is not None:
                 by_port[port.number] = (Endpoint(override[0], override[1]),)
             elif resolution == "NONE":
-                raise spec.error(
-                    "resolution",
-                    f"NONE needs a local address for {host} in externals: "
-                    "this proxy has no original destination to pass traffic to",
-                )
+                # Istio passes the call to its original destination; the local
+                # outbound proxy sees the host in the request and resolves it.
+                if not port.is_http:
+                    raise spec.unsupported(
+                        "resolution", "NONE", f"only on HTTP ports; port {port.number} is not"
+                    )
+                by_port[port.number] = ()
+                discovery[port.number] = "FORWARD_PROXY"
+                continue
             elif entries:
                 by_port[port.number] = tuple(
                     Endpoint(e.address, e.ports.get(port.name, target), e.labels, e.weight)

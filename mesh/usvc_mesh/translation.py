@@ -35,7 +35,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clusters import build_clusters, cluster_name, read_destination_rules
+from .clusters import (
+    build_clusters,
+    cluster_name,
+    forward_proxy_cluster,
+    read_destination_rules,
+)
 from .registry import HTTP_PROTOCOLS, MeshHost, Port, Registry, build_registry
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
 from .spec import Spec, UnsupportedField, metadata_name, metadata_namespace
@@ -51,9 +56,6 @@ _NO_ROUTE_BODY = "local mesh: no Service or ServiceEntry has this host (REGISTRY
 ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
-# The DNS cache the passthrough cluster and the outbound listener's
-# dynamic_forward_proxy filter share; the two must carry the same config.
-DNS_CACHE = {"name": "passthrough_dns", "dns_lookup_family": "V4_PREFERRED"}
 
 
 @dataclass(frozen=True)
@@ -280,21 +282,8 @@ def _outbound_mode(objects: Sequence[Mapping[str, Any]], namespace: str, default
 
 
 def _passthrough_cluster() -> dict[str, Any]:
-    """Istio's PassthroughCluster, for a proxy that sees absolute-form requests:
-    Envoy's dynamic forward proxy resolves the request's host and connects to it."""
-    return {
-        "name": PASSTHROUGH_CLUSTER,
-        "connect_timeout": "10s",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "cluster_type": {
-            "name": "envoy.clusters.dynamic_forward_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.clusters"
-                ".dynamic_forward_proxy.v3.ClusterConfig",
-                "dns_cache_config": dict(DNS_CACHE),
-            },
-        },
-    }
+    """Istio's PassthroughCluster, for a proxy that sees absolute-form requests."""
+    return {"name": PASSTHROUGH_CLUSTER, "connect_timeout": "10s", **forward_proxy_cluster()}
 
 
 def _outbound_hosts(

@@ -281,6 +281,25 @@ def test_with_registry_only_a_host_no_service_has_is_answered_502(envoy: Envoy, 
     assert "no Service or ServiceEntry" in body["body"]
 
 
+def test_a_resolution_none_service_entry_reaches_the_host_the_request_names(
+    envoy: Envoy, mesh: Mesh
+) -> None:
+    # REGISTRY_ONLY, so only the ServiceEntry lets the call out
+    outside = mesh.backends["stand-in"]
+    entry = istio(
+        "ServiceEntry",
+        "loopback",
+        {
+            "hosts": ["localhost"],
+            "resolution": "NONE",
+            "ports": [{"number": outside.port, "name": "http", "protocol": "HTTP"}],
+        },
+    )
+    envoy.apply(mesh.translate(entry, outbound_policy("REGISTRY_ONLY")))
+    status, body = absolute_form_get(envoy.ports.outbound, f"localhost:{outside.port}", "/none")
+    assert (status, body["name"], body["path"]) == (200, "stand-in", "/none")
+
+
 async def test_a_service_entry_host_reaches_its_local_stand_in(
     envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
 ) -> None:

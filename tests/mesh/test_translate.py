@@ -730,9 +730,11 @@ def test_a_tls_port_is_a_connect_tunnel() -> None:
     assert route["route"]["upgrade_configs"] == [{"upgrade_type": "CONNECT", "connect_config": {}}]
 
 
-def test_resolution_none_needs_a_local_stand_in() -> None:
-    with pytest.raises(ValueError, match="ServiceEntry worldtimeapi: resolution"):
-        mesh_of(service_entry("NONE"))
+def test_resolution_none_passes_the_call_to_the_host_the_request_names() -> None:
+    # istio.io ServiceEntry resolution NONE: "forward to the original destination"
+    cluster = mesh_of(service_entry("NONE")).cluster("outbound|80||worldtimeapi.org")
+    assert cluster["cluster_type"]["name"] == "envoy.clusters.dynamic_forward_proxy"
+    assert "load_assignment" not in cluster
 
 
 # -- Gateway --------------------------------------------------------------------------
