@@ -108,12 +108,45 @@ class Outlier:
 
 
 @dataclass(frozen=True)
+class OriginatedTls:
+    """``tls.mode: SIMPLE``: the proxy speaks TLS to the upstream for a plaintext caller."""
+
+    sni: str | None
+    ca_file: str
+    subject_alt_names: tuple[str, ...]
+    verify: bool
+
+    def transport_socket(self, host: str) -> dict[str, Any]:
+        sni = self.sni or host
+        context: dict[str, Any] = {}
+        if self.verify:
+            # With no subjectAltNames istiod checks the SNI name (VERIFY_CERTIFICATE_AT_CLIENT).
+            names = self.subject_alt_names or (sni,)
+            context["validation_context"] = {
+                "trusted_ca": {"filename": self.ca_file},
+                "match_typed_subject_alt_names": [
+                    {"san_type": "DNS", "matcher": {"exact": name}} for name in names
+                ],
+            }
+        return {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                ".UpstreamTlsContext",
+                "sni": sni,
+                "common_tls_context": context,
+            },
+        }
+
+
+@dataclass(frozen=True)
 class Policy:
     """One trafficPolicy, parsed; each section is None when unset."""
 
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier: Outlier | None = None
+    tls: OriginatedTls | None = None
     ports: Mapping[int, Policy] = field(default_factory=dict)
 
     def over(self, base: Policy) -> Policy:
@@ -122,6 +155,7 @@ class Policy:
             load_balancer=self.load_balancer or base.load_balancer,
             connection_pool=self.connection_pool or base.connection_pool,
             outlier=self.outlier or base.outlier,
+            tls=self.tls or base.tls,
             ports=self.ports or base.ports,
         )
 
@@ -296,6 +330,8 @@ def _cluster(
         cluster.update(forward_proxy_cluster())
     elif discovery != "STATIC":
         cluster["dns_lookup_family"] = "V4_ONLY"
+    if policy.tls is not None:
+        cluster["transport_socket"] = policy.tls.transport_socket(host.fqdn)
     if port.is_http:
         options = _http_options(port, pool)
         if discovery == FORWARD_PROXY:
@@ -352,7 +388,7 @@ def _policy(spec: Spec | None, *, top: bool) -> Policy:
         _POLICY_FIELDS if top else _POLICY_FIELDS - {"portLevelSettings"},
         _POLICY_UNSUPPORTED,
     )
-    _tls(spec.child("tls"))
+    tls = _tls(spec.child("tls"))
     ports: dict[int, Policy] = {}
     for port_spec in spec.children("portLevelSettings"):
         port_spec.only(
@@ -377,32 +413,39 @@ def _policy(spec: Spec | None, *, top: bool) -> Policy:
         load_balancer=_load_balancer(spec.child("loadBalancer")),
         connection_pool=_connection_pool(spec.child("connectionPool")),
         outlier=_outlier(spec.child("outlierDetection")),
+        tls=tls,
         ports=ports,
     )
 
 
-def _tls(spec: Spec | None) -> None:
+# Where Debian (and the distroless proxy image's base) keep the system roots.
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _tls(spec: Spec | None) -> OriginatedTls | None:
     if spec is None:
-        return
+        return None
     # The local mesh is plaintext between processes, which is what ISTIO_MUTUAL
-    # looks like to the applications; origination of real TLS is not emulated.
+    # looks like to the applications. SIMPLE is real TLS from the proxy to an
+    # upstream (istio.io: "Egress TLS Origination"); MUTUAL needs client
+    # certificates from Kubernetes secrets, which are not there locally.
     spec.only(
         "ClientTLSSettings",
-        {"mode"},
-        {
-            "clientCertificate",
-            "privateKey",
-            "caCertificates",
-            "credentialName",
-            "subjectAltNames",
-            "sni",
-            "insecureSkipVerify",
-            "caCrl",
-        },
+        {"mode", "sni", "caCertificates", "subjectAltNames", "insecureSkipVerify"},
+        {"clientCertificate", "privateKey", "credentialName", "caCrl"},
     )
     mode = spec.text("mode", "DISABLE")
-    if mode not in {"DISABLE", "ISTIO_MUTUAL"}:
-        raise spec.unsupported("mode", mode, "only DISABLE and ISTIO_MUTUAL are")
+    if mode in {"DISABLE", "ISTIO_MUTUAL"}:
+        return None
+    if mode != "SIMPLE":
+        raise spec.unsupported("mode", mode, "only DISABLE, ISTIO_MUTUAL and SIMPLE are")
+    return OriginatedTls(
+        sni=spec.text("sni"),
+        # istiod verifies against the proxy's system roots when none are given.
+        ca_file=spec.text("caCertificates") or SYSTEM_CA_FILE,
+        subject_alt_names=tuple(spec.strings("subjectAltNames")),
+        verify=not spec.flag("insecureSkipVerify"),
+    )
 
 
 def _load_balancer(spec: Spec | None) -> LoadBalancer | None:

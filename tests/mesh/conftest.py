@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -21,13 +21,9 @@ import pytest
 from aiohttp import web
 
 import usvc_mesh as mesh
+from usvc_mesh.procs import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port"]  # the tests import it from here
 
 
 @dataclass
@@ -42,6 +38,8 @@ class Backend:
     forward: str | None = None
     proxy: str | None = None
     port: int = 0
+    # Serve HTTPS with this context (a TLS-origination target).
+    tls: ssl.SSLContext | None = None
     hits: int = 0
     seen: list[dict[str, Any]] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
@@ -94,7 +92,7 @@ class Backends:
         app.router.add_route("*", "/{tail:.*}", backend.handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=backend.tls)
         await site.start()
         backend.port = runner.addresses[0][1]
         self.runners.append(runner)

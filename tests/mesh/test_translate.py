@@ -889,6 +889,25 @@ def test_a_misspelt_cors_field_is_an_error_naming_it() -> None:
         route_for({"route": [to()], "corsPolicy": {"allowOrigns": [{"exact": "a"}]}})
 
 
+def test_tls_simple_originates_tls_verified_against_the_system_roots_and_the_sni() -> None:
+    rule = middle_rule(trafficPolicy={"tls": {"mode": "SIMPLE"}})
+    socket = cluster_of(mesh_of(rule=rule), "prod")["transport_socket"]
+    tls = socket["typed_config"]
+    assert tls["sni"] == FQDN
+    validation = tls["common_tls_context"]["validation_context"]
+    assert validation["trusted_ca"] == {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": FQDN}}
+    ]
+
+
+def test_tls_insecure_skip_verify_drops_the_validation() -> None:
+    tls = {"mode": "SIMPLE", "sni": "api.example", "insecureSkipVerify": True}
+    socket = cluster_of(mesh_of(rule=middle_rule(trafficPolicy={"tls": tls})))["transport_socket"]
+    assert socket["typed_config"]["sni"] == "api.example"
+    assert socket["typed_config"]["common_tls_context"] == {}
+
+
 RULE_UNSUPPORTED: dict[str, dict[str, Any]] = {
     "workloadSelector": {"workloadSelector": {"matchLabels": {"app": "x"}}},
     "trafficPolicy.tunnel": {"trafficPolicy": {"tunnel": {"targetHost": "x"}}},
@@ -901,7 +920,10 @@ RULE_UNSUPPORTED: dict[str, dict[str, Any]] = {
     "trafficPolicy.outlierDetection.consecutiveErrors": {
         "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 5}}
     },
-    "trafficPolicy.tls.mode SIMPLE": {"trafficPolicy": {"tls": {"mode": "SIMPLE"}}},
+    "trafficPolicy.tls.mode MUTUAL": {"trafficPolicy": {"tls": {"mode": "MUTUAL"}}},
+    "trafficPolicy.tls.credentialName": {
+        "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "secret"}}
+    },
 }
 
 
