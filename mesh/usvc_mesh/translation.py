@@ -93,6 +93,7 @@ class Translation:
 class _Server:
     hosts: tuple[str, ...]
     port: int
+    https_redirect: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,7 +386,8 @@ def _read_gateways(objects: Sequence[Mapping[str, Any]], namespace: str) -> dict
         spec.only("Gateway", {"selector", "servers"})
         servers = []
         for server in spec.children("servers"):
-            server.only("Server", {"port", "hosts", "name"}, {"tls", "bind", "defaultEndpoint"})
+            server.only("Server", {"port", "hosts", "name", "tls"}, {"bind", "defaultEndpoint"})
+            https_redirect = _server_tls(server)
             port = server.child("port")
             if port is None:
                 raise server.error("port", "is required")
@@ -406,10 +408,45 @@ def _read_gateways(objects: Sequence[Mapping[str, Any]], namespace: str) -> dict
             hosts = tuple(host.split("/", 1)[-1] for host in server.strings("hosts"))
             if not hosts:
                 raise server.error("hosts", "is required")
-            servers.append(_Server(hosts, number))
+            servers.append(_Server(hosts, number, https_redirect))
         key = f"{metadata_namespace(obj, namespace)}/{name}"
         gateways[key] = _Gateway(key, where, tuple(servers))
     return gateways
+
+
+def _server_tls(server: Spec) -> bool:
+    """Whether an HTTP server redirects to HTTPS; any other TLS setting is refused.
+
+    istio.io Gateway ServerTLSSettings.httpsRedirect: "the load balancer will
+    send a 301 redirect for all http connections, asking the clients to use
+    HTTPS" (istiod sets the virtual host's require_tls: ALL). HTTPS servers
+    need certificates from Kubernetes secrets and their own listener, which
+    the one local gateway listener does not have.
+    """
+    tls = server.child("tls")
+    if tls is None:
+        return False
+    tls.only(
+        "ServerTLSSettings",
+        {"httpsRedirect"},
+        {
+            "mode",
+            "serverCertificate",
+            "privateKey",
+            "caCertificates",
+            "credentialName",
+            "credentialNames",
+            "subjectAltNames",
+            "verifyCertificateSpki",
+            "verifyCertificateHash",
+            "minProtocolVersion",
+            "maxProtocolVersion",
+            "cipherSuites",
+            "caCrl",
+            "tlsCertificates",
+        },
+    )
+    return bool(tls.flag("httpsRedirect"))
 
 
 def _host_covers(pattern: str, host: str) -> bool:
@@ -455,6 +492,8 @@ def _gateway_hosts(
                             name, {"name": name, "domains": domains, "routes": []}
                         )
                         entry["routes"].extend(builder.routes(vs, port=server.port, gateway=key))
+                        if server.https_redirect:
+                            entry["require_tls"] = "ALL"
                         contributors[name] = contributors.get(name, 0) + 1
                 if not matched:
                     raise ValueError(

@@ -98,6 +98,12 @@ class Mesh:
         self.dead_port = dead_port
 
     def translate(self, *rules: dict[str, Any]) -> tr.Translation:
+        return tr.translate(
+            [*self.objects(), *rules], endpoints=self.endpoints(), externals=self.externals()
+        )
+
+    def objects(self) -> list[dict[str, Any]]:
+        """The workloads, Services and base rules (one Gateway, ServiceEntry, subsets)."""
         objects: list[dict[str, Any]] = [
             deployment(name, **labels)
             for name, (labels, _) in WORKLOADS.items()
@@ -114,12 +120,16 @@ class Mesh:
             destination_rule(
                 "split", "split-svc", {"canary": {"env": "canary"}, "prod": {"env": "prod"}}
             ),
-            *rules,
         ]
+        return objects
+
+    def endpoints(self) -> dict[str, tuple[str, int]]:
         endpoints = {**self.backends.endpoints(), "dead": ("127.0.0.1", self.dead_port)}
         del endpoints["stand-in"], endpoints["zipkin"]
-        externals = {"worldtimeapi.org": ("127.0.0.1", self.backends["stand-in"].port)}
-        return tr.translate(objects, endpoints=endpoints, externals=externals)
+        return endpoints
+
+    def externals(self) -> dict[str, tuple[str, int]]:
+        return {"worldtimeapi.org": ("127.0.0.1", self.backends["stand-in"].port)}
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +271,40 @@ def outbound_policy(mode: str) -> dict[str, Any]:
         "default",
         {"egress": [{"hosts": ["*/*"]}], "outboundTrafficPolicy": {"mode": mode}},
     )
+
+
+async def test_a_gateway_server_with_https_redirect_answers_301_to_https(
+    envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
+) -> None:
+    redirecting = istio(
+        "Gateway",
+        "front-gateway",
+        {
+            "servers": [
+                {
+                    "port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                    "hosts": ["*"],
+                    "tls": {"httpsRedirect": True},
+                }
+            ]
+        },
+    )
+    front = virtual_service(
+        "front",
+        ["*"],
+        [{"route": [{"destination": {"host": "echo-svc"}}]}],
+        gateways=["front-gateway"],
+    )
+    base = [o for o in mesh.objects() if o["kind"] != "Gateway"]
+    envoy.apply(
+        tr.translate(
+            [*base, redirecting, front], endpoints=mesh.endpoints(), externals=mesh.externals()
+        )
+    )
+    async with session.get(f"{envoy.gateway_url}/x", allow_redirects=False) as response:
+        assert response.status == 301
+        assert response.headers["location"].startswith("https://")
+        assert response.headers["location"].endswith("/x")
 
 
 def test_by_default_a_host_no_service_has_is_passed_through(envoy: Envoy, mesh: Mesh) -> None:

@@ -776,6 +776,21 @@ def test_a_virtual_service_naming_an_unknown_gateway_is_an_error() -> None:
         mesh_of(gateway(), front_vs(["*"], gateways=["nope"]))
 
 
+def test_https_redirect_on_a_gateway_server_requires_tls_on_its_hosts() -> None:
+    redirecting = gateway()
+    redirecting["spec"]["servers"][0]["tls"] = {"httpsRedirect": True}
+    translation = mesh_of(redirecting, front_vs(["*"]))
+    (virtual_host,) = translation.gateway_routes["virtual_hosts"]
+    assert virtual_host["require_tls"] == "ALL"
+
+
+def test_server_certificates_on_a_gateway_are_refused_naming_the_field() -> None:
+    with_secret = gateway()
+    with_secret["spec"]["servers"][0]["tls"] = {"mode": "SIMPLE", "credentialName": "cert"}
+    with pytest.raises(tr.UnsupportedField, match=r"servers\[0\]\.tls\.mode"):
+        mesh_of(with_secret, front_vs(["*"]))
+
+
 def test_an_https_gateway_server_is_not_supported() -> None:
     https = gateway()
     https["spec"]["servers"][0]["port"]["protocol"] = "HTTPS"
