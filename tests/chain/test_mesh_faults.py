@@ -117,11 +117,12 @@ def test_a_rule_the_local_mesh_cannot_honour_is_refused_before_envoy_sees_it(
     assert retry_mesh.layout.manifests_dir is not None
     scenarios = retry_mesh.layout.manifests_dir / "mesh" / "scenarios"
 
-    def add_cors(doc: dict[str, Any]) -> None:
+    def add_tcp_route(doc: dict[str, Any]) -> None:
+        # tcp routes are Istio's; the local mesh's outbound proxy routes HTTP only
         if doc["kind"] == "VirtualService" and doc["metadata"]["name"] == "front":
-            doc["spec"]["http"][0]["corsPolicy"] = {"allowOrigins": [{"exact": "*"}]}
+            doc["spec"]["tcp"] = [{"route": [{"destination": {"host": "front-svc"}}]}]
 
-    scenario_with(scenarios / "current.yaml", scenarios / "cors.yaml", add_cors)
-    with pytest.raises(ValueError, match=r"VirtualService.*front.*corsPolicy"):
-        retry_mesh.use("cors")
+    scenario_with(scenarios / "current.yaml", scenarios / "tcp.yaml", add_tcp_route)
+    with pytest.raises(ValueError, match=r"VirtualService.*front.*tcp"):
+        retry_mesh.use("tcp")
     assert retry_mesh.scenario == "retry"  # still running the rules it had
