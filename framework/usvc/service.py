@@ -93,13 +93,19 @@ class Service:
         self.tracing = tracing or _tracing(self.settings)
         self.tracer = self.tracing.tracer
         self.metrics = Metrics(
-            self.name, self.settings.service_version, self.settings.service_env, USVC_VERSION
+            self.name,
+            self.settings.service_version,
+            self.settings.service_env,
+            USVC_VERSION,
+            instance=self.settings.service_instance,
         )
         self.health = Health()
         # Read at scrape time: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self.health.in_flight)
         self.egress = Egress(self.settings, self.propagator, self.tracing, self.metrics)
-        self.access_log = logs.AccessLog(self.name, self.settings.access_log)
+        self.access_log = logs.AccessLog(
+            self.name, self.settings.access_log, instance=self.settings.service_instance
+        )
         # Set by serve(): the loop time shutdown must be done by, and whether
         # it is cutting the requests still in flight (recorded as 503, not 499).
         self.stop_by: float | None = None
@@ -311,7 +317,7 @@ class Service:
         A configuration error (a bad HOST or PORT shows only here) ends the
         process with one line on stderr and exit status 2.
         """
-        logs.configure(self.name, self.settings.log_level)
+        logs.configure(self.name, self.settings.log_level, instance=self.settings.service_instance)
         try:
             try:
                 import uvloop

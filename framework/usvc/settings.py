@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -196,6 +197,8 @@ class Settings:
     service_name: str
     service_version: str = "v1"
     service_env: str = "dev"
+    # Which replica this is: the pod name in Kubernetes, the container's in compose.
+    service_instance: str = field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
     port: int = 8080
     upstream_uri: str | None = None
@@ -243,6 +246,7 @@ class Settings:
             service_name=env.get("SERVICE_NAME", _text, default_name),
             service_version=env.get("SERVICE_VERSION", _text, cls.service_version),
             service_env=env.get("SERVICE_ENV", _text, cls.service_env),
+            service_instance=env.get("SERVICE_INSTANCE", _text, socket.gethostname()),
             host=env.get("HOST", _text, cls.host),
             port=env.get("PORT", _integer(0, 65535), cls.port),
             upstream_uri=env.optional("UPSTREAM_URI", _url),

@@ -79,6 +79,7 @@ def test_otel_service_name_overrides_the_trace_name_only() -> None:
         ("PASSTHROUGH_HEADERS", "authorization", "'authorization' must never be forwarded"),
         ("PASSTHROUGH_HEADERS", "x-dev-user,traceparent", "handled by propagation itself"),
         ("REQUEST_HEAD_TIMEOUT", "0", "a number between"),
+        ("SERVICE_INSTANCE", "front\x00", "a non-empty printable string"),
         ("LOG_LEVEL", "loud", "one of DEBUG"),
     ],
 )
@@ -119,6 +120,11 @@ def test_repr_of_settings_leaves_out_the_process_environment() -> None:
     assert "hunter2" not in repr(settings)
     assert "port=9090" in repr(settings)
     assert settings.env.get("DB_PASSWORD", lambda _, raw: raw, "") == "hunter2"
+
+
+def test_service_instance_defaults_to_the_hostname() -> None:
+    assert Settings.from_env("x", {}).service_instance == socket.gethostname()
+    assert Settings.from_env("x", {"SERVICE_INSTANCE": "front-1"}).service_instance == "front-1"
 
 
 TINY_SERVICE = """
