@@ -8,7 +8,7 @@ of aiohttp's protocol, an ``asyncio.Protocol`` forwarding every call, and
 closes a connection whose first request head is not complete within
 REQUEST_HEAD_TIMEOUT. Between requests, an idle keep-alive connection keeps
 aiohttp's keep-alive semantics: this class only looks at the bytes before the
-first head is complete, then forwards the rest untouched.
+first head is complete, then hands the transport to aiohttp's protocol.
 
 A request line without an HTTP version (HTTP/0.9's ``GET /``) is answered 400
 and closed at once: aiohttp's parser would wait for the rest of a head that
@@ -89,6 +89,10 @@ class HeadTimeout(asyncio.Protocol):
         if b"\n\n" in seen or b"\n\r\n" in seen:
             self._state = _PASS
             self._stop_timer()
+            # The rest of the connection is aiohttp's alone: the transport
+            # calls its protocol directly from now on, at no cost per request.
+            if self._transport is not None:
+                self._transport.set_protocol(self.inner)
         else:
             self._tail = seen[-3:]
         self.inner.data_received(data)

@@ -416,7 +416,8 @@ async def serve(
         handler_cancellation=True,
         # What aiohttp's own graceful wait gets once ours is over: only
         # handlers that ignored their cancellation are still running then.
-        shutdown_timeout=reserve / 4,
+        # Never 0, which aiohttp reads as "wait forever".
+        shutdown_timeout=max(reserve / 4, 0.01),
     )
     await runner.setup()
     try:

@@ -163,3 +163,41 @@ async def test_shutdown_ends_within_drain_plus_shutdown_timeout_and_logs_how_man
     assert cut["message"] == f"shutdown timeout cut {requests} request(s) short"
     statuses = [line["status"] for line in lines if line.get("logger") == "usvc.access"]
     assert statuses == [503] * requests
+
+
+STUBBORN_SERVICE = """
+import asyncio
+import usvc
+from aiohttp import web
+
+svc = usvc.Service("stubborn")
+
+@svc.get("/stubborn")
+async def stubborn(request: web.Request) -> web.Response:
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:  # ignores the first cancellation
+        await asyncio.sleep(10)
+    return web.Response(text="too late")
+"""
+
+
+async def test_shutdown_timeout_zero_cuts_at_once_even_a_handler_that_ignores_cancellation(
+    tmp_path: Path,
+) -> None:
+    service = start_service(tmp_path, STUBBORN_SERVICE, DRAIN_SECONDS="0", SHUTDOWN_TIMEOUT="0")
+    try:
+        async with aiohttp.ClientSession() as client:
+            call = asyncio.create_task(client.get(f"{service.url}/stubborn"))
+            while await in_flight(service) != 1:
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            rc = await asyncio.to_thread(service.process.wait, 30)
+            took = time.monotonic() - started
+            with pytest.raises(aiohttp.ClientError):
+                await call
+    finally:
+        service.stop()
+    assert rc == 0
+    assert took < 1.0, took  # aiohttp reads a shutdown_timeout of 0 as "wait forever"
