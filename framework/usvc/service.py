@@ -338,11 +338,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
 def _tracing(settings: Settings) -> Tracing:
     try:
         return Tracing(settings)
-    except ImportError as exc:  # an exporter that is an optional extra
-        extra = {"otlp": "otlp", "zipkin": "zipkin"}.get(settings.otel_traces_exporter, "test")
+    except ImportError as exc:  # the zipkin exporter is an optional extra
+        name = settings.otel_traces_exporter
         raise SettingsError(
-            f"OTEL_TRACES_EXPORTER={settings.otel_traces_exporter!r} is invalid here: "
-            f"its exporter is not installed ({exc.name or exc}); pip install 'usvc[{extra}]'"
+            f"OTEL_TRACES_EXPORTER={name!r} is invalid here: its exporter ({exc.name}) is not "
+            f"installed; pip install 'usvc[{name}]'"
         ) from None
 
 

@@ -3,6 +3,8 @@
 Every value is parsed and checked at start-up. A bad value raises
 :class:`SettingsError` with one line naming the variable, the value and what
 was expected, so a misconfigured pod fails fast instead of at its first request.
+A SettingsError nobody catches ends the process with that one line on stderr
+and exit status 2 (this module installs the ``sys.excepthook`` that does it).
 """
 
 from __future__ import annotations

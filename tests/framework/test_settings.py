@@ -204,3 +204,27 @@ def test_usvc_run_stops_at_start_with_one_line_naming_the_bad_variable(tmp_path)
         "usvc: configuration error: PORT='not-a-port' is invalid: "
         "expected an integer between 0 and 65535"
     ]
+
+
+def test_an_exporter_that_is_not_installed_is_one_line_naming_otel_traces_exporter(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tiny.py").write_text(TINY_SERVICE)
+    # None in sys.modules makes the import fail as if the package were absent.
+    code = (
+        "import sys; sys.modules['opentelemetry.exporter.zipkin.json'] = None; "
+        "from usvc.cli import main; sys.exit(main(['run', 'tiny:svc']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "zipkin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "usvc: configuration error: OTEL_TRACES_EXPORTER='zipkin' is invalid here: its exporter "
+        "(opentelemetry.exporter.zipkin.json) is not installed; pip install 'usvc[zipkin]'"
+    ]
