@@ -376,6 +376,11 @@ class ProblemLog:
         self.suppressed = 0
 
 
+# Of SHUTDOWN_TIMEOUT, the part kept for cutting late requests, closing the
+# egress session and flushing spans (a quarter of it when that is shorter).
+_SHUTDOWN_RESERVE = 1.0
+
+
 async def serve(
     service: Service,
     host: str | None = None,
@@ -422,7 +427,10 @@ async def serve(
     await runner.setup()
     try:
         listener = await _listen(
-            runner, host or settings.host, settings.port if port is None else port
+            runner,
+            host or settings.host,
+            settings.port if port is None else port,
+            settings.request_head_timeout,
         )
     except SettingsError:
         await runner.cleanup()
@@ -463,12 +471,9 @@ async def serve(
         log.info("stopped")
 
 
-# Of SHUTDOWN_TIMEOUT, the part kept for cutting late requests, closing the
-# egress session and flushing spans (a quarter of it when that is shorter).
-_SHUTDOWN_RESERVE = 1.0
-
-
-async def _listen(runner: web.AppRunner, host: str, port: int) -> asyncio.Server:
+async def _listen(
+    runner: web.AppRunner, host: str, port: int, head_timeout: float
+) -> asyncio.Server:
     """Listen with aiohttp's protocol behind :class:`usvc.connections.HeadTimeout`.
 
     ``loop.create_server`` directly rather than ``web.TCPSite``, whose
@@ -476,7 +481,7 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> asyncio.Server
     """
     server = runner.server
     assert server is not None, "runner.setup() first"
-    factory = with_head_timeout(server, runner.app[SERVICE_KEY].settings.request_head_timeout)
+    factory = with_head_timeout(server, head_timeout)
     try:
         return await asyncio.get_running_loop().create_server(factory, host, port)
     except OSError as exc:
