@@ -482,6 +482,10 @@ async def _listen(
     server = runner.server
     assert server is not None, "runner.setup() first"
     factory = with_head_timeout(server, head_timeout)
+    if not 0 <= port <= 65535:  # uvloop would quietly listen on port % 65536
+        raise SettingsError(
+            f"PORT={str(port)!r} is invalid: expected an integer between 0 and 65535"
+        )
     try:
         return await asyncio.get_running_loop().create_server(factory, host, port)
     except OSError as exc:

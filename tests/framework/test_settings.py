@@ -228,3 +228,21 @@ def test_an_exporter_that_is_not_installed_is_one_line_naming_otel_traces_export
         "usvc: configuration error: OTEL_TRACES_EXPORTER='zipkin' is invalid here: its exporter "
         "(opentelemetry.exporter.zipkin.json) is not installed; pip install 'usvc[zipkin]'"
     ]
+
+
+def test_a_port_flag_out_of_range_is_one_line_naming_port(tmp_path: Path) -> None:
+    (tmp_path / "tiny.py").write_text(TINY_SERVICE)
+    result = subprocess.run(
+        [sys.executable, "-m", "usvc", "run", "tiny:svc", "--port", "70000"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "none"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        "usvc: configuration error: "
+        "PORT='70000' is invalid: expected an integer between 0 and 65535"
+    )
