@@ -1,6 +1,7 @@
 """What every hop of the demo chain shares: calling the next hop and the reply.
 
-Each hop answers with where it is (service, version, env), how long it took
+Each hop answers with where it is (service, version, env, and the instance
+that answered: SERVICE_INSTANCE, the pod's name in a cluster), how long it took
 and what it called, with the upstream's own answer nested beneath. Plain text
 by default, one line per hop as the original demo printed it; JSON with
 ``Accept: application/json``. Hops ask each other for JSON and render text
@@ -55,6 +56,7 @@ def hop(svc: usvc.Service, started: float, called: str | None, **fields: Any) ->
         "service": settings.service_name,
         "version": settings.service_version,
         "env": settings.service_env,
+        "instance": settings.service_instance,
         "took_ms": round((time.perf_counter() - started) * 1000, 1),
         "called": called,
     }
@@ -68,6 +70,8 @@ def render_text(reply: dict[str, Any], depth: int = 0) -> str:
     """One line per hop, the upstream indented beneath, as the original demo printed."""
     pad = "  " * depth
     where = f"{reply['service']} {reply['version']} ({reply['env']})"
+    if reply.get("instance"):
+        where += f" {reply['instance']}"
     line = f"{pad}took ({reply['took_ms']:g} ms) {where}"
     if reply.get("called"):
         line += f" --> {reply['called']}"

@@ -31,18 +31,21 @@ def _timestamp(created: float) -> str:
 class JsonFormatter(logging.Formatter):
     """Formats any record as one JSON object; extra fields are kept."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, instance: str | None = None) -> None:
         super().__init__()
         self.service = service
+        self.instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "service": self.service,
-            "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self.instance is not None:
+            line["instance"] = self.instance
+        line["logger"] = record.name
+        line["message"] = record.getMessage()
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 line[key] = value
@@ -64,10 +67,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def configure(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure(
+    service: str,
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    *,
+    instance: str | None = None,
+) -> None:
     """Send every log record of the process to ``stream`` as JSON lines."""
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, instance))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -94,6 +103,8 @@ class AccessLog:
         stream: TextIO | None = None,
         flush_interval: float = 0.2,
         batch: int = 256,
+        *,
+        instance: str | None = None,
     ) -> None:
         self.service = service
         self.enabled = enabled
@@ -101,9 +112,10 @@ class AccessLog:
         self.flush_interval = flush_interval
         self.batch = batch
         self._pending: list[str] = []
-        self._head = (
-            f',"level":"info","service":{_quote(service)},"logger":"{ACCESS_LOGGER}","message":'
-        )
+        who = f'"service":{_quote(service)}'
+        if instance is not None:
+            who += f',"instance":{_quote(instance)}'
+        self._head = f',"level":"info",{who},"logger":"{ACCESS_LOGGER}","message":'
         self._second = -1
         self._second_text = ""
         self._millis = -1

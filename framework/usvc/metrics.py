@@ -88,7 +88,9 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, service: str, version: str, env: str, usvc_version: str) -> None:
+    def __init__(
+        self, service: str, version: str, env: str, usvc_version: str, *, instance: str = ""
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.server = RedSeries(
             ("http_server_requests", "HTTP requests served, by method, route template and code."),
@@ -117,13 +119,15 @@ class Metrics:
             "HTTP requests being served now.",
             registry=self.registry,
         )
+        # service_instance, not instance: Prometheus gives every scraped series
+        # the target's own `instance` label, and would rename ours.
         self.build_info = Gauge(
             "usvc_build_info",
             "Always 1; labels say what runs.",
-            ("service", "version", "env", "usvc_version"),
+            ("service", "version", "env", "usvc_version", "service_instance"),
             registry=self.registry,
         )
-        self.build_info.labels(service, version, env, usvc_version).set(1)
+        self.build_info.labels(service, version, env, usvc_version, instance).set(1)
         self._codes: dict[int, str] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -31,12 +35,13 @@ from opentelemetry.trace import (
 )
 
 from . import faults, logs
+from .connections import with_head_timeout
 from .context import RequestContext, current_request
 from .egress import Egress, UpstreamError
 from .health import Health, ReadinessCheck
 from .metrics import UNMATCHED_ROUTE, Metrics, method_label
 from .propagation import Incoming, Propagator, new_request_id, new_span_id, new_trace_id
-from .settings import Settings
+from .settings import Settings, SettingsError, configuration_error
 from .spans import UsvcSpan
 from .tracing import Tracing
 from .version import USVC_VERSION
@@ -85,16 +90,26 @@ class Service:
             [f for f in self.settings.otel_propagators if f != "none"],
             self.settings.passthrough_headers,
         )
-        self.tracing = tracing or Tracing(self.settings)
+        self.tracing = tracing or _tracing(self.settings)
         self.tracer = self.tracing.tracer
         self.metrics = Metrics(
-            self.name, self.settings.service_version, self.settings.service_env, USVC_VERSION
+            self.name,
+            self.settings.service_version,
+            self.settings.service_env,
+            USVC_VERSION,
+            instance=self.settings.service_instance,
         )
         self.health = Health()
         # Read at scrape time: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self.health.in_flight)
         self.egress = Egress(self.settings, self.propagator, self.tracing, self.metrics)
-        self.access_log = logs.AccessLog(self.name, self.settings.access_log)
+        self.access_log = logs.AccessLog(
+            self.name, self.settings.access_log, instance=self.settings.service_instance
+        )
+        # Set by serve(): the loop time shutdown must be done by, and whether
+        # it is cutting the requests still in flight (recorded as 503, not 499).
+        self.stop_by: float | None = None
+        self.cutting = False
         self._header_problems = ProblemLog()
         # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
         self.app = web.Application(
@@ -139,8 +154,31 @@ class Service:
         self.health.started = False
         self.access_log.flush()
         await self.egress.close()
-        # Export in a thread: the OTLP/zipkin exporters block on HTTP.
-        await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
+        await self._flush_spans()
+
+    async def _flush_spans(self) -> None:
+        """Flush spans in a thread (the OTLP/zipkin exporters block on HTTP), within stop_by.
+
+        A daemon thread, not the loop's executor: asyncio.run() joins the
+        executor's threads at exit, so an exporter stuck on an absent
+        collector would hold the process past its shutdown bound.
+        """
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def flush() -> None:
+            try:
+                self.tracing.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(_resolve, done)
+
+        threading.Thread(target=flush, name="usvc-span-flush", daemon=True).start()
+        timeout = None if self.stop_by is None else max(self.stop_by - loop.time(), 0.0)
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            log.warning("spans not flushed within SHUTDOWN_TIMEOUT; exiting without them")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -222,7 +260,9 @@ class Service:
             exc.headers["x-request-id"] = ctx.request_id
             raise
         except asyncio.CancelledError:
-            status = 499  # the client went away (nginx's convention)
+            # The client went away (nginx's 499), or shutdown cut the request
+            # (503, what a proxy reports for a reset upstream).
+            status = 503 if self.cutting else 499
             raise
         finally:
             duration = time.perf_counter() - started
@@ -272,14 +312,38 @@ class Service:
 
     # -- running ------------------------------------------------------------
     def run(self, host: str | None = None, port: int | None = None) -> None:
-        """Serve until SIGTERM/SIGINT, then drain and exit (see :func:`serve`)."""
-        logs.configure(self.name, self.settings.log_level)
+        """Serve until SIGTERM/SIGINT, then drain and exit (see :func:`serve`).
+
+        A configuration error (a bad HOST or PORT shows only here) ends the
+        process with one line on stderr and exit status 2.
+        """
+        logs.configure(self.name, self.settings.log_level, instance=self.settings.service_instance)
         try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve(self, host, port))
-        else:
-            uvloop.run(serve(self, host, port))
+            try:
+                import uvloop
+            except ImportError:
+                asyncio.run(serve(self, host, port))
+            else:
+                uvloop.run(serve(self, host, port))
+        except SettingsError as exc:
+            print(configuration_error(exc), file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _tracing(settings: Settings) -> Tracing:
+    try:
+        return Tracing(settings)
+    except ImportError as exc:  # the zipkin exporter is an optional extra
+        name = settings.otel_traces_exporter
+        raise SettingsError(
+            f"OTEL_TRACES_EXPORTER={name!r} is invalid here: its exporter ({exc.name}) is not "
+            f"installed; pip install 'usvc[{name}]'"
+        ) from None
 
 
 SERVICE_KEY = web.AppKey("usvc.service", Service)
@@ -312,6 +376,11 @@ class ProblemLog:
         self.suppressed = 0
 
 
+# Of SHUTDOWN_TIMEOUT, the part kept for cutting late requests, closing the
+# egress session and flushing spans (a quarter of it when that is shorter).
+_SHUTDOWN_RESERVE = 1.0
+
+
 async def serve(
     service: Service,
     host: str | None = None,
@@ -320,11 +389,16 @@ async def serve(
 ) -> None:
     """Serve ``service`` until ``stop`` is set or SIGTERM/SIGINT arrives.
 
-    Shutdown: /readyz turns 503 at once; new requests are still served for
-    DRAIN_SECONDS (endpoints take a while to notice); then the listener
-    closes, in-flight requests get up to SHUTDOWN_TIMEOUT to finish, the
-    egress session closes and spans are flushed. A second signal skips the
-    drain period.
+    Shutdown takes at most DRAIN_SECONDS + SHUTDOWN_TIMEOUT: /readyz turns
+    503 at once; new requests are still served for DRAIN_SECONDS (endpoints
+    take a while to notice; a second signal skips the rest); then the
+    listener closes and in-flight requests get SHUTDOWN_TIMEOUT, less a
+    reserve for what follows, to finish. Those still running are cut (their
+    connections closed, their handlers cancelled) and counted in one log
+    line; the egress session closes and spans are flushed in what is left.
+
+    Connections are served with ``handler_cancellation``: a client that goes
+    away cancels its handler and the egress calls it awaits (recorded as 499).
     """
     settings = service.settings
     stop = stop or asyncio.Event()
@@ -340,14 +414,31 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(signum, on_signal, signum)
-    runner = web.AppRunner(service.app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    reserve = min(_SHUTDOWN_RESERVE, settings.shutdown_timeout / 4)
+    runner = web.AppRunner(
+        service.app,
+        access_log=None,
+        handler_cancellation=True,
+        # What aiohttp's own graceful wait gets once ours is over: only
+        # handlers that ignored their cancellation are still running then.
+        # Never 0, which aiohttp reads as "wait forever".
+        shutdown_timeout=max(reserve / 4, 0.01),
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)
-    await site.start()
+    try:
+        listener = await _listen(
+            runner,
+            host or settings.host,
+            settings.port if port is None else port,
+            settings.request_head_timeout,
+        )
+    except SettingsError:
+        await runner.cleanup()
+        raise
     log.info(
         "serving",
         extra={
-            "addresses": [f"{a[0]}:{a[1]}" for a in runner.addresses],
+            "addresses": [_address(sock) for sock in listener.sockets],
             "version": settings.service_version,
             "env": settings.service_env,
         },
@@ -363,11 +454,72 @@ async def serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
     finally:
-        # Closes the listener, waits up to SHUTDOWN_TIMEOUT for in-flight
-        # handlers (aiohttp's graceful shutdown), then runs cleanup_ctx.
+        stop_by = loop.time() + settings.shutdown_timeout
+        service.stop_by = stop_by
+        listener.close()
+        server = runner.server
+        if server is not None:
+            server.pre_shutdown()  # idle keep-alive connections close now, busy ones after
+            await _wait_idle(service, stop_by - reserve)
+            if service.health.in_flight:
+                await _cut(service, server, stop_by - reserve / 2)
+        # aiohttp's graceful shutdown finds nothing left to wait for; then
+        # cleanup_ctx runs (egress session, span flush bounded by stop_by).
         await runner.cleanup()
-        if service.health.in_flight:
-            log.warning("shutdown timeout cut %d request(s) short", service.health.in_flight)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("stopped")
+
+
+async def _listen(
+    runner: web.AppRunner, host: str, port: int, head_timeout: float
+) -> asyncio.Server:
+    """Listen with aiohttp's protocol behind :class:`usvc.connections.HeadTimeout`.
+
+    ``loop.create_server`` directly rather than ``web.TCPSite``, whose
+    protocol factory cannot be wrapped; serve() closes the listener itself.
+    """
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    factory = with_head_timeout(server, head_timeout)
+    if not 0 <= port <= 65535:  # uvloop would quietly listen on port % 65536
+        raise SettingsError(
+            f"PORT={str(port)!r} is invalid: expected an integer between 0 and 65535"
+        )
+    try:
+        return await asyncio.get_running_loop().create_server(factory, host, port)
+    except OSError as exc:
+        variable, value = ("PORT", str(port))
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            variable, value = ("HOST", host)
+        reason = exc.strerror or str(exc)
+        raise SettingsError(
+            f"{variable}={value!r} is invalid: cannot listen on {host}:{port} ({reason})"
+        ) from None
+
+
+def _address(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return f"{name[0]}:{name[1]}"
+
+
+async def _wait_idle(service: Service, until: float) -> None:
+    # Polled, not an Event: a signal per request would cost every request
+    # for the sake of one shutdown.
+    loop = asyncio.get_running_loop()
+    while service.health.in_flight and loop.time() < until:  # noqa: ASYNC110
+        await asyncio.sleep(min(0.02, max(until - loop.time(), 0.0)))
+
+
+async def _cut(service: Service, server: web.Server, until: float) -> None:
+    """Close the connections of the requests still in flight; say how many."""
+    cut = service.health.in_flight
+    service.cutting = True
+    for connection in server.connections:
+        connection.force_close()  # handler_cancellation then cancels its handler
+    await _wait_idle(service, until)
+    log.warning(
+        "shutdown timeout cut %d request(s) short",
+        cut,
+        extra={"cut": cut, "shutdown_timeout": service.settings.shutdown_timeout},
+    )

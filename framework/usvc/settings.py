@@ -3,15 +3,23 @@
 Every value is parsed and checked at start-up. A bad value raises
 :class:`SettingsError` with one line naming the variable, the value and what
 was expected, so a misconfigured pod fails fast instead of at its first request.
+A SettingsError nobody catches ends the process with that one line on stderr
+and exit status 2 (this module installs the ``sys.excepthook`` that does it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TypeVar
 from urllib.parse import urlsplit
+
+from .propagation import Propagator
 
 T = TypeVar("T")
 
@@ -36,6 +44,36 @@ class SettingsError(ValueError):
 
 def _fail(name: str, raw: str, expected: str) -> SettingsError:
     return SettingsError(f"{name}={raw!r} is invalid: expected {expected}")
+
+
+def configuration_error(exc: SettingsError) -> str:
+    """The one line a process prints on stderr before it exits 2."""
+    return f"usvc: configuration error: {exc}"
+
+
+def _one_line_for_uncaught(
+    previous: Callable[[type[BaseException], BaseException, TracebackType | None], object],
+) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if not isinstance(exc, SettingsError):
+            previous(kind, exc, tb)
+            return
+        # `svc = usvc.Service(...)` at module level fails before `svc.run()`
+        # can catch anything (the `python file.py` path): say it in one line.
+        # The interpreter would exit 1 after a hook; 2 is the usage-error code
+        # `usvc run` uses, so end here, after flushing what was written.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        try:
+            print(configuration_error(exc), file=sys.stderr, flush=True)
+        finally:
+            os._exit(2)
+
+    return hook
+
+
+sys.excepthook = _one_line_for_uncaught(sys.excepthook)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -109,6 +147,17 @@ def _choice(allowed: frozenset[str], *, upper: bool = False) -> Callable[[str, s
     return parse
 
 
+def _passthrough_list(name: str, raw: str) -> tuple[str, ...]:
+    names = _header_list(name, raw)
+    # The propagator refuses credentials, hop-by-hop and its own trace headers;
+    # ask it now, so the refusal names the variable instead of a traceback.
+    try:
+        Propagator(("tracecontext",), names)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+    return names
+
+
 def _text(name: str, raw: str) -> str:
     value = raw.strip()
     if not value or not value.isprintable():
@@ -150,6 +199,8 @@ class Settings:
     service_name: str
     service_version: str = "v1"
     service_env: str = "dev"
+    # Which replica this is: the pod name in Kubernetes, the container's in compose.
+    service_instance: str = field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
     port: int = 8080
     upstream_uri: str | None = None
@@ -163,6 +214,8 @@ class Settings:
     fault_injection: bool = False
     drain_seconds: float = 5.0
     shutdown_timeout: float = 15.0
+    # A connection must send its first request head within this (slowloris).
+    request_head_timeout: float = 5.0
     log_level: str = "INFO"
     access_log: bool = True
     otel_sdk_disabled: bool = False
@@ -175,7 +228,9 @@ class Settings:
     # The spec's default is 10 s; shorter, so an absent collector can't hold up a shutdown.
     otel_exporter_timeout: float = 2.0
     otel_propagators: tuple[str, ...] = ("tracecontext", "baggage", "b3multi")
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # The whole environment, for the service's own variables; kept out of
+    # repr() because it holds whatever secrets the process was given.
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def trace_service_name(self) -> str:
@@ -188,10 +243,12 @@ class Settings:
         seconds = _number(0.0, 3600.0)
         positive = _number(0.001, 3600.0)
         sampler = env.get("OTEL_TRACES_SAMPLER", _choice(SAMPLER_NAMES), cls.otel_traces_sampler)
+        request_deadline, egress_timeout = _deadline_and_timeout(env, positive)
         settings = cls(
             service_name=env.get("SERVICE_NAME", _text, default_name),
             service_version=env.get("SERVICE_VERSION", _text, cls.service_version),
             service_env=env.get("SERVICE_ENV", _text, cls.service_env),
+            service_instance=env.get("SERVICE_INSTANCE", _text, socket.gethostname()),
             host=env.get("HOST", _text, cls.host),
             port=env.get("PORT", _integer(0, 65535), cls.port),
             upstream_uri=env.optional("UPSTREAM_URI", _url),
@@ -199,16 +256,19 @@ class Settings:
             egress_connect_timeout=env.get(
                 "EGRESS_CONNECT_TIMEOUT", positive, cls.egress_connect_timeout
             ),
-            egress_timeout=env.get("EGRESS_TIMEOUT", positive, cls.egress_timeout),
-            request_deadline=env.get("REQUEST_DEADLINE", positive, cls.request_deadline),
+            egress_timeout=egress_timeout,
+            request_deadline=request_deadline,
             egress_retries=env.get("EGRESS_RETRIES", _integer(0, 10), cls.egress_retries),
             egress_retry_backoff=env.get("EGRESS_RETRY_BACKOFF", seconds, cls.egress_retry_backoff),
             passthrough_headers=env.get(
-                "PASSTHROUGH_HEADERS", _header_list, cls.passthrough_headers
+                "PASSTHROUGH_HEADERS", _passthrough_list, cls.passthrough_headers
             ),
             fault_injection=env.get("FAULT_INJECTION", _bool, cls.fault_injection),
             drain_seconds=env.get("DRAIN_SECONDS", seconds, cls.drain_seconds),
             shutdown_timeout=env.get("SHUTDOWN_TIMEOUT", seconds, cls.shutdown_timeout),
+            request_head_timeout=env.get(
+                "REQUEST_HEAD_TIMEOUT", positive, cls.request_head_timeout
+            ),
             log_level=env.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), cls.log_level),
             access_log=env.get("ACCESS_LOG", _bool, cls.access_log),
             otel_sdk_disabled=env.get("OTEL_SDK_DISABLED", _bool, cls.otel_sdk_disabled),
@@ -234,14 +294,35 @@ class Settings:
             ),
             extra=dict(env.environ),
         )
-        if settings.egress_timeout > settings.request_deadline:
-            raise SettingsError(
-                f"EGRESS_TIMEOUT={settings.egress_timeout:g} is invalid: expected at most "
-                f"REQUEST_DEADLINE={settings.request_deadline:g}"
-            )
         return settings
 
     @property
     def env(self) -> Env:
         """Typed access to service-specific variables (e.g. ``FALLBACK_URI``)."""
         return Env(self.extra)
+
+
+def _deadline_and_timeout(env: Env, positive: Callable[[str, str], float]) -> tuple[float, float]:
+    """REQUEST_DEADLINE and EGRESS_TIMEOUT, one attempt never longer than the budget.
+
+    An unset EGRESS_TIMEOUT follows a shorter deadline down (REQUEST_DEADLINE=2
+    alone means 2 s attempts); one set explicitly above the deadline is an
+    error that says which of the two to change.
+    """
+    deadline = env.get("REQUEST_DEADLINE", positive, Settings.request_deadline)
+    explicit = env.optional("EGRESS_TIMEOUT", positive)
+    if explicit is None:
+        return deadline, min(Settings.egress_timeout, deadline)
+    if explicit > deadline:
+        raw = env.environ["EGRESS_TIMEOUT"]
+        given = env.optional("REQUEST_DEADLINE", positive)
+        where = (
+            f"REQUEST_DEADLINE ({deadline:g} s, the default)"
+            if given is None
+            else f"REQUEST_DEADLINE={env.environ['REQUEST_DEADLINE']!r}"
+        )
+        raise SettingsError(
+            f"EGRESS_TIMEOUT={raw!r} is invalid: expected at most {where}, the budget of all "
+            f"attempts; lower EGRESS_TIMEOUT or raise REQUEST_DEADLINE to at least {explicit:g}"
+        )
+    return deadline, explicit

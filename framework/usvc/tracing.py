@@ -116,6 +116,7 @@ class Tracing:
             {
                 "service.name": settings.trace_service_name,
                 "service.version": settings.service_version,
+                "service.instance.id": settings.service_instance,
                 "deployment.environment": settings.service_env,
                 "deployment.environment.name": settings.service_env,
             }

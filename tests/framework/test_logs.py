@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 
-from usvc.logs import AccessLog
+from usvc.logs import AccessLog, JsonFormatter
 
 
 def test_a_hostile_path_still_makes_one_valid_json_line() -> None:
@@ -47,3 +48,18 @@ def test_a_full_batch_is_written_at_once() -> None:
     for _ in range(3):
         log.write("GET", "/", "/", 200, 0.001)
     assert len(stream.getvalue().splitlines()) == 3
+
+
+def test_access_and_framework_lines_name_the_instance_when_given() -> None:
+    stream = io.StringIO()
+    log = AccessLog("front", True, stream, instance="front-7d9f-abcde")
+    log.write("GET", "/", "/", 200, 0.001)
+    log.flush()
+    record = logging.makeLogRecord({"name": "usvc", "levelname": "INFO", "msg": "serving"})
+    lines = [
+        json.loads(stream.getvalue()),
+        json.loads(JsonFormatter("front", "front-7d9f-abcde").format(record)),
+    ]
+    assert [(line["service"], line["instance"]) for line in lines] == [
+        ("front", "front-7d9f-abcde")
+    ] * 2

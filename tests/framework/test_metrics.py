@@ -48,3 +48,16 @@ def test_the_request_counter_agrees_with_the_histogram_per_label_set() -> None:
         {"upstream": "clock-svc", "method": "GET", "outcome": "connect_error"},
         1.0,
     ) in egress
+
+
+def test_build_info_names_the_instance_apart_from_prometheus_own_instance_label() -> None:
+    metrics = Metrics("front", "v1", "prod", "0.1.0", instance="front-7d9f-abcde")
+    ((_, labels, value),) = families(metrics)["usvc_build_info"]
+    assert value == 1
+    assert labels == {
+        "service": "front",
+        "version": "v1",
+        "env": "prod",
+        "usvc_version": "0.1.0",
+        "service_instance": "front-7d9f-abcde",
+    }

@@ -126,7 +126,9 @@ async def test_probes_and_scrapes_are_not_counted_as_traffic(
 async def test_server_span_is_named_by_method_and_route_and_carries_the_resource(
     make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service("front", SERVICE_VERSION="v7", SERVICE_ENV="canary")
+    svc = make_service(
+        "front", SERVICE_VERSION="v7", SERVICE_ENV="canary", SERVICE_INSTANCE="front-7d9f-abcde"
+    )
     add_hello(svc)
     server = await serve(svc.app)
     async with aiohttp.ClientSession() as client, client.get(server.make_url("/hello/bo")):
@@ -139,6 +141,7 @@ async def test_server_span_is_named_by_method_and_route_and_carries_the_resource
     assert resource["service.name"] == "front"
     assert resource["service.version"] == "v7"
     assert resource["deployment.environment"] == "canary"
+    assert resource["service.instance.id"] == "front-7d9f-abcde"
 
 
 async def test_server_span_continues_the_incoming_w3c_trace(

@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from .processes import ServiceProcess, start_service
+
 SLOW_SERVICE = """
 import asyncio
 import usvc
@@ -100,3 +102,102 @@ async def test_sigterm_with_50_slow_requests_in_flight_loses_none(
     while proc.poll() is None and time.monotonic() - started < 15:
         await asyncio.sleep(0.05)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+STUCK_SERVICE = """
+import asyncio
+import usvc
+from aiohttp import web
+
+svc = usvc.Service("stuck")
+
+@svc.get("/stuck")
+async def stuck(request: web.Request) -> web.Response:
+    await asyncio.sleep(10)
+    return web.Response(text="too late")
+"""
+
+
+async def in_flight(service: ServiceProcess) -> float:
+    text = await asyncio.to_thread(service.metrics)
+    (line,) = [x for x in text.splitlines() if x.startswith("http_server_requests_in_flight ")]
+    return float(line.split()[1])
+
+
+async def test_shutdown_ends_within_drain_plus_shutdown_timeout_and_logs_how_many_it_cut(
+    tmp_path: Path,
+) -> None:
+    drain, timeout, requests = 1.0, 2.0, 300
+    service = start_service(
+        tmp_path, STUCK_SERVICE, DRAIN_SECONDS=f"{drain:g}", SHUTDOWN_TIMEOUT=f"{timeout:g}"
+    )
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as client:
+
+            async def one() -> int:
+                async with client.get(f"{service.url}/stuck") as resp:
+                    await resp.text()
+                    return resp.status
+
+            calls = [asyncio.create_task(one()) for _ in range(requests)]
+            for _ in range(200):
+                if await in_flight(service) == requests:
+                    break
+                await asyncio.sleep(0.05)
+            assert await in_flight(service) == requests
+            started = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            rc = await asyncio.to_thread(service.process.wait, 30)
+            took = time.monotonic() - started
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        service.stop()
+    assert rc == 0
+    # The bound, plus a little for the interpreter to exit (before: drain + 2 x timeout).
+    assert took < drain + timeout + 0.5, took
+    assert all(isinstance(o, aiohttp.ClientError) for o in outcomes), outcomes[:3]
+    lines = service.log_lines()
+    (cut,) = [line for line in lines if "cut" in line]
+    assert cut["cut"] == requests and cut["level"] == "warning"
+    assert cut["message"] == f"shutdown timeout cut {requests} request(s) short"
+    statuses = [line["status"] for line in lines if line.get("logger") == "usvc.access"]
+    assert statuses == [503] * requests
+
+
+STUBBORN_SERVICE = """
+import asyncio
+import usvc
+from aiohttp import web
+
+svc = usvc.Service("stubborn")
+
+@svc.get("/stubborn")
+async def stubborn(request: web.Request) -> web.Response:
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:  # ignores the first cancellation
+        await asyncio.sleep(10)
+    return web.Response(text="too late")
+"""
+
+
+async def test_shutdown_timeout_zero_cuts_at_once_even_a_handler_that_ignores_cancellation(
+    tmp_path: Path,
+) -> None:
+    service = start_service(tmp_path, STUBBORN_SERVICE, DRAIN_SECONDS="0", SHUTDOWN_TIMEOUT="0")
+    try:
+        async with aiohttp.ClientSession() as client:
+            call = asyncio.create_task(client.get(f"{service.url}/stubborn"))
+            while await in_flight(service) != 1:
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            rc = await asyncio.to_thread(service.process.wait, 30)
+            took = time.monotonic() - started
+            with pytest.raises(aiohttp.ClientError):
+                await call
+    finally:
+        service.stop()
+    assert rc == 0
+    assert took < 1.0, took  # aiohttp reads a shutdown_timeout of 0 as "wait forever"

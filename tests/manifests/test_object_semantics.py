@@ -364,6 +364,35 @@ def test_grace_period_outlasts_drain_and_shutdown_and_the_sidecar_outlives_the_a
         )
 
 
+@pytest.mark.parametrize(
+    "lifecycle",
+    [
+        {},
+        {"preStopSleepSeconds": 3, "drainSeconds": 10, "shutdownTimeoutSeconds": 20},
+        {"drainSeconds": 0, "shutdownTimeoutSeconds": 1, "terminationMarginSeconds": 2},
+    ],
+)
+def test_grace_period_is_the_prestop_sleep_plus_the_apps_shutdown_bound_plus_the_margin(
+    lifecycle: dict[str, int],
+) -> None:
+    # usvc.serve() ends within DRAIN_SECONDS + SHUTDOWN_TIMEOUT of SIGTERM, and
+    # Kubernetes sends SIGTERM once the preStop hook is done: the grace period
+    # must cover both, plus the margin for the process to exit.
+    margin = lifecycle.get("terminationMarginSeconds", 10)
+    for d in of_kind(tool.render_objects({"lifecycle": lifecycle}), "Deployment"):
+        spec = d["spec"]["template"]["spec"]
+        env = env_of(d)
+        (container,) = spec["containers"]
+        hook = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+        pre_stop = int(hook["command"][1]) if hook else 0
+        assert pre_stop == lifecycle.get("preStopSleepSeconds", 0)
+        bound = int(env["DRAIN_SECONDS"]) + int(env["SHUTDOWN_TIMEOUT"])
+        assert bound == lifecycle.get("drainSeconds", 5) + lifecycle.get(
+            "shutdownTimeoutSeconds", 15
+        )
+        assert spec["terminationGracePeriodSeconds"] == pre_stop + bound + margin
+
+
 def test_no_prestop_hook_by_default(default_objects: list[dict[str, Any]]) -> None:
     assert all("lifecycle" not in c for _, c in containers(default_objects))
 

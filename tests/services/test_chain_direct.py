@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import urllib.request
 from collections.abc import Iterator
 
@@ -11,6 +13,7 @@ import pytest
 from tests.procs import Proc, free_port, start
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+HOST = socket.gethostname()
 
 
 def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
@@ -84,7 +87,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
             logs,
         )
         procs["front"] = start(
-            "front", "services.front.app:svc", {"UPSTREAM_URI": procs["middle"].url + "/"}, logs
+            "front",
+            "services.front.app:svc",
+            {"UPSTREAM_URI": procs["middle"].url + "/", "SERVICE_INSTANCE": "front-7d9f-abcde"},
+            logs,
         )
         yield procs
     finally:
@@ -96,9 +102,12 @@ def test_plain_text_reply_shows_one_line_per_hop_with_its_time(chain: dict[str, 
     status, ctype, body = get(chain["front"].url + "/")
     assert status == 200 and ctype == "text/plain"
     lines = body.splitlines()
-    assert lines[0].startswith("took (") and "front v1 (dev)" in lines[0]
-    assert lines[0].endswith(f"--> {chain['middle'].url}/")
-    assert lines[1].startswith("  took (") and "middle v2 (canary)" in lines[1]
+    assert re.fullmatch(
+        rf"took \([\d.]+ ms\) front v1 \(dev\) front-7d9f-abcde --> {chain['middle'].url}/",
+        lines[0],
+    )
+    # an instance not given is the hostname
+    assert lines[1].startswith("  took (") and f"middle v2 (canary) {HOST} -->" in lines[1]
     assert lines[2].startswith("    took (") and "core v2 (test)" in lines[2]
     assert lines[3].startswith("      took (") and "clock v1 (prod)" in lines[3]
     assert lines[4].strip().startswith("clock: 20")
@@ -114,6 +123,7 @@ def test_json_reply_nests_each_hop_and_carries_one_trace_id(chain: dict[str, Pro
         hops.append(node)
         node = node.get("upstream")
     assert [h["service"] for h in hops] == ["front", "middle", "core", "clock"]
+    assert [h["instance"] for h in hops] == ["front-7d9f-abcde", HOST, HOST, HOST]
     assert len({h["trace_id"] for h in hops}) == 1
     # each hop's time includes the hops beneath it
     took = [h["took_ms"] for h in hops]
