@@ -131,7 +131,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         run_dir=tmp / "run",
         base_env={"OTEL_TRACES_EXPORTER": "none", "PATH": "/usr/bin:/bin"},
     )
-    mesh.env_overrides = mesh.scenario_env("retry")
+    mesh.env_overrides = mesh.layout.scenario_env("retry")
     mesh.start()
     prometheus: subprocess.Popen[bytes] | None = None
     try:
