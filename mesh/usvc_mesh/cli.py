@@ -16,8 +16,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .manifests import Layout, MeshError
+from .manifests import Layout, MeshError, load_documents
 from .supervisor import LocalMesh
+from .validation import Finding, unapplied
 
 
 def default_run_dir(root: Path) -> Path:
@@ -61,6 +62,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
+    try:
+        findings = not_applied(mesh.layout, mesh.scenario)
+    except MeshError as exc:
+        print(f"usvc up: {exc}", file=sys.stderr)
+        return 1
+    for finding in findings:
+        print(f"usvc up: {finding}", file=sys.stderr)
+    if findings and args.strict:
+        print(
+            f"usvc up: --strict: {len(findings)} Istio object(s) would not be applied locally",
+            file=sys.stderr,
+        )
+        return 1
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
@@ -100,6 +114,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping…", flush=True)
         mesh.stop()
     return 0
+
+
+def not_applied(layout: Layout, scenario: str) -> list[Finding]:
+    """The Istio objects a cluster would apply and the local mesh does not, one per line.
+
+    Read from what a cluster gets: the workloads, every file of ``mesh/`` (e.g.
+    security.yaml) and the scenario's rules.
+    """
+    mesh_files = sorted(
+        p for p in (layout.manifests / "mesh").glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+    paths = [*layout.workload_files(), *mesh_files, layout.scenario_file(scenario)]
+    return unapplied(load_documents(paths))
 
 
 def _inherited_env() -> dict[str, str]:
@@ -148,6 +175,11 @@ def add_commands(sub: Any) -> None:
         default=None,
         metavar="HOST:PORT",
         help="send Envoy's spans to a Zipkin-compatible collector (Jaeger: 9411)",
+    )
+    up.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to start when an Istio object would not be applied locally",
     )
     up.add_argument(
         "--env",

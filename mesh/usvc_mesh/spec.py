@@ -2,9 +2,11 @@
 
 The translator reads every field through a :class:`Spec`, which knows the
 object it belongs to and the path that leads to it. Each message type declares
-the fields the local mesh honours and the Istio fields it does not; any other
-key is a typo. Both kinds of mistake raise :class:`UnsupportedField`, so a
-field is never dropped silently.
+the fields the local mesh honours; any other key is either a field of Istio's
+schema that the local mesh does not apply, or not an Istio field at all (a typo),
+as Istio's own schema tells (:func:`usvc_mesh.validation.is_istio_field`). Both
+raise :class:`UnsupportedField`, with messages that tell them apart, so a field is
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -82,11 +84,24 @@ class Spec:
             # null is "unset" to Kubernetes too (kubectl drops it).
             if key in allowed or value is None:
                 continue
-            if key in known:
-                raise self.unsupported(key)
+            if key in known or self._is_istio_field(str(key)):
+                raise self.not_applied(str(key))
             raise UnsupportedField(
-                f"{self.where}: {self.at(key)} is not a field of {message} (misspelt?)"
+                f"{self.where}: {self.at(key)} is not an Istio field of {message} (misspelt?)"
             )
+
+    def not_applied(self, key: str) -> UnsupportedField:
+        """The error for a field Istio defines and the local mesh does not apply."""
+        return UnsupportedField(
+            f"{self.where}: {self.at(key)} is an Istio field the local mesh does not apply"
+        )
+
+    def _is_istio_field(self, key: str) -> bool:
+        # Istio's own schema decides (usvc_mesh.validation); loaded only on this error path.
+        from .validation import is_istio_field
+
+        kind = self.where.split(" ", 1)[0]
+        return is_istio_field(kind, self.path, key)
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None

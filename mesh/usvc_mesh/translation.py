@@ -10,11 +10,12 @@
 - ``Gateway``, ``VirtualService``, ``DestinationRule``, ``ServiceEntry``
   (``networking.istio.io`` v1, v1beta1 or v1alpha3).
 
-Every other kind (ServiceAccount, PodDisruptionBudget, PeerAuthentication,
-AuthorizationPolicy, Telemetry, ...) is ignored: identity, mTLS, authorization
-and telemetry settings are cluster-only concerns that do not change where a
-request goes. Within the kinds read, any field the local mesh cannot honour, or
-that Istio does not define, raises :class:`~usvc_mesh.spec.UnsupportedField`.
+Every other kind is not read here. Istio kinds among them (PeerAuthentication,
+AuthorizationPolicy, Telemetry, Sidecar, EnvoyFilter, ...) are not applied
+locally, and :func:`usvc_mesh.validation.unapplied` reports each such object
+(``usvc up`` prints them; ``--strict`` refuses to start). Within the kinds read,
+any field the local mesh cannot honour, or that Istio does not define, raises
+:class:`~usvc_mesh.spec.UnsupportedField`, whose message tells the two apart.
 
 The result has two route configurations. ``outbound`` stands in for every
 sidecar: one virtual host per HTTP port of every Service and ServiceEntry

@@ -1,0 +1,287 @@
+"""The one Istio validator: Istio's schema, the rules its CEL and webhook add, what the
+local mesh applies. Each rule's test names the Istio source it follows."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from usvc_mesh import validation
+
+ROUTE = [{"destination": {"host": "x"}}]
+
+
+def vs_with(route: list[dict[str, Any]] | None = None, **http: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "x"},
+        "spec": {"hosts": ["x"], "http": [{"route": ROUTE if route is None else route, **http}]},
+    }
+
+
+def rule(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "x"},
+        "spec": {"host": "x", **spec},
+    }
+
+
+def messages(obj: dict[str, Any]) -> list[str]:
+    return [str(f) for f in validation.validate_object(obj)]
+
+
+def split(a: int, b: int) -> list[dict[str, Any]]:
+    return [
+        {"destination": {"host": "x", "subset": "a"}, "weight": a},
+        {"destination": {"host": "x", "subset": "b"}, "weight": b},
+    ]
+
+
+# -- the schema ----------------------------------------------------------------------
+
+
+def test_a_misspelt_field_is_not_an_istio_field() -> None:
+    assert messages(vs_with(retries={"atempts": 2})) == [
+        "VirtualService x: http[0].retries.atempts: not an Istio field (misspelt?)"
+    ]
+
+
+def test_a_misspelt_metadata_key_is_not_an_istio_field() -> None:
+    obj = vs_with()
+    obj["metadata"]["lables"] = {}
+    assert messages(obj) == ["VirtualService x: metadata.lables: not an Istio field (misspelt?)"]
+
+
+def test_a_wrong_enum_value_names_its_path() -> None:
+    obj = rule(trafficPolicy={"loadBalancer": {"simple": "FAST"}})
+    (finding,) = validation.validate_object(obj)
+    assert finding.where == "DestinationRule x"
+    assert finding.message.startswith("trafficPolicy.loadBalancer.simple: Input should be")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        # istio/api networking/v1alpha3/virtual_service.proto (HTTPRedirect, HTTPRetry)
+        vs_with(route=[], redirect={"prefixRewrite": "/v2"}),
+        vs_with(retries={"attempts": 2, "backoff": "50ms", "retryIgnorePreviousHosts": False}),
+        # istio/api networking/v1alpha3/destination_rule.proto
+        rule(trafficPolicy={"outlierDetection": {"outlierDetectionHttpErrorCodes": [503]}}),
+        rule(trafficPolicy={"loadBalancer": {"zoneAwareLbSetting": {"enabled": True}}}),
+        rule(trafficPolicy={"retryBudget": {"percent": {"value": 20}}}),
+    ],
+)
+def test_istio_fields_newer_than_the_models_are_not_taken_for_typos(obj: dict[str, Any]) -> None:
+    if not obj["spec"].get("http", [{}])[0].get("route", True):
+        del obj["spec"]["http"][0]["route"]
+    assert messages(obj) == []
+
+
+def test_the_strict_models_are_a_private_copy() -> None:
+    # Forbidding extra fields on cloudcoil's own classes would change them for every
+    # other user in the process.
+    import cloudcoil.models.istio.networking.v1 as shared
+
+    strict = validation.strict_models("networking.istio.io/v1")
+    assert strict.VirtualService is not shared.VirtualService
+    assert strict.Retries.model_config.get("extra") == "forbid"
+    assert shared.Retries.model_config.get("extra") != "forbid"
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "key", "known"),
+    [
+        ("VirtualService", "http[0].redirect", "prefixRewrite", True),
+        ("VirtualService", "http[0].redirect", "prefixRewite", False),
+        ("VirtualService", "http[0].match[0].headers.x-user", "exact", True),
+        ("VirtualService", "http[0].match[0].headers.x-user", "exakt", False),
+        ("DestinationRule", "subsets[0].trafficPolicy.loadBalancer", "zoneAwareLbSetting", True),
+        ("Gateway", "servers[0]", "tls", True),
+        ("AuthorizationPolicy", "rules[0].from[0].source", "principals", True),
+    ],
+)
+def test_istio_fields_are_told_from_typos_by_istio_schema(
+    kind: str, path: str, key: str, known: bool
+) -> None:
+    assert validation.is_istio_field(kind, path, key) is known
+
+
+# -- rules beyond the schema (each cites its source) -----------------------------------
+
+
+@pytest.mark.parametrize("text", ["5", "2 s", "two seconds", "-1s", "1d", ""])
+def test_a_malformed_duration_is_rejected(text: str) -> None:
+    # CRD CEL `duration(self) >= duration('1ms')`
+    # (istio/api kubernetes/customresourcedefinitions.gen.yaml)
+    assert messages(vs_with(timeout=text)) == [
+        f"VirtualService x: http[0].timeout: {text!r} is not a duration (like 2s, 500ms, 1m30s)"
+    ]
+
+
+def test_a_duration_below_1ms_is_rejected() -> None:
+    # CRD CEL `duration(self) >= duration('1ms')`
+    assert messages(vs_with(timeout="500us")) == [
+        "VirtualService x: http[0].timeout: '500us' is below Istio's minimum of 1ms"
+    ]
+
+
+def test_a_duration_finer_than_a_millisecond_is_rejected() -> None:
+    # istio/istio pkg/config/validation/agent/validation.go ValidateDuration
+    assert messages(vs_with(timeout="1500us")) == [
+        "VirtualService x: http[0].timeout: '1500us' is finer than Istio's millisecond precision"
+    ]
+
+
+def test_durations_are_checked_in_every_duration_field() -> None:
+    obj = rule(trafficPolicy={"outlierDetection": {"interval": "5"}})
+    assert messages(obj) == [
+        "DestinationRule x: trafficPolicy.outlierDetection.interval: '5' is not a duration "
+        "(like 2s, 500ms, 1m30s)"
+    ]
+
+
+def test_a_zero_tcp_idle_timeout_is_allowed() -> None:
+    # validation.go validateConnectionPool: 0s disables the TCP idle timeout.
+    assert messages(rule(trafficPolicy={"connectionPool": {"tcp": {"idleTimeout": "0s"}}})) == []
+
+
+def test_a_negative_weight_is_rejected() -> None:
+    # pkg/config/validation/validation.go validateWeight
+    assert messages(vs_with(split(-20, 120))) == [
+        "VirtualService x: http[0].route[0].weight: -20 is negative"
+    ]
+
+
+def test_weights_that_add_up_to_zero_are_rejected() -> None:
+    # validation.go validateHTTPRouteDestinations: "total destination weight = 0"
+    assert messages(vs_with(split(0, 0))) == [
+        "VirtualService x: http[0].route: the weights add up to 0 (total destination weight = 0)"
+    ]
+
+
+def test_weights_need_not_add_up_to_100() -> None:
+    # validation.go validateHTTPRouteDestinations checks only negative and all-zero
+    # weights; istiod passes the weights on to Envoy as they are.
+    assert messages(vs_with(split(20, 70))) == []
+
+
+def test_an_unknown_retry_condition_is_rejected() -> None:
+    # pkg/config/validation/agent/validation.go ValidateHTTPRetry, supportedRetryOnPolicies
+    assert messages(vs_with(retries={"attempts": 2, "retryOn": "5xx,gateway-eror"})) == [
+        "VirtualService x: http[0].retries.retryOn: 'gateway-eror' is not a retry condition "
+        "or HTTP status code"
+    ]
+
+
+def test_a_retry_policy_with_zero_attempts_is_rejected() -> None:
+    # agent/validation.go ValidateHTTPRetry: "http retry policy configured when attempts
+    # are set to 0 (disabled)"
+    assert messages(vs_with(retries={"attempts": 0, "perTryTimeout": "1s"})) == [
+        "VirtualService x: http[0].retries: a retry policy with attempts 0 (retries disabled)"
+    ]
+
+
+def test_an_upper_case_header_match_is_rejected() -> None:
+    # istio/api networking/v1alpha3/virtual_service.proto: "The header keys must be lowercase"
+    obj = vs_with(match=[{"headers": {"X-Dev-User": {"exact": "betaUser"}}}])
+    assert messages(obj) == [
+        "VirtualService x: http[0].match[0].headers: 'X-Dev-User' must be lower case"
+    ]
+
+
+def test_a_header_name_that_is_no_token_is_rejected() -> None:
+    # validation.go ValidateHTTPHeaderNameOrJwtClaimRoute (RFC 7230 token characters)
+    obj = vs_with(match=[{"headers": {"x user": {"exact": "a"}}}])
+    assert messages(obj) == [
+        "VirtualService x: http[0].match[0].headers: 'x user' is not a valid header name"
+    ]
+
+
+def test_a_fault_percentage_above_100_is_rejected() -> None:
+    # validation.go validatePercentage
+    obj = vs_with(fault={"abort": {"httpStatus": 503, "percentage": {"value": 150}}})
+    assert messages(obj) == [
+        "VirtualService x: http[0].fault.abort.percentage.value: 150 is not within 0, or 0.0001-100"
+    ]
+
+
+def test_a_fault_abort_status_outside_200_599_is_rejected() -> None:
+    # validation.go validateHTTPStatus
+    obj = vs_with(fault={"abort": {"httpStatus": 100, "percentage": {"value": 1}}})
+    assert messages(obj) == [
+        "VirtualService x: http[0].fault.abort.httpStatus: 100 is not within 200-599"
+    ]
+
+
+def test_mirror_and_mirrors_together_are_rejected() -> None:
+    # virtualservice.go validateHTTPRouteConflict: "HTTP route cannot contain both mirror
+    # and mirrors"
+    obj = vs_with(mirror={"host": "y"}, mirrors=[{"destination": {"host": "z"}}])
+    assert messages(obj) == ["VirtualService x: http[0]: mirror and mirrors cannot both be set"]
+
+
+def test_a_redirect_code_that_is_not_3xx_is_rejected() -> None:
+    # validation.go validateHTTPRedirect
+    obj = vs_with(route=[], redirect={"uri": "/new", "redirectCode": 200})
+    del obj["spec"]["http"][0]["route"]
+    assert messages(obj) == [
+        "VirtualService x: http[0].redirect.redirectCode: 200 is not a 3xx code"
+    ]
+
+
+def test_a_valid_object_has_no_findings() -> None:
+    obj = vs_with(
+        split(20, 80),
+        timeout="1m30s",
+        retries={"attempts": 2, "perTryTimeout": "500ms", "retryOn": "5xx,503,reset"},
+    )
+    assert messages(obj) == []
+
+
+# -- what the local mesh applies --------------------------------------------------------
+
+SECURITY = [
+    {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    },
+    {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": "ratelimit"},
+        "spec": {},
+    },
+]
+
+
+def test_each_object_of_a_kind_the_local_mesh_does_not_apply_is_reported() -> None:
+    assert [str(f) for f in validation.unapplied([vs_with(), *SECURITY])] == [
+        "PeerAuthentication default: not applied locally; in a cluster it sets inbound mTLS mode",
+        "EnvoyFilter ratelimit: not applied locally; in a cluster it sets patches to the "
+        "generated Envoy configuration",
+    ]
+
+
+def test_unapplied_objects_are_findings_of_their_own_level() -> None:
+    assert {f.level for f in validation.unapplied(SECURITY)} == {validation.NOT_APPLIED}
+
+
+def test_the_translator_checks_run_on_the_object_set() -> None:
+    objects = [vs_with(split(20, 80))]
+    (finding,) = validation.validate_objects(objects)
+    assert finding.where == "VirtualService x"
+    assert "names no Service or ServiceEntry" in finding.message
+
+
+def test_invalid_objects_are_reported_before_the_translator_runs() -> None:
+    bad = copy.deepcopy(vs_with(timeout="5"))
+    assert [f.message for f in validation.validate_objects([bad])] == [
+        "http[0].timeout: '5' is not a duration (like 2s, 500ms, 1m30s)"
+    ]
