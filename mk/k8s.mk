@@ -6,23 +6,24 @@
 
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 SCENARIO ?= current
-K8S_SCENARIOS := current prod dev canary beta retry stress
+# The scenarios are the files of k8s/mesh/scenarios/ (the chart's list, rendered).
+K8S_SCENARIOS := $(filter-out %.env,$(basename $(notdir $(wildcard k8s/mesh/scenarios/*.yaml))))
 
 .PHONY: manifests manifests-check helm-lint istio-install demo-install call reset \
 	istio-uninstall $(addprefix rules-,$(K8S_SCENARIOS))
 
 ## manifests: regenerate k8s/ from the Helm chart helm/usvc
 manifests:
-	$(PYTHON) tools/manifests.py write
+	$(PYTHON) -m tools.manifests write
 
 ## manifests-check: fail when k8s/ differs from the chart; validate k8s/ offline
 manifests-check:
-	$(PYTHON) tools/manifests.py check
-	$(PYTHON) tools/manifests.py validate
+	$(PYTHON) -m tools.manifests check
+	$(PYTHON) -m tools.manifests validate
 
 ## helm-lint: helm lint --strict of the chart, default values and every scenario
 helm-lint:
-	$(PYTHON) tools/manifests.py lint
+	$(PYTHON) -m tools.manifests lint
 
 ## istio-install: Istio (base, istiod, gateway) + Jaeger, Prometheus, Grafana, Kiali
 istio-install:

@@ -1,30 +1,13 @@
-"""Shared by the manifest tests: tools/manifests.py loaded by path (tools/ is
-not a package), the scenarios, and small lookups over rendered objects."""
+"""Shared by the manifest tests: the tools.manifests package, the scenarios, and
+small lookups over rendered objects."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tools import manifests as tool
 
-
-def _load_tool() -> ModuleType:
-    name = "usvc_manifests_tool"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / "manifests.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+REPO = tool.REPO
 SCENARIOS: tuple[str, ...] = tool.SCENARIOS
 KUBE_VERSIONS: tuple[str, ...] = tool.KUBE_VERSIONS
 

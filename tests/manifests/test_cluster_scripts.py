@@ -158,10 +158,10 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 @needs_make
 def test_make_targets_run_the_tool_and_the_scripts() -> None:
     assert make_dry_run("manifests", "manifests-check", "helm-lint") == [
-        "python tools/manifests.py write",
-        "python tools/manifests.py check",
-        "python tools/manifests.py validate",
-        "python tools/manifests.py lint",
+        "python -m tools.manifests write",
+        "python -m tools.manifests check",
+        "python -m tools.manifests validate",
+        "python -m tools.manifests lint",
     ]
     assert make_dry_run("istio-install", "demo-install", "call", "reset", "istio-uninstall") == [
         "scripts/cluster/istio-install.sh",
