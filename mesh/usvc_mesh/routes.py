@@ -17,6 +17,7 @@ from typing import Any
 from .clusters import DestinationRule, cluster_name, hash_policy
 from .registry import MeshHost, Registry
 from .spec import Spec, parse_duration
+from .validation import RETRY_ON
 
 MESH = "mesh"
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -36,26 +37,6 @@ _PREVIOUS_PRIORITIES = {
     },
 }
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-RETRY_ON = frozenset(
-    {
-        "5xx",
-        "gateway-error",
-        "reset",
-        "reset-before-request",
-        "connect-failure",
-        "envoy-ratelimited",
-        "retriable-4xx",
-        "refused-stream",
-        "retriable-status-codes",
-        "retriable-headers",
-        "http3-post-connect-failure",
-        "cancelled",
-        "deadline-exceeded",
-        "internal",
-        "resource-exhausted",
-        "unavailable",
-    }
-)
 _GRPC_CODES = {
     "OK": 0,
     "CANCELLED": 1,

@@ -4,11 +4,15 @@ local mesh applies. Each rule's test names the Istio source it follows."""
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from usvc_mesh import validation
+from usvc_mesh import cli, validation
+from usvc_mesh.manifests import Layout
 
 ROUTE = [{"destination": {"host": "x"}}]
 
@@ -285,3 +289,45 @@ def test_invalid_objects_are_reported_before_the_translator_runs() -> None:
     assert [f.message for f in validation.validate_objects([bad])] == [
         "http[0].timeout: '5' is not a duration (like 2s, 500ms, 1m30s)"
     ]
+
+
+# -- usvc up: what it says before starting ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_SECURITY = [
+    "PeerAuthentication default: not applied locally; in a cluster it sets inbound mTLS mode",
+    *(
+        f"AuthorizationPolicy {name}: not applied locally; in a cluster it sets which callers "
+        "a workload accepts"
+        for name in ("allow-nothing", "clock", "core", "front", "middle")
+    ),
+    "Telemetry tracing: not applied locally; in a cluster it sets tracing, metrics and access logs",
+]
+
+
+def test_usvc_up_reports_the_chart_security_objects_one_line_each() -> None:
+    assert [str(f) for f in cli.not_applied(Layout(ROOT), "current")] == CHART_SECURITY
+
+
+def test_usvc_up_reports_an_envoy_filter_in_a_scenario(tmp_path: Path) -> None:
+    manifests = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", manifests)
+    scenario = manifests / "mesh" / "scenarios" / "current.yaml"
+    envoy_filter = yaml.safe_dump(SECURITY[1])
+    scenario.write_text(f"{scenario.read_text()}---\n{envoy_filter}")
+    found = [str(f) for f in cli.not_applied(Layout(ROOT, manifests_dir=manifests), "current")]
+    assert found[-1].startswith("EnvoyFilter ratelimit: not applied locally")
+
+
+def test_usvc_up_strict_refuses_to_start_naming_each_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    status = cli.main(["up", "--strict", "--root", str(ROOT), "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.splitlines()
+    assert status == 1
+    assert err == [
+        *(f"usvc up: {line}" for line in CHART_SECURITY),
+        "usvc up: --strict: 7 Istio object(s) would not be applied locally",
+    ]
+    assert not run_dir.exists()  # nothing was started
