@@ -478,9 +478,10 @@ def _percentage_errors(where: str, percent: Any, *, minimum: float) -> Iterator[
     value = percent.get("value") if isinstance(percent, Mapping) else None
     if not isinstance(value, int | float) or isinstance(value, bool):
         return
-    if value < 0 or value > 100 or 0 < value < minimum:
-        low = "" if minimum == 0.0 else f"0, or {minimum}"
-        yield f"{where}.value: {value} is not within {low or '0'}-100"
+    if minimum == 0.0 and not 0 <= value <= 100:
+        yield f"{where}.value: {value} is not within 0-100"
+    elif minimum > 0.0 and value != 0 and not minimum <= value <= 100:
+        yield f"{where}.value: {value} is neither 0 nor within {minimum}-100"
 
 
 def _redirect_errors(where: str, redirect: Any, matches: Any) -> Iterator[str]:

@@ -210,7 +210,25 @@ def test_a_fault_percentage_above_100_is_rejected() -> None:
     # validation.go validatePercentage
     obj = vs_with(fault={"abort": {"httpStatus": 503, "percentage": {"value": 150}}})
     assert messages(obj) == [
-        "VirtualService x: http[0].fault.abort.percentage.value: 150 is not within 0, or 0.0001-100"
+        "VirtualService x: http[0].fault.abort.percentage.value: 150 is neither 0 nor within "
+        "0.0001-100"
+    ]
+
+
+def test_a_fault_percentage_below_one_in_a_million_is_rejected() -> None:
+    # validation.go validatePercentage: "neither 0.0, nor in range [0.0001, 100.0]"
+    obj = vs_with(fault={"delay": {"fixedDelay": "1s", "percentage": {"value": 0.00001}}})
+    assert messages(obj) == [
+        "VirtualService x: http[0].fault.delay.percentage.value: 1e-05 is neither 0 nor within "
+        "0.0001-100"
+    ]
+
+
+def test_a_mirror_percentage_above_100_is_rejected() -> None:
+    # virtualservice.go validateHTTPRoute: "mirror_percentage must have a max value of 100"
+    obj = vs_with(mirror={"host": "y"}, mirrorPercentage={"value": 101})
+    assert messages(obj) == [
+        "VirtualService x: http[0].mirrorPercentage.value: 101 is not within 0-100"
     ]
 
 
@@ -235,6 +253,44 @@ def test_a_redirect_code_that_is_not_3xx_is_rejected() -> None:
     del obj["spec"]["http"][0]["route"]
     assert messages(obj) == [
         "VirtualService x: http[0].redirect.redirectCode: 200 is not a 3xx code"
+    ]
+
+
+def redirect(match: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    obj = vs_with(redirect=fields, **({"match": match} if match else {}))
+    del obj["spec"]["http"][0]["route"]
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (redirect(uri="/a", prefixRewrite="/b"), "http[0].redirect: uri and prefixRewrite cannot"),
+        (
+            redirect([{"uri": {"exact": "/a"}}], prefixRewrite="/b"),
+            "http[0].redirect.prefixRewrite: needs every match's uri to be a prefix match",
+        ),
+        (redirect(redirectCode=301), "http[0].redirect: needs uri, prefixRewrite, authority"),
+        (redirect(uri="/a", scheme="ftp"), "http[0].redirect.scheme: 'ftp' is neither http"),
+    ],
+)
+def test_a_redirect_istio_rejects_is_rejected(obj: dict[str, Any], expected: str) -> None:
+    # pkg/config/validation/validation.go validateHTTPRedirect
+    (finding,) = validation.validate_object(obj)
+    assert finding.message.startswith(expected)
+
+
+def test_a_negative_retry_count_is_rejected() -> None:
+    # agent/validation.go ValidateHTTPRetry: "attempts cannot be negative"
+    assert messages(vs_with(retries={"attempts": -1})) == [
+        "VirtualService x: http[0].retries.attempts: -1 is negative"
+    ]
+
+
+def test_a_match_port_out_of_range_is_rejected() -> None:
+    # CRD CEL `0 < self && self <= 65535`
+    assert messages(vs_with(match=[{"port": 70000}])) == [
+        "VirtualService x: http[0].match[0].port: 70000 is not within 1-65535"
     ]
 
 
