@@ -18,7 +18,7 @@ from typing import Any
 
 from .manifests import Layout, MeshError, load_documents
 from .supervisor import LocalMesh
-from .validation import Finding, unapplied
+from .validation import ERROR, Finding, validate_objects
 
 
 def default_run_dir(root: Path) -> Path:
@@ -63,12 +63,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         stopping = True
 
     try:
-        findings = not_applied(mesh.layout, mesh.scenario)
+        findings = check_manifests(mesh.layout, mesh.scenario)
     except MeshError as exc:
         print(f"usvc up: {exc}", file=sys.stderr)
         return 1
     for finding in findings:
         print(f"usvc up: {finding}", file=sys.stderr)
+    errors = [f for f in findings if f.level == ERROR]
+    if errors:
+        print(
+            f"usvc up: {len(errors)} error(s) in the Istio objects; nothing started",
+            file=sys.stderr,
+        )
+        return 1
     if findings and args.strict:
         print(
             f"usvc up: --strict: {len(findings)} Istio object(s) would not be applied locally",
@@ -116,17 +123,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def not_applied(layout: Layout, scenario: str) -> list[Finding]:
-    """The Istio objects a cluster would apply and the local mesh does not, one per line.
+def check_manifests(layout: Layout, scenario: str) -> list[Finding]:
+    """What ``usvc up`` says before it starts anything, one line per object.
 
-    Read from what a cluster gets: the workloads, every file of ``mesh/`` (e.g.
-    security.yaml) and the scenario's rules.
+    The manifests a cluster would get (the workloads, every file of ``mesh/`` such as
+    security.yaml, the scenario's rules) through the one Istio validator: what Istio
+    would reject (level ERROR), then each Istio object the local mesh does not apply
+    (level NOT_APPLIED). The translator's own checks follow when the mesh starts.
     """
     mesh_files = sorted(
         p for p in (layout.manifests / "mesh").glob("*.yaml") if p.name != "kustomization.yaml"
     )
     paths = [*layout.workload_files(), *mesh_files, layout.scenario_file(scenario)]
-    return unapplied(load_documents(paths))
+    return validate_objects(load_documents(paths), namespace=layout.namespace, translate=False)
 
 
 def _inherited_env() -> dict[str, str]:

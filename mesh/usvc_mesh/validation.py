@@ -27,6 +27,7 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -126,11 +127,8 @@ def strict_models(api_version: str) -> types.ModuleType:
     cloudcoil gets stricter models behind their back.
     """
     module_name = MODEL_MODULES[api_version]
-    original = importlib.util.find_spec(module_name)
-    if original is None or original.origin is None:
-        raise RuntimeError(f"cloudcoil-models-istio has no {api_version} models")
     name = "usvc_mesh_strict_" + module_name.replace(".", "_")
-    spec = importlib.util.spec_from_file_location(name, original.origin)
+    spec = importlib.util.spec_from_file_location(name, _model_file(module_name))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -151,6 +149,22 @@ def strict_models(api_version: str) -> types.ModuleType:
             return module
         previous = current
     raise RuntimeError(f"the strict {api_version} models did not settle")
+
+
+def _model_file(module_name: str) -> Path:
+    """The source file of a cloudcoil model module, found without importing it.
+
+    Importing ``cloudcoil.models.istio.networking.v1`` imports the package
+    ``cloudcoil.models.istio``, which imports every version of every group (over a
+    second); the private copy needs only the one file.
+    """
+    top = importlib.util.find_spec("cloudcoil")
+    locations = top.submodule_search_locations if top is not None else None
+    for location in locations or []:
+        path = Path(location, *module_name.split(".")[1:]).with_suffix(".py")
+        if path.is_file():
+            return path
+    raise RuntimeError(f"cloudcoil-models-istio is not installed (no {module_name})")
 
 
 def _models_in(annotation: Any) -> Iterator[tuple[type[pydantic.BaseModel], bool]]:
@@ -225,11 +239,14 @@ def _field(model: type[pydantic.BaseModel], name: str) -> pydantic.fields.FieldI
 
 
 def _default_version(kind: str) -> str:
-    for group in ("networking", "security", "telemetry", "extensions"):
-        version = "v1alpha1" if group == "extensions" else "v1"
-        module = importlib.import_module(MODEL_MODULES[f"{group}.istio.io/{version}"])
-        if inspect.isclass(getattr(module, kind, None)):
-            return f"{group}.istio.io/{version}"
+    for api_version in (
+        "networking.istio.io/v1",
+        "security.istio.io/v1",
+        "telemetry.istio.io/v1",
+        "extensions.istio.io/v1alpha1",
+    ):
+        if inspect.isclass(getattr(strict_models(api_version), kind, None)):
+            return api_version
     return ""
 
 

@@ -362,7 +362,7 @@ CHART_SECURITY = [
 
 
 def test_usvc_up_reports_the_chart_security_objects_one_line_each() -> None:
-    assert [str(f) for f in cli.not_applied(Layout(ROOT), "current")] == CHART_SECURITY
+    assert [str(f) for f in cli.check_manifests(Layout(ROOT), "current")] == CHART_SECURITY
 
 
 def test_usvc_up_reports_an_envoy_filter_in_a_scenario(tmp_path: Path) -> None:
@@ -371,7 +371,7 @@ def test_usvc_up_reports_an_envoy_filter_in_a_scenario(tmp_path: Path) -> None:
     scenario = manifests / "mesh" / "scenarios" / "current.yaml"
     envoy_filter = yaml.safe_dump(SECURITY[1])
     scenario.write_text(f"{scenario.read_text()}---\n{envoy_filter}")
-    found = [str(f) for f in cli.not_applied(Layout(ROOT, manifests_dir=manifests), "current")]
+    found = [str(f) for f in cli.check_manifests(Layout(ROOT, manifests_dir=manifests), "current")]
     assert found[-1].startswith("EnvoyFilter ratelimit: not applied locally")
 
 
@@ -387,3 +387,19 @@ def test_usvc_up_strict_refuses_to_start_naming_each_object(
         "usvc up: --strict: 7 Istio object(s) would not be applied locally",
     ]
     assert not run_dir.exists()  # nothing was started
+
+
+def test_usvc_up_refuses_to_start_on_what_istio_would_reject(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifests = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", manifests)
+    scenario = manifests / "mesh" / "scenarios" / "current.yaml"
+    scenario.write_text(scenario.read_text().replace("  gateways:", "  gateway:", 1))
+    run_dir = tmp_path / "run"
+    status = cli.main(["up", "--root", str(tmp_path), "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.splitlines()
+    assert status == 1
+    assert "usvc up: VirtualService front: gateway: not an Istio field (misspelt?)" in err
+    assert err[-1] == "usvc up: 1 error(s) in the Istio objects; nothing started"
+    assert not run_dir.exists()
