@@ -49,12 +49,14 @@ MODEL_MODULES = {
     "extensions.istio.io/v1alpha1": "cloudcoil.models.istio.extensions.v1alpha1",
 }
 
-# The kinds the local mesh turns into Envoy configuration (usvc_mesh.translation).
-APPLIED_KINDS = frozenset({"Gateway", "VirtualService", "DestinationRule", "ServiceEntry"})
+# The kinds the local mesh turns into Envoy configuration (usvc_mesh.translation; of a
+# Sidecar only a namespace-wide outboundTrafficPolicy, anything else it refuses).
+APPLIED_KINDS = frozenset(
+    {"Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "Sidecar"}
+)
 # Istio kinds istiod applies and the local mesh does not, and what each changes in a
 # cluster (istio.io/latest/docs/reference/config/).
 UNAPPLIED_KINDS = {
-    "Sidecar": "the sidecar's listeners and egress hosts",
     "EnvoyFilter": "patches to the generated Envoy configuration",
     "WorkloadEntry": "endpoints outside Kubernetes",
     "WorkloadGroup": "VM workloads",

@@ -810,10 +810,17 @@ def vs_with(**fields: Any) -> dict[str, Any]:
     return middle_vs({**copy.deepcopy(MIDDLE_RULE), **fields})
 
 
+def test_a_jwt_claim_match_is_refused_naming_request_authentication() -> None:
+    vs = vs_with(match=[{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}])
+    message = (
+        "VirtualService middleware-svc: http[0].match[0].headers.@request.auth.claims.groups "
+        "is not supported by the local mesh (JWT claims need RequestAuthentication"
+    )
+    with pytest.raises(tr.UnsupportedField, match=re.escape(message)):
+        mesh_of(vs)
+
+
 UNSUPPORTED = {
-    "http[0].match[0].headers.@request.auth.claims.groups": vs_with(
-        match=[{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}]
-    ),
     "http[0].delegate": vs_with(delegate={"name": "x"}),
     "tcp": middle_vs(MIDDLE_RULE, tcp=[{"route": [to()]}]),
     "tls": middle_vs(MIDDLE_RULE, tls=[{"route": [to()]}]),
@@ -901,7 +908,7 @@ def test_cors_unmatched_preflights_ignore_answers_them_at_the_proxy() -> None:
 
 
 def test_a_misspelt_cors_field_is_an_error_naming_it() -> None:
-    with pytest.raises(tr.UnsupportedField, match=r"corsPolicy\.allowOrigns is not a field"):
+    with pytest.raises(tr.UnsupportedField, match=r"corsPolicy\.allowOrigns is not an Istio field"):
         route_for({"route": [to()], "corsPolicy": {"allowOrigns": [{"exact": "a"}]}})
 
 
