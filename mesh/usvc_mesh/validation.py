@@ -559,23 +559,11 @@ def translation_errors(objects: Sequence[Mapping[str, Any]], namespace: str) -> 
     from .translation import translate  # the translator imports spec.py, which imports us lazily
 
     try:
-        translate(objects, endpoints={}, externals=_stand_in_hosts(objects), namespace=namespace)
+        translate(objects, endpoints={}, namespace=namespace)
     except ValueError as error:
         where, _, message = str(error).partition(": ")
         return [Finding(where, message) if message else Finding("objects", where)]
     return []
-
-
-def _stand_in_hosts(objects: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, int]]:
-    # A ServiceEntry with resolution NONE needs a local address; any will do to check.
-    return {
-        str(host): ("127.0.0.1", 9)
-        for obj in objects
-        if obj.get("kind") == "ServiceEntry"
-        and isinstance(obj.get("spec"), Mapping)
-        and (obj["spec"].get("resolution") or "NONE") == "NONE"
-        for host in obj["spec"].get("hosts") or []
-    }
 
 
 def validate_object(obj: Mapping[str, Any]) -> list[Finding]:
