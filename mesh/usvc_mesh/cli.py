@@ -86,7 +86,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         took = mesh.start()
-    except MeshError as exc:
+    except (MeshError, ValueError) as exc:
+        # ValueError: the translator's one-line error naming the object and field
         print(f"usvc up: {exc}", file=sys.stderr)
         return 1
     for warning in mesh.warnings:
@@ -151,8 +152,14 @@ def cmd_use(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(root)
     try:
         mesh = LocalMesh.attach(run_dir)
+        findings = check_manifests(mesh.layout, args.scenario)
+        for finding in findings:
+            print(f"usvc mesh use: {finding}", file=sys.stderr)
+        if any(f.level == ERROR for f in findings):
+            print("usvc mesh use: errors in the Istio objects; nothing changed", file=sys.stderr)
+            return 1
         mesh.use(args.scenario)
-    except MeshError as exc:
+    except (MeshError, ValueError) as exc:
         print(f"usvc mesh use: {exc}", file=sys.stderr)
         return 1
     print(f"scenario {args.scenario} applied")

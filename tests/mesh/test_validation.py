@@ -403,3 +403,17 @@ def test_usvc_up_refuses_to_start_on_what_istio_would_reject(
     assert "usvc up: VirtualService front: gateway: not an Istio field (misspelt?)" in err
     assert err[-1] == "usvc up: 1 error(s) in the Istio objects; nothing started"
     assert not run_dir.exists()
+
+
+def test_usvc_up_prints_a_translator_error_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifests = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", manifests)
+    scenario = manifests / "mesh" / "scenarios" / "current.yaml"
+    scenario.write_text(scenario.read_text().replace("subset: canary", "subset: canery", 1))
+    status = cli.main(["up", "--root", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert status == 1
+    assert last.startswith("usvc up: VirtualService middleware-svc: ")
+    assert "'canery' is not defined for middleware-svc.usvc.svc.cluster.local" in last
