@@ -38,7 +38,9 @@ duration, weights adding up to 0); each message names the object and the
 field. ``validate`` raises :class:`EnvoyConfigError` with Envoy's own message.
 
 :mod:`usvc_mesh.supervisor` runs the processes and Envoy (``usvc up``);
-:mod:`usvc_mesh.manifests` says what it reads from the manifests.
+:mod:`usvc_mesh.manifests` says what it reads from the manifests;
+:mod:`usvc_mesh.validation` is the one Istio validator (Istio's schema, its CEL and
+webhook rules, the kinds the local mesh does not apply; docs/istio-validation.md).
 """
 
 from .envoy import (
