@@ -388,7 +388,28 @@ def rule_errors(obj: Mapping[str, Any]) -> list[Finding]:
         for i, http in enumerate(spec.get("http") or []):
             if isinstance(http, Mapping):
                 messages += _http_route_errors(f"http[{i}]", http)
+    if obj.get("kind") == "DestinationRule":
+        messages += _destination_rule_errors(spec)
     return [Finding(where, message) for message in messages]
+
+
+# labels.IsDNS1123Label (istio/istio pkg/config/labels), as validateSubsetName uses it.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _destination_rule_errors(spec: Mapping[str, Any]) -> Iterator[str]:
+    # pkg/config/validation/validation.go validateSubsetName, validateTrafficPolicy.
+    policies = [("trafficPolicy", spec.get("trafficPolicy"))]
+    for i, subset in enumerate(spec.get("subsets") or []):
+        if not isinstance(subset, Mapping):
+            continue
+        name = subset.get("name")
+        if isinstance(name, str) and not _DNS_LABEL.match(name):
+            yield f"subsets[{i}].name: {name!r} is not a DNS-1123 label (lower case, digits, -)"
+        policies.append((f"subsets[{i}].trafficPolicy", subset.get("trafficPolicy")))
+    for where, policy in policies:
+        if isinstance(policy, Mapping) and not any(v is not None for v in policy.values()):
+            yield f"{where}: a traffic policy needs at least one field"
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:

@@ -294,6 +294,21 @@ def test_a_match_port_out_of_range_is_rejected() -> None:
     ]
 
 
+def test_a_subset_name_that_is_no_dns_label_is_rejected() -> None:
+    # pkg/config/validation/validation.go validateSubsetName (labels.IsDNS1123Label)
+    assert messages(rule(subsets=[{"name": "Canary_1", "labels": {"v": "1"}}])) == [
+        "DestinationRule x: subsets[0].name: 'Canary_1' is not a DNS-1123 label "
+        "(lower case, digits, -)"
+    ]
+
+
+def test_an_empty_traffic_policy_is_rejected() -> None:
+    # validation.go validateTrafficPolicy: "traffic policy must have at least one field"
+    assert messages(rule(trafficPolicy={})) == [
+        "DestinationRule x: trafficPolicy: a traffic policy needs at least one field"
+    ]
+
+
 def test_a_valid_object_has_no_findings() -> None:
     obj = vs_with(
         split(20, 80),
