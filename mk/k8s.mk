@@ -33,7 +33,7 @@ istio-install:
 demo-install:
 	scripts/cluster/demo-install.sh $(SCENARIO)
 
-## rules-<scenario>: switch the routing scenario (current prod dev canary beta retry stress)
+## rules-<scenario>: switch the routing scenario (each file of k8s/mesh/scenarios/)
 $(addprefix rules-,$(K8S_SCENARIOS)): rules-%:
 	scripts/cluster/rules.sh $*
 
