@@ -15,6 +15,7 @@ graceful shutdown already wired in::
             return web.Response(text=await upstream.text())
 """
 
+from .client import ClientInstrumentation, UpstreamResponse
 from .context import RequestContext, current
 from .egress import Egress, UpstreamError
 from .service import Service, problem, serve
@@ -22,12 +23,14 @@ from .settings import Settings, SettingsError
 from .version import USVC_VERSION
 
 __all__ = [
+    "ClientInstrumentation",
     "Egress",
     "RequestContext",
     "Service",
     "Settings",
     "SettingsError",
     "UpstreamError",
+    "UpstreamResponse",
     "current",
     "problem",
     "serve",

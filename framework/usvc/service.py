@@ -4,8 +4,9 @@ The middleware does, once per request and in this order: parse the trace
 headers, start the server span, set the request context (which egress calls
 and log lines read), apply opt-in fault injection, call the handler, map
 upstream failures to problem+json, then record metrics and the access line.
-``/healthz``, ``/readyz`` and ``/metrics`` are served outside it: probes and
-scrapes are not traffic, and would drown the RED metrics and traces.
+The paths in ``TELEMETRY_EXCLUDED_PATHS`` (by default ``/healthz``, ``/readyz``
+and ``/metrics``) are served outside it: probes and scrapes are not traffic,
+and would drown the RED metrics and traces.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ log = logging.getLogger("usvc")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 PROBLEM_TYPE = "application/problem+json"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -111,6 +111,7 @@ class Service:
         self.stop_by: float | None = None
         self.cutting = False
         self._header_problems = ProblemLog()
+        self._excluded_paths = frozenset(self.settings.telemetry_excluded_paths)
         # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
         self.app = web.Application(
             middlewares=[self._middleware], handler_args={"max_field_size": 16384}
@@ -235,7 +236,7 @@ class Service:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in INTERNAL_PATHS:
+        if request.path in self._excluded_paths:
             return await handler(request)
         started = time.perf_counter()
         resource = request.match_info.route.resource

@@ -126,6 +126,14 @@ def _header_list(name: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+def _path_list(name: str, raw: str) -> tuple[str, ...]:
+    paths = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for path in paths:
+        if not path.startswith("/") or not path.isascii() or not path.isprintable():
+            raise _fail(name, raw, "a comma-separated list of paths, each starting with /")
+    return paths
+
+
 def _choice_list(allowed: frozenset[str]) -> Callable[[str, str], tuple[str, ...]]:
     def parse(name: str, raw: str) -> tuple[str, ...]:
         values = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
@@ -212,6 +220,8 @@ class Settings:
     egress_retry_backoff: float = 0.05
     passthrough_headers: tuple[str, ...] = ("x-dev-user",)
     fault_injection: bool = False
+    # Served outside the telemetry: not traced, counted or logged (probes and scrapes).
+    telemetry_excluded_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
     drain_seconds: float = 5.0
     shutdown_timeout: float = 15.0
     # A connection must send its first request head within this (slowloris).
@@ -264,6 +274,9 @@ class Settings:
                 "PASSTHROUGH_HEADERS", _passthrough_list, cls.passthrough_headers
             ),
             fault_injection=env.get("FAULT_INJECTION", _bool, cls.fault_injection),
+            telemetry_excluded_paths=env.get(
+                "TELEMETRY_EXCLUDED_PATHS", _path_list, cls.telemetry_excluded_paths
+            ),
             drain_seconds=env.get("DRAIN_SECONDS", seconds, cls.drain_seconds),
             shutdown_timeout=env.get("SHUTDOWN_TIMEOUT", seconds, cls.shutdown_timeout),
             request_head_timeout=env.get(

@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 import usvc
 
@@ -299,3 +299,99 @@ async def test_client_spans_record_the_outcome_of_each_attempt(
         (200, None, "UNSET", 1),
         (None, "connect_error", "ERROR", 0),
     ]
+
+
+async def test_a_call_straight_through_the_egress_session_is_propagated_traced_and_counted(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    svc = make_service("front")
+
+    @svc.get("/direct")
+    async def direct(request: web.Request) -> web.Response:
+        async with svc.egress.session.get(upstream.make_url("/")) as resp:
+            return web.Response(text=await resp.text())
+
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/direct"), headers={"x-dev-user": "betaUser"}):
+            pass
+        async with client.get(front.make_url("/metrics")) as resp:
+            text = await resp.text()
+    (client_span,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    sent = seen[0]["traceparent"].split("-")
+    assert int(sent[1], 16) == client_span.context.trace_id
+    assert int(sent[2], 16) == client_span.context.span_id
+    assert seen[0]["x-dev-user"] == "betaUser"
+    host = f"127.0.0.1:{upstream.port}"
+    assert f'http_client_requests_total{{method="GET",outcome="200",upstream="{host}"}} 1.0' in text
+
+
+async def test_a_users_own_session_with_the_middleware_is_instrumented(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    svc = make_service("front")
+
+    @svc.get("/own")
+    async def own(request: web.Request) -> web.Response:
+        async with (
+            aiohttp.ClientSession(
+                middlewares=[svc.egress.middleware], response_class=usvc.UpstreamResponse
+            ) as session,
+            session.get(upstream.make_url("/")) as resp,
+        ):
+            return web.Response(text=await resp.text())
+
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/own")) as resp:
+        assert resp.status == 200
+        request_id = resp.headers["x-request-id"]
+    by_kind = {span.kind: span for span in spans.get_finished_spans()}
+    server, client_span = by_kind[SpanKind.SERVER], by_kind[SpanKind.CLIENT]
+    assert client_span.parent is not None and client_span.parent.span_id == server.context.span_id
+    assert seen[0]["x-request-id"] == request_id
+
+
+async def test_request_and_response_hooks_add_attributes_to_each_attempts_span(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    async def flaky(n: int) -> web.Response:
+        return web.Response(status=503 if n == 1 else 200, headers={"x-served-by": f"pod-{n}"})
+
+    upstream, _ = await recording_upstream(serve, flaky)
+    svc = caller(make_service, str(upstream.make_url("/")), EGRESS_RETRIES="1")
+
+    @svc.egress.request_hook
+    def tag_request(span: Span, request: aiohttp.ClientRequest) -> None:
+        span.set_attribute("app.path", request.url.path)
+
+    @svc.egress.response_hook
+    def tag_response(
+        span: Span, request: aiohttp.ClientRequest, result: aiohttp.ClientResponse | BaseException
+    ) -> None:
+        if isinstance(result, aiohttp.ClientResponse):
+            span.set_attribute("app.served_by", result.headers["x-served-by"])
+
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        assert resp.status == 200
+    clients = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [(s.attributes or {}).get("app.served_by") for s in clients] == ["pod-1", "pod-2"]
+    assert all((s.attributes or {}).get("app.path") == "/" for s in clients)
+
+
+async def test_a_hook_that_raises_does_not_fail_the_call(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    svc = caller(make_service, str(upstream.make_url("/")))
+
+    @svc.egress.request_hook
+    def broken(span: Span, request: aiohttp.ClientRequest) -> None:
+        raise RuntimeError("bug in a hook")
+
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
+        assert resp.status == 200
+    assert len(seen) == 1

@@ -123,6 +123,27 @@ async def test_probes_and_scrapes_are_not_counted_as_traffic(
     assert 'route="/readyz"' not in text
 
 
+async def test_excluded_paths_are_configurable(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    svc = make_service(TELEMETRY_EXCLUDED_PATHS="/hello/probe,/metrics")
+    add_hello(svc)
+    server = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        for path in ("/hello/probe", "/hello/ana", "/readyz"):
+            async with client.get(server.make_url(path)) as resp:
+                assert resp.status == 200
+        async with client.get(server.make_url("/metrics")) as resp:
+            text = await resp.text()
+    # only the excluded path is missing: /readyz is traffic once it is not excluded
+    assert 'route="/hello/{name}"' in text and 'code="200"' in text
+    assert text.count('http_server_requests_total{code="200",method="GET",route=') == 2
+    assert sorted(span.attributes["url.path"] for span in spans.get_finished_spans()) == [
+        "/hello/ana",
+        "/readyz",
+    ]
+
+
 async def test_server_span_is_named_by_method_and_route_and_carries_the_resource(
     make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
 ) -> None:

@@ -81,6 +81,7 @@ def test_otel_service_name_overrides_the_trace_name_only() -> None:
         ("REQUEST_HEAD_TIMEOUT", "0", "a number between"),
         ("SERVICE_INSTANCE", "front\x00", "a non-empty printable string"),
         ("LOG_LEVEL", "loud", "one of DEBUG"),
+        ("TELEMETRY_EXCLUDED_PATHS", "/healthz,metrics", "each starting with /"),
     ],
 )
 def test_a_bad_value_names_the_variable_the_value_and_what_was_expected(
