@@ -50,6 +50,7 @@ __all__ = [
     "UpstreamResponse",
     "failure",
     "upstream_name",
+    "upstream_of",
 ]
 
 log = logging.getLogger("usvc.egress")
@@ -86,7 +87,7 @@ def upstream_name(url: URL) -> str:
     )
 
 
-def failure(exc: BaseException) -> tuple[str, int, str]:
+def failure(exc: BaseException, *, reading_body: bool = False) -> tuple[str, int, str]:
     """(metrics outcome, status to answer, detail) for an attempt that failed with ``exc``.
 
     Outcomes: ``timeout`` (504) — no answer, or no complete body, in time;
@@ -98,7 +99,7 @@ def failure(exc: BaseException) -> tuple[str, int, str]:
     """
     if isinstance(exc, TimeoutError):
         # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors too.
-        return "timeout", 504, "no answer in time"
+        return "timeout", 504, "body not complete in time" if reading_body else "no answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect_error", 502, f"unreachable: {exc}"
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -108,6 +109,15 @@ def failure(exc: BaseException) -> tuple[str, int, str]:
     if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
         return "reset", 502, f"connection lost: {_reason(exc)}"
     return "error", 502, f"request failed: {_reason(exc)}"
+
+
+def upstream_of(exc: aiohttp.ClientError) -> str | None:
+    """The upstream an aiohttp exception names, if it names one."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return upstream_name(URL.build(scheme="http", host=exc.host, port=exc.port))
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return upstream_name(exc.request_info.real_url)
+    return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -164,7 +174,7 @@ class UpstreamResponse(ClientResponse):
         try:
             body = await super().read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            outcome, status, detail = failure(exc)
+            outcome, status, detail = failure(exc, reading_body=True)
             attempt.finish(outcome, detail)
             raise UpstreamError(status, attempt.upstream, detail) from exc
         except BaseException:
@@ -191,7 +201,7 @@ class UpstreamResponse(ClientResponse):
         # A body streamed through .content may have failed on the way.
         exc = self.content.exception() if self.content is not None else None
         if exc is not None:
-            outcome, _, detail = failure(exc)
+            outcome, _, detail = failure(exc, reading_body=True)
             attempt.finish(outcome, detail)
         else:
             attempt.finish()

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry.trace import (
@@ -36,6 +37,7 @@ from opentelemetry.trace import (
 )
 
 from . import faults, logs
+from .client import failure, upstream_of
 from .connections import with_head_timeout
 from .context import RequestContext, current_request
 from .egress import Egress, UpstreamError
@@ -296,20 +298,28 @@ class Service:
             return await handler(request)
         except web.HTTPException:
             raise
+        except aiohttp.ClientError as exc:
+            # A call straight through svc.egress.session that failed before its body.
+            _, status, detail = failure(exc)
+            upstream = upstream_of(exc) or "an upstream"
+            return self._upstream_problem(UpstreamError(status, upstream, detail), ctx)
         except UpstreamError as exc:
-            title = "Gateway Timeout" if exc.status == 504 else "Bad Gateway"
-            return problem(
-                exc.status,
-                title,
-                f"{self.name} could not get an answer from {exc.upstream}: {exc.detail}",
-                ctx,
-                service=self.name,
-                upstream=exc.upstream,
-                attempts=exc.attempts,
-            )
+            return self._upstream_problem(exc, ctx)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, ctx.route)
             return problem(500, "Internal Server Error", "unexpected error", ctx, service=self.name)
+
+    def _upstream_problem(self, exc: UpstreamError, ctx: RequestContext) -> web.Response:
+        title = "Gateway Timeout" if exc.status == 504 else "Bad Gateway"
+        return problem(
+            exc.status,
+            title,
+            f"{self.name} could not get an answer from {exc.upstream}: {exc.detail}",
+            ctx,
+            service=self.name,
+            upstream=exc.upstream,
+            attempts=exc.attempts,
+        )
 
     # -- running ------------------------------------------------------------
     def run(self, host: str | None = None, port: int | None = None) -> None:
