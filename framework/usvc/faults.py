@@ -8,10 +8,13 @@ is accepted, so a typo in a demo is visible instead of silently ignored.
 
 from __future__ import annotations
 
-import math
 import random
+import re
 
 FAULT_HEADER = "fail"
+# A plain decimal in ASCII: float() alone would also take "0.\u0665" (Arabic-Indic
+# digits), "0_5", "1e-1" and "nan", none of which a demo's user means.
+_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
 class FaultHeaderError(ValueError):
@@ -19,11 +22,9 @@ class FaultHeaderError(ValueError):
 
 
 def parse_probability(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
+    text = raw.strip(" \t")
+    value = float(text) if _DECIMAL_RE.fullmatch(text) else -1.0
+    if not 0.0 <= value <= 1.0:
         raise FaultHeaderError(
             f"header {FAULT_HEADER!r} must be a probability between 0 and 1 "
             f"(e.g. 'fail: 0.3'), got {raw[:64]!r}"

@@ -616,18 +616,22 @@ class Propagator:
                 problems = _add(problems, problem)
 
         request_id, problems = _opaque(
-            headers.get("x-request-id"), _REQUEST_ID_RE, _BAD_REQUEST_ID, problems
+            headers, "x-request-id", _REQUEST_ID_RE, _BAD_REQUEST_ID, problems
         )
         ot_span_context, problems = _opaque(
-            headers.get("x-ot-span-context"), _OT_SPAN_CONTEXT_RE, _BAD_OT_SPAN_CONTEXT, problems
+            headers, "x-ot-span-context", _OT_SPAN_CONTEXT_RE, _BAD_OT_SPAN_CONTEXT, problems
         )
 
         passthrough: tuple[tuple[str, str], ...] = ()
         for name in self._passthrough:
-            value = headers.get(name)
-            if value is None:
+            values = headers.getall(name, ())
+            if not values:
                 continue
-            value = value.strip(_OWS)
+            if len(values) > 1:
+                # Which one is the caller's? As for traceparent: neither is sent on.
+                problems = _add(problems, f"{name}: sent {len(values)} times, dropped")
+                continue
+            value = values[0].strip(_OWS)
             if not value:
                 continue
             if _PASSTHROUGH_VALUE_RE.fullmatch(value) is None:
@@ -734,12 +738,20 @@ class Propagator:
 
 
 def _opaque(
-    value: str | None, valid: re.Pattern[str], problem: str, problems: list[str] | None
+    headers: Headers,
+    name: str,
+    valid: re.Pattern[str],
+    problem: str,
+    problems: list[str] | None,
 ) -> tuple[str | None, list[str] | None]:
-    """A header passed on as received (trimmed) when ``valid`` matches it, else dropped."""
-    if value is None:
+    """Header ``name`` passed on as received (trimmed) when it was sent once and
+    ``valid`` matches it, else dropped."""
+    values = headers.getall(name, ())
+    if not values:
         return None, problems
-    value = value.strip(_OWS)
+    if len(values) > 1:
+        return None, _add(problems, f"{name}: sent {len(values)} times, dropped")
+    value = values[0].strip(_OWS)
     if valid.fullmatch(value) is None:
         return None, _add(problems, problem)
     return value, problems

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, SpanKind
 
@@ -395,3 +396,22 @@ async def test_a_hook_that_raises_does_not_fail_the_call(
     async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
         assert resp.status == 200
     assert len(seen) == 1
+
+
+async def test_duplicated_pass_through_headers_are_not_forwarded(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/"))).app)
+    sent = [
+        ("x-dev-user", "betaUser"),
+        ("x-dev-user", "stressTest"),
+        ("x-request-id", "req-1"),
+        ("x-request-id", "req-2"),
+    ]
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/call"), headers=CIMultiDict(sent)) as resp:
+            assert resp.status == 200
+            returned = resp.headers["x-request-id"]
+    assert "x-dev-user" not in seen[0]
+    assert returned not in ("req-1", "req-2") and seen[0]["x-request-id"] == returned

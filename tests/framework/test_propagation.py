@@ -774,6 +774,19 @@ def test_bad_request_id_is_dropped(value: str) -> None:
     assert incoming.problems
 
 
+@pytest.mark.parametrize("values", [("req-1", "req-2"), ("req-1", "req-1")])
+def test_duplicated_request_id_is_dropped(values: tuple[str, str]) -> None:
+    # README: malformed or duplicated headers are dropped (a new id is made).
+    incoming = extract(*(("x-request-id", v) for v in values))
+    assert incoming.request_id is None
+    assert "x-request-id: sent 2 times, dropped" in incoming.problems
+
+
+def test_duplicated_ot_span_context_is_dropped() -> None:
+    incoming = extract(("x-ot-span-context", "a"), ("x-ot-span-context", "b"))
+    assert incoming.ot_span_context is None
+
+
 def test_ot_span_context_is_passed_through_as_received() -> None:
     value = "0a0b0c0d0e0f1011121314151617181920"
     assert extract(("x-ot-span-context", value)).ot_span_context == value
@@ -791,6 +804,14 @@ def test_dev_user_is_passed_through_by_default() -> None:
 
 def test_empty_passthrough_value_is_not_kept() -> None:
     assert extract(("x-dev-user", "")).passthrough == ()
+
+
+@pytest.mark.parametrize("values", [("betaUser", "stressTest"), ("betaUser", "betaUser")])
+def test_duplicated_passthrough_header_is_dropped(values: tuple[str, str]) -> None:
+    incoming = extract(*(("x-dev-user", v) for v in values), ("x-request-id", "r1"))
+    assert incoming.passthrough == ()
+    assert incoming.request_id == "r1"  # the rest of the context stands
+    assert "x-dev-user: sent 2 times, dropped" in incoming.problems
 
 
 def test_headers_outside_the_allow_list_are_not_passed_through() -> None:
