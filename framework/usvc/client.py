@@ -38,7 +38,7 @@ from yarl import URL
 
 from .context import current_request
 from .metrics import Metrics, method_label
-from .propagation import EMPTY, Propagator, Sampling, new_span_id, new_trace_id
+from .propagation import EMPTY, Propagator, Sampling
 from .spans import UsvcSpan
 from .tracing import Tracing
 
@@ -261,7 +261,7 @@ class ClientInstrumentation:
         """Start the attempt's span and write the headers that carry it on."""
         tracing = self.tracing
         ctx = current_request.get()
-        span_id = new_span_id()
+        span_id = tracing.new_span_id()
         headers = request.headers
         if ctx is not None:
             trace_id = ctx.trace_id
@@ -273,14 +273,17 @@ class ClientInstrumentation:
                 headers,
                 parent_span_id=ctx.span_id,
                 request_id=ctx.request_id,
+                random_trace_id=tracing.random_trace_ids,
             )
             parent = ctx.span.get_span_context()
             if not ctx.span.is_recording():  # unsampled (or tracing off): record nothing
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, parent.trace_flags))
         else:  # a call outside any request starts a trace of its own
-            trace_id, parent = new_trace_id(), None
+            trace_id, parent = tracing.new_trace_id(), None
             sampled = tracing.enabled and tracing.decider.sampled(Sampling.DEFER, trace_id)
-            self.propagator.inject(EMPTY, trace_id, span_id, sampled, headers)
+            self.propagator.inject(
+                EMPTY, trace_id, span_id, sampled, headers, random_trace_id=tracing.random_trace_ids
+            )
             if not sampled:
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED))
         url = request.url

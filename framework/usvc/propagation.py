@@ -663,6 +663,7 @@ class Propagator:
         *,
         parent_span_id: int | None = None,
         request_id: str | None = None,
+        random_trace_id: bool = True,
     ) -> None:
         """Write the headers for an egress call made from span ``span_id``.
 
@@ -677,7 +678,8 @@ class Propagator:
         since debug "implies accept". ``trace_id`` equal to ``incoming.trace_id``
         continues the caller's trace (its random flag, tracestate and 64-bit width
         carry over); any other ``trace_id`` is a new trace from
-        :func:`new_trace_id`, so the random flag is set and tracestate is not sent.
+        :func:`new_trace_id`, so the random flag is set (unless ``random_trace_id``
+        is False: an id generator that is not random) and tracestate is not sent.
 
         Raises ValueError for ids out of range: that is a bug in the caller, not
         bad input from the network.
@@ -693,7 +695,10 @@ class Propagator:
         if self._tracecontext:
             # Level 2 §Random Trace ID Flag: continuing a trace, the flag MUST be
             # kept as received; a trace we start uses new_trace_id, all random.
-            flags = incoming.trace_flags & _FLAG_RANDOM if continuing else _FLAG_RANDOM
+            if continuing:
+                flags = incoming.trace_flags & _FLAG_RANDOM
+            else:
+                flags = _FLAG_RANDOM if random_trace_id else 0
             if sampled or debug:
                 flags |= _FLAG_SAMPLED
             out["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"

@@ -43,7 +43,7 @@ from .context import RequestContext, current_request
 from .egress import Egress, UpstreamError
 from .health import Health, ReadinessCheck
 from .metrics import UNMATCHED_ROUTE, Metrics, method_label
-from .propagation import Incoming, Propagator, new_request_id, new_span_id, new_trace_id
+from .propagation import Incoming, Propagator, new_request_id
 from .settings import Settings, SettingsError, configuration_error
 from .spans import UsvcSpan
 from .tracing import Tracing
@@ -200,9 +200,9 @@ class Service:
         # Decide sampling first: an unsampled request then costs a
         # NonRecordingSpan, not an SDK span the exporter would drop anyway.
         tracing = self.tracing
-        trace_id = incoming.trace_id or new_trace_id()
+        trace_id = incoming.trace_id or tracing.new_trace_id()
         sampled = tracing.decider.sampled(incoming.sampling, trace_id)
-        span_id = new_span_id()
+        span_id = tracing.new_span_id()
         span: Span
         if sampled and tracing.enabled:
             parent = None

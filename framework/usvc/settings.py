@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -23,7 +23,9 @@ from .propagation import Propagator
 
 T = TypeVar("T")
 
-PROPAGATOR_NAMES = frozenset({"tracecontext", "baggage", "b3", "b3multi", "none"})
+# "usvc" names usvc's own OpenTelemetry propagator (usvc.otel_propagator), which
+# writes usvc's default formats.
+PROPAGATOR_NAMES = frozenset({"tracecontext", "baggage", "b3", "b3multi", "none", "usvc"})
 SAMPLER_NAMES = frozenset(
     {
         "always_on",
@@ -307,6 +309,12 @@ class Settings:
             ),
             extra=dict(env.environ),
         )
+        if "usvc" in settings.otel_propagators:
+            formats = (
+                cls.otel_propagators if f == "usvc" else (f,) for f in settings.otel_propagators
+            )
+            unique = tuple(dict.fromkeys(f for group in formats for f in group))
+            settings = replace(settings, otel_propagators=unique)
         return settings
 
     @property

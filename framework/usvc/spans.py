@@ -1,11 +1,15 @@
 """The server and egress spans: OpenTelemetry API spans without the SDK's per-span cost.
 
-The SDK's span (locks, bounded attribute containers, processor start hooks)
-costs about 50 µs from start to end; the work a span needs is a few fields
-and, at the end, one :class:`ReadableSpan` handed to the span processors
-(about 4 µs). usvc makes exactly the spans it needs here, already sampled,
-and gives exporters the same ReadableSpan the SDK would. Spans users make
-with ``svc.tracer`` stay SDK spans, children of these through the context.
+The SDK's span (locks, bounded attribute containers on every write) costs
+about 50 µs from start to end; the work a span needs is a few fields and,
+at the end, one :class:`ReadableSpan` handed to the span processors (about
+4 µs). usvc makes exactly the spans it needs here, already sampled, and keeps
+the SDK's contract with the provider: the span processors' ``on_start`` and
+``on_end`` are both called, the provider's :class:`SpanLimits` bound the
+attributes, events and links (users' values are cleaned as the SDK cleans
+them), and ids come from the provider's id generator (see
+:class:`usvc.tracing.Tracing`). Spans users make with ``svc.tracer`` stay SDK
+spans, children of these through the context.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util import types
 
@@ -63,6 +69,7 @@ class UsvcSpan(Span):
         self._status = Status(StatusCode.UNSET)
         self._start = time.time_ns()
         self._end: int | None = None
+        tracing.start(self, parent)
 
     # -- the API --------------------------------------------------------------
     def get_span_context(self) -> SpanContext:
@@ -73,8 +80,12 @@ class UsvcSpan(Span):
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         if self._end is None:
-            # Validate as the SDK does: a bad value is dropped with a warning.
-            cleaned = BoundedAttributes(attributes={key: value})
+            # Validate as the SDK does: a bad value is dropped with a warning,
+            # a long one cut to the limit. The count limit applies at export.
+            limits = self._tracing.span_limits
+            cleaned = BoundedAttributes(
+                attributes={key: value}, max_value_len=limits.max_span_attribute_length
+            )
             self._attributes.update(cleaned)
 
     def set_attributes(self, attributes: Mapping[str, types.AttributeValue]) -> None:
@@ -88,11 +99,19 @@ class UsvcSpan(Span):
         timestamp: int | None = None,
     ) -> None:
         if self._end is None:
-            self._events.append(Event(name, BoundedAttributes(attributes=attributes), timestamp))
+            limits = self._tracing.span_limits
+            bounded = BoundedAttributes(
+                limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length
+            )
+            self._events.append(Event(name, bounded, timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._end is None and context.is_valid:
-            self._links.append(Link(context, BoundedAttributes(attributes=attributes)))
+            limits = self._tracing.span_limits
+            bounded = BoundedAttributes(
+                limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length
+            )
+            self._links.append(Link(context, bounded))
 
     def update_name(self, name: str) -> None:
         if self._end is None:
@@ -147,14 +166,32 @@ class UsvcSpan(Span):
     # -- export ----------------------------------------------------------------
     def readable(self) -> ReadableSpan:
         tracing = self._tracing
+        limits = tracing.span_limits
+        attributes: Mapping[str, types.AttributeValue] = self._attributes
+        max_attributes = limits.max_span_attributes
+        if limits.max_span_attribute_length is not None or (
+            max_attributes is not None and len(attributes) > max_attributes
+        ):
+            # Only when a limit can bite: usvc's own values are cut here too.
+            attributes = BoundedAttributes(
+                max_attributes, attributes, max_value_len=limits.max_span_attribute_length
+            )
+        else:
+            attributes = MappingProxyType(self._attributes)
+        events, links = self._events, self._links
+        # Over the count limit, the newest are kept (the SDK's BoundedList does the same).
+        if limits.max_events is not None and len(events) > limits.max_events:
+            events = events[len(events) - limits.max_events :]
+        if limits.max_links is not None and len(links) > limits.max_links:
+            links = links[len(links) - limits.max_links :]
         return ReadableSpan(
             name=self._name,
             context=self._context,
             parent=self._parent,
             resource=tracing.provider.resource,
-            attributes=MappingProxyType(self._attributes),
-            events=tuple(self._events),
-            links=tuple(self._links),
+            attributes=attributes,
+            events=tuple(events),
+            links=tuple(links),
             kind=self._kind,
             status=self._status,
             start_time=self._start,
@@ -173,6 +210,35 @@ class UsvcSpan(Span):
     @property
     def parent(self) -> SpanContext | None:
         return self._parent
+
+    # ReadableSpan's reading API, for span processors' on_start.
+    @property
+    def context(self) -> SpanContext:
+        return self._context
+
+    @property
+    def kind(self) -> SpanKind:
+        return self._kind
+
+    @property
+    def start_time(self) -> int:
+        return self._start
+
+    @property
+    def end_time(self) -> int | None:
+        return self._end
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def resource(self) -> Resource:
+        return self._tracing.provider.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._tracing.scope
 
     def __repr__(self) -> str:
         return f"UsvcSpan({self._name!r}, {self._context!r})"

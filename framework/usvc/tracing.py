@@ -1,24 +1,28 @@
 """OpenTelemetry tracing: one provider per service, a spec-faithful sampler, exporters.
 
 Trace headers are parsed by :mod:`usvc.propagation`, not by OpenTelemetry's
-propagators (see TOOLING.md for their gaps), so a request's sampling is
-decided here from that parse (:class:`Decider`), before any span exists.
-The spans usvc makes itself are :class:`usvc.spans.UsvcSpan`; they reach the
-provider's span processors and exporters like any SDK span.
+propagators (``tests/framework/test_otel_interop.py`` shows where they
+differ), so a request's sampling is decided here from that parse
+(:class:`Decider`), before any span exists. The spans usvc makes itself are
+:class:`usvc.spans.UsvcSpan`; they reach the provider's span processors
+(``on_start`` and ``on_end``) and exporters like any SDK span, within the
+provider's span limits and with ids from its id generator.
 """
 
 from __future__ import annotations
 
 import logging
 
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -27,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, set_span_in_context
 
 from .propagation import Sampling
 from .settings import Settings
@@ -106,10 +110,21 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
 
 
 class Tracing:
-    """A tracer provider with this service's resource, sampler and exporter."""
+    """A tracer provider with this service's resource, sampler and exporter.
+
+    ``id_generator`` and ``span_limits`` go to the provider as the SDK takes
+    them (``SpanLimits()`` reads the ``OTEL_*_LIMIT`` variables); usvc's own
+    spans use them too.
+    """
 
     def __init__(
-        self, settings: Settings, exporter: SpanExporter | None = None, *, batch: bool = True
+        self,
+        settings: Settings,
+        exporter: SpanExporter | None = None,
+        *,
+        batch: bool = True,
+        id_generator: IdGenerator | None = None,
+        span_limits: SpanLimits | None = None,
     ) -> None:
         self.enabled = not settings.otel_sdk_disabled
         resource = Resource.create(
@@ -121,7 +136,16 @@ class Tracing:
                 "deployment.environment.name": settings.service_env,
             }
         )
-        self.provider = TracerProvider(resource=resource, sampler=build_sampler(settings))
+        self.span_limits = span_limits or SpanLimits()
+        self.provider = TracerProvider(
+            resource=resource,
+            sampler=build_sampler(settings),
+            id_generator=id_generator,
+            span_limits=self.span_limits,
+        )
+        self.id_generator = self.provider.id_generator
+        # W3C Level 2: only a generator that says so earns the random-trace-id flag.
+        self.random_trace_ids = self.id_generator.is_trace_id_random()
         self.decider = Decider(settings)
         self.scope = InstrumentationScope("usvc", USVC_VERSION)
         if exporter is None and self.enabled:
@@ -136,6 +160,23 @@ class Tracing:
         self.tracer: Tracer = self.provider.get_tracer("usvc", USVC_VERSION)
         # The provider's processors (ours and any a user adds) get usvc's spans too.
         self._processor = self.provider._active_span_processor
+
+    def new_trace_id(self) -> int:
+        return self.id_generator.generate_trace_id()
+
+    def new_span_id(self) -> int:
+        return self.id_generator.generate_span_id()
+
+    def start(self, span: UsvcSpan, parent: SpanContext | None) -> None:
+        """Tell the span processors a span started, as the SDK's spans do."""
+        if parent is None:
+            parent_context = None
+        elif parent.is_remote:
+            parent_context = set_span_in_context(NonRecordingSpan(parent))
+        else:  # a client span: its parent, the server span, is the current span
+            parent_context = otel_context.get_current()
+        # The SDK types on_start for its own Span; usvc's spans have the same reading API.
+        self._processor.on_start(span, parent_context=parent_context)  # type: ignore[arg-type]
 
     def export(self, span: UsvcSpan) -> None:
         """Hand a finished span to the span processors, as the SDK's spans are."""

@@ -5,9 +5,15 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
+
+import usvc
+from usvc.tracing import Tracing
 
 from .conftest import Serve, ServiceFactory
 
@@ -95,3 +101,97 @@ async def test_an_unsampled_request_exports_nothing_but_still_propagates(
             trace_id = await resp.text()
     assert spans.get_finished_spans() == ()
     assert len(trace_id) == 32 and int(trace_id, 16) != 0
+
+
+class Recorder(SpanProcessor):
+    """A user's own span processor: what it saw start and end."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int, Context | None]] = []
+        self.ended: list[ReadableSpan] = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.started.append((span.name, span.context.span_id, parent_context))
+        span.set_attribute("added.on_start", "yes")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+class Sequential(IdGenerator):
+    """Ids anyone can predict: 1, 2, 3... for spans, 0xabc... for traces."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.traces = 0
+
+    def generate_span_id(self) -> int:
+        self.spans += 1
+        return self.spans
+
+    def generate_trace_id(self) -> int:
+        self.traces += 1
+        return 0xABC0 + self.traces
+
+    def is_trace_id_random(self) -> bool:
+        return False
+
+
+async def test_usvcs_spans_honour_the_processor_contract_limits_and_id_generator(
+    serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers["traceparent"])
+        return web.Response()
+
+    upstream_app = web.Application()
+    upstream_app.router.add_get("/", record)
+    upstream = await serve(upstream_app)
+    settings = usvc.Settings.from_env("front", {"OTEL_TRACES_EXPORTER": "none"})
+    tracing = Tracing(
+        settings,
+        spans,
+        batch=False,
+        id_generator=Sequential(),
+        span_limits=SpanLimits(max_span_attributes=6, max_span_attribute_length=8),
+    )
+    recorder = Recorder()
+    tracing.provider.add_span_processor(recorder)
+    svc = usvc.Service("front", settings=settings, tracing=tracing)
+
+    @svc.get("/work")
+    async def work(request: web.Request) -> web.Response:
+        span = trace.get_current_span()
+        span.set_attribute("long", "x" * 100)
+        for i in range(10):
+            span.set_attribute(f"many.{i}", i)
+        async with svc.egress.get(upstream.make_url("/")):
+            pass
+        return web.Response()
+
+    server = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(server.make_url("/work")) as resp:
+            assert resp.status == 200
+
+    # on_start and on_end, both, for the server span and the client span
+    assert [(name, span_id) for name, span_id, _ in recorder.started] == [
+        ("GET /work", 1),
+        ("GET", 2),
+    ]
+    assert [s.name for s in recorder.ended] == ["GET", "GET /work"]
+    client_parent = recorder.started[1][2]
+    assert client_parent is not None
+    assert trace.get_current_span(client_parent).get_span_context().span_id == 1
+    # ids from the generator; not random, so no W3C random-trace-id flag goes out
+    server_span = recorder.ended[1]
+    assert server_span.context.trace_id == 0xABC1
+    assert seen == [f"00-{0xABC1:032x}-{2:016x}-01"]
+    # span limits: values cut to 8 characters, at most 6 attributes, drops counted
+    attributes = server_span.attributes or {}
+    assert len(attributes) == 6
+    assert all(len(v) <= 8 for v in attributes.values() if isinstance(v, str))
+    assert server_span.dropped_attributes > 0
+    assert (recorder.ended[0].attributes or {}).get("added.on_start") == "yes"
