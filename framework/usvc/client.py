@@ -95,7 +95,8 @@ def failure(exc: BaseException, *, reading_body: bool = False) -> tuple[str, int
     before a complete response head; ``bad_response`` — the status line or
     headers are not HTTP; ``body_error`` — the body broke off or is malformed
     (Content-Length not met, chunked encoding cut); ``error`` — anything else
-    aiohttp raised. All but ``timeout`` answer 502.
+    aiohttp raised. All but ``timeout`` answer 502. (An attempt cut short by
+    cancellation, e.g. the caller went away, is counted as ``cancelled``.)
     """
     if isinstance(exc, TimeoutError):
         # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors too.
@@ -147,7 +148,7 @@ class _Attempt:
         if outcome is None:
             outcome = str(self.status)
         elif type(span) is UsvcSpan:
-            span.outcome(None, error_from=400, error=f"{outcome} {error or ''}")
+            span.outcome(None, error_from=400, error=f"{outcome} {error}" if error else outcome)
         self.metrics.observe_egress(
             self.upstream, self.method, outcome, time.perf_counter() - self.started
         )
