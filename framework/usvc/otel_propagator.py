@@ -15,9 +15,12 @@ reads the allow-list from ``PASSTHROUGH_HEADERS``; give it a service's own
     opentelemetry.propagate.set_global_textmap(UsvcTextMapPropagator(svc.propagator))
 
 What OpenTelemetry's ``SpanContext`` cannot hold (B3 debug, a 64-bit trace
-id, the caller's pass-through headers) is kept in the context beside it, so
-a span continuing an extracted context re-emits it. Inside a usvc request,
-injection uses that request's context (``usvc.context.current``).
+id, a Level 2 tracestate key, the caller's pass-through headers) is kept in
+the context beside it, so a span continuing an extracted context re-emits it.
+Its trace flags have no "defer": a deferred B3 decision reaches an SDK
+sampler as not sampled (usvc's own sampler, :class:`usvc.tracing.Decider`,
+reads usvc's parse instead). Inside a usvc request, injection uses that
+request's context (``usvc.context.current``).
 """
 
 from __future__ import annotations
