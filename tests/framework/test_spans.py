@@ -155,7 +155,7 @@ async def test_usvcs_spans_honour_the_processor_contract_limits_and_id_generator
         spans,
         batch=False,
         id_generator=Sequential(),
-        span_limits=SpanLimits(max_span_attributes=6, max_span_attribute_length=8),
+        span_limits=SpanLimits(max_span_attributes=6, max_span_attribute_length=8, max_events=2),
     )
     recorder = Recorder()
     tracing.provider.add_span_processor(recorder)
@@ -167,6 +167,8 @@ async def test_usvcs_spans_honour_the_processor_contract_limits_and_id_generator
         span.set_attribute("long", "x" * 100)
         for i in range(10):
             span.set_attribute(f"many.{i}", i)
+        for i in range(3):
+            span.add_event(f"event {i}")
         async with svc.egress.get(upstream.make_url("/")):
             pass
         return web.Response()
@@ -194,4 +196,5 @@ async def test_usvcs_spans_honour_the_processor_contract_limits_and_id_generator
     assert len(attributes) == 6
     assert all(len(v) <= 8 for v in attributes.values() if isinstance(v, str))
     assert server_span.dropped_attributes > 0
+    assert [event.name for event in server_span.events] == ["event 1", "event 2"]
     assert (recorder.ended[0].attributes or {}).get("added.on_start") == "yes"
