@@ -49,7 +49,7 @@ from opentelemetry.trace import (
 
 from .context import current_request
 from .propagation import EMPTY, Incoming, Propagator, Sampling
-from .settings import Env, Settings, _header_list
+from .settings import Env, Settings, _passthrough_list
 
 __all__ = ["UsvcTextMapPropagator"]
 
@@ -109,7 +109,7 @@ class UsvcTextMapPropagator(TextMapPropagator):
     def __init__(self, propagator: Propagator | None = None) -> None:
         if propagator is None:
             passthrough = Env().get(
-                "PASSTHROUGH_HEADERS", _header_list, Settings.passthrough_headers
+                "PASSTHROUGH_HEADERS", _passthrough_list, Settings.passthrough_headers
             )
             propagator = Propagator(passthrough=passthrough)
         self.propagator = propagator
