@@ -415,3 +415,31 @@ async def test_duplicated_pass_through_headers_are_not_forwarded(
             returned = resp.headers["x-request-id"]
     assert "x-dev-user" not in seen[0]
     assert returned not in ("req-1", "req-2") and seen[0]["x-request-id"] == returned
+
+
+async def test_with_aiohttps_own_response_class_the_attempt_ends_at_the_response_head(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    svc = make_service("front")
+    ended_before_body: list[int] = []
+
+    @svc.get("/plain")
+    async def plain(request: web.Request) -> web.Response:
+        async with (
+            aiohttp.ClientSession(middlewares=[svc.egress.middleware]) as session,
+            session.get(upstream.make_url("/")) as resp,
+        ):
+            ended_before_body.append(len(spans.get_finished_spans()))
+            return web.Response(text=await resp.text())
+
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/plain")) as resp:
+            assert resp.status == 200
+        async with client.get(front.make_url("/metrics")) as resp:
+            text = await resp.text()
+    assert ended_before_body == [1]  # the client span, before the body was read
+    assert "traceparent" in seen[0]
+    host = f"127.0.0.1:{upstream.port}"
+    assert f'http_client_requests_total{{method="GET",outcome="200",upstream="{host}"}} 1.0' in text
