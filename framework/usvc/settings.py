@@ -211,6 +211,8 @@ class Settings:
     egress_retries: int = 2
     egress_retry_backoff: float = 0.05
     passthrough_headers: tuple[str, ...] = ("x-dev-user",)
+    # Request headers recorded on the server span (see tracing.header_attributes).
+    span_headers: tuple[str, ...] = ("x-dev-user",)
     fault_injection: bool = False
     drain_seconds: float = 5.0
     shutdown_timeout: float = 15.0
@@ -263,6 +265,7 @@ class Settings:
             passthrough_headers=env.get(
                 "PASSTHROUGH_HEADERS", _passthrough_list, cls.passthrough_headers
             ),
+            span_headers=env.get("SPAN_HEADERS", _header_list, cls.span_headers),
             fault_injection=env.get("FAULT_INJECTION", _bool, cls.fault_injection),
             drain_seconds=env.get("DRAIN_SECONDS", seconds, cls.drain_seconds),
             shutdown_timeout=env.get("SHUTDOWN_TIMEOUT", seconds, cls.shutdown_timeout),
