@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from opentelemetry.trace import Span, SpanKind, StatusCode
+from prometheus_client import Counter
 from yarl import URL
 
 import usvc
@@ -24,6 +25,14 @@ add_hello(svc)
 UPSTREAM = svc.settings.upstream_uri or "http://clock-svc/"
 FALLBACK = svc.settings.env.url("FALLBACK_URI")
 TIME_API_TIMEOUT = svc.settings.env.seconds("TIME_API_TIMEOUT", 2.0, high=60.0)
+# One per request: what came of asking the time source, and whether the
+# fallback answered instead (the egress dashboard and the fallback alert).
+TIME_SOURCE = Counter(
+    "core_time_source_requests",
+    "Requests core served, by its time source's outcome and whether it fell back",
+    ["upstream", "outcome", "fallback"],
+    registry=svc.metrics.registry,
+)
 
 
 def describe_worldtime(body: dict[str, Any]) -> str:
@@ -91,6 +100,7 @@ async def index(request: web.Request) -> web.Response:
 
 def outcome(span: Span, result: str, reason: str = "", *, fallback: bool = False) -> None:
     """End the time source span with ``usvc.outcome`` (``ok`` or why not) and ``usvc.fallback``."""
+    TIME_SOURCE.labels(host_of(UPSTREAM), result, str(fallback).lower()).inc()
     span.set_attribute("usvc.outcome", result)
     span.set_attribute("usvc.fallback", fallback)
     if result != "ok":
