@@ -35,6 +35,7 @@ class Span:
     end_ns: int
     status: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
     children: list[Span] = field(default_factory=list)
 
     @property
@@ -79,6 +80,7 @@ def read_spans(files: Sequence[Path]) -> Iterator[Span]:
                                 end_ns=int(raw.get("endTimeUnixNano", 0)),
                                 status=STATUS[int(raw.get("status", {}).get("code", 0))],
                                 attributes=_attributes(raw.get("attributes", [])),
+                                resource=resource,
                             )
 
 
