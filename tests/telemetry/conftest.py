@@ -33,8 +33,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.procs import ROOT, free_port, http_ok, terminate
+from tests.procs import ROOT, free_port, http_ok
 from usvc_mesh.manifests import Layout
+from usvc_mesh.procs import terminate
 from usvc_mesh.supervisor import LocalMesh
 from usvc_mesh.telemetry.prometheus import scrape_config
 

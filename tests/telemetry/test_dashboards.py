@@ -164,8 +164,9 @@ def test_every_variable_of_the_dashboard_offers_values(observed: Observed, name:
 
 
 def panel_of(name: str, title: str) -> dict[str, Any]:
-    (found,) = [p for p in DASHBOARDS[name]["panels"] if p["title"] == title]
-    return found
+    found: list[dict[str, Any]] = [p for p in DASHBOARDS[name]["panels"] if p["title"] == title]
+    assert len(found) == 1, title
+    return found[0]
 
 
 def by(result: list[dict[str, Any]], label: str) -> dict[str, float]:

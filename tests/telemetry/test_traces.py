@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, free_port, http_ok, terminate
+from tests.procs import ROOT, free_port, http_ok
+from usvc_mesh.procs import terminate
 from usvc_mesh.telemetry.waterfall import Span, read_spans, spans_files, trace
 
 USVC = str(Path(sys.executable).with_name("usvc"))
