@@ -404,3 +404,14 @@ def test_the_chart_ships_the_rules_file_as_a_prometheusrule_when_asked() -> None
 def test_the_chart_makes_no_prometheusrule_without_the_operators_crd() -> None:
     rendered = tool.render(tool.scenario_values(tool.DEFAULT_SCENARIO))
     assert "templates/telemetry/prometheusrule.yaml" not in rendered
+
+
+def test_the_add_on_grafana_patch_mounts_the_charts_configmap_where_the_provider_reads() -> None:
+    patch = json.loads((ROOT / "telemetry" / "grafana" / "addon-patch.json").read_text())
+    provider = yaml.safe_load((ROOT / "telemetry" / "grafana" / "provider.yaml").read_text())
+    volumes = {op["value"]["name"]: op["value"] for op in patch if op["path"].endswith("volumes/-")}
+    mounts = {op["value"]["name"]: op["value"] for op in patch if "volumeMounts" in op["path"]}
+    assert volumes["usvc-dashboards"]["configMap"]["name"] == "usvc-grafana-dashboards"
+    (usvc,) = provider["providers"]
+    assert mounts["usvc-dashboards"]["mountPath"] == usvc["options"]["path"]
+    assert mounts["usvc-provider"]["mountPath"].startswith("/etc/grafana/provisioning/dashboards/")
