@@ -8,6 +8,7 @@ collector), its :attr:`~Telemetry.zipkin` is where Envoy reports, and
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -38,8 +39,13 @@ class Telemetry:
     def __init__(self, root: Path, run_dir: Path, *, prometheus_port: int = 0) -> None:
         self.root = root
         self.directory = run_dir / "telemetry"
-        self.collector_port = free_port()
-        self.prometheus_port = prometheus_port or free_port()
+        # The collector's listening socket, made now so that its port is taken
+        # before the mesh picks free ports for its workloads; the collector
+        # process inherits it.
+        self._listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
+        self._listener.set_inheritable(True)
+        self.collector_port = int(self._listener.getsockname()[1])
+        self.prometheus_port = prometheus_port  # 0: a free one, chosen after the mesh's
         self.spans_file = spans_file_for_run(self.directory)
         self.collector: subprocess.Popen[bytes] | None = None
         self.prometheus: Prometheus | None = None
@@ -69,22 +75,27 @@ class Telemetry:
     def start(self, mesh: LocalMesh, timeout: float = 20.0) -> None:
         """Start the collector, then Prometheus scraping ``mesh``'s workloads and Envoy."""
         assert mesh.run_dir is not None and mesh.ports is not None
+        assert self._listener is not None, "started twice"
         self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / "collector.log").open("a")
+        fd = self._listener.fileno()
         self.collector = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "usvc_mesh.telemetry.collector",
-                f"--port={self.collector_port}",
+                f"--fd={fd}",
                 f"--out={self.spans_file}",
                 f"--state={mesh.run_dir / 'mesh.json'}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=(fd,),
         )
         log.close()
+        self._listener.close()  # the collector has it now
+        self._listener = None
         deadline = time.monotonic() + timeout
         while not http_ok(f"{self.collector_url}/healthz"):
             if self.collector.poll() is not None or time.monotonic() > deadline:
@@ -93,7 +104,8 @@ class Telemetry:
             time.sleep(0.05)
         workloads = {name: (w.port, w.labels) for name, w in mesh.workloads.items()}
         config = scrape_config(workloads, mesh.ports.admin, self.rule_files())
-        self.prometheus = Prometheus(config, self.directory / "prometheus", self.prometheus_port)
+        port = self.prometheus_port or free_port()
+        self.prometheus = Prometheus(config, self.directory / "prometheus", port)
         try:
             self.prometheus.start(timeout)
         except MeshError:
@@ -109,6 +121,9 @@ class Telemetry:
         return lines
 
     def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self.prometheus is not None:
             self.prometheus.stop()
         if self.collector is not None:

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import json
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -205,10 +206,10 @@ class Collector:
         return web.json_response({"spans": self.received, "file": str(self.spans_file)})
 
 
-async def serve(collector: Collector, host: str, port: int) -> None:
+async def serve(collector: Collector, listener: socket.socket) -> None:
     runner = web.AppRunner(collector.app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.SockSite(runner, listener).start()
     try:
         await asyncio.Event().wait()
     finally:
@@ -216,17 +217,24 @@ async def serve(collector: Collector, host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m usvc_mesh.telemetry.collector --port P --out FILE``: what ``usvc up`` runs."""
+    """``python -m usvc_mesh.telemetry.collector --port P --out FILE``; ``usvc up`` passes
+    ``--fd``, a listening socket it made (so the port was taken before the mesh chose its own)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int)
+    where.add_argument("--fd", type=int, help="an inherited listening socket")
     parser.add_argument("--out", type=Path, required=True, help="the spans file (appended)")
     parser.add_argument("--state", type=Path, default=None, help="the mesh's state file")
     args = parser.parse_args(argv)
     import signal
 
+    if args.fd is not None:
+        listener = socket.socket(fileno=args.fd)
+    else:
+        listener = socket.create_server((args.host, args.port))
     loop = asyncio.new_event_loop()
-    task = loop.create_task(serve(Collector(args.out, args.state), args.host, args.port))
+    task = loop.create_task(serve(Collector(args.out, args.state), listener))
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     loop.add_signal_handler(signal.SIGINT, task.cancel)
     try:
