@@ -48,8 +48,11 @@ if [[ "$ISTIO_ADDONS" != 0 ]]; then
   kubectl -n "$ISTIO_NAMESPACE" patch configmap prometheus --type merge --patch-file "$rules_patch"
 
   # The usvc dashboards into the add-on Grafana, which has no dashboard
-  # side-car: a file provider of ours, and the chart's ConfigMap
-  # usvc-grafana-dashboards (optional until `make demo-install`) beneath it.
+  # side-car: the chart's dashboard files in one ConfigMap beside it, and a
+  # file provider of ours that reads them.
+  kubectl -n "$ISTIO_NAMESPACE" create configmap usvc-grafana-dashboards \
+    --from-file="$CHART_DIR/dashboards/" --dry-run=client -o yaml \
+    | kubectl apply --server-side --force-conflicts -f -
   kubectl -n "$ISTIO_NAMESPACE" create configmap usvc-grafana-provider \
     --from-file=usvc.yaml="$REPO_ROOT/telemetry/grafana/provider.yaml" \
     --dry-run=client -o yaml | kubectl apply -f -

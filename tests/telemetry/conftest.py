@@ -47,6 +47,9 @@ RULES_TEST = ROOT / "telemetry" / "prometheus" / "rules.test.yml"
 # Scrapes of every target that must have seen traffic before anything is asked.
 SCRAPES = 3
 DRIVE_SECONDS = 30.0
+# Envoy's admin shows histograms as of its last stats flush (every 5 s): a
+# rate over them needs two flushes with traffic between.
+ENVOY_HISTOGRAMS = "sum(rate(envoy_cluster_upstream_rq_time_count[20s])) > 0"
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ async def drive(gateway: str, prometheus: str, workloads: int) -> None:
         while True:
             await asyncio.gather(*(get(path, headers) for path, headers in mix))
             found = await asyncio.to_thread(query, prometheus, scraped)
-            if found and int(float(found[0]["value"][1])) == targets:
+            flushed = await asyncio.to_thread(query, prometheus, ENVOY_HISTOGRAMS)
+            if found and int(float(found[0]["value"][1])) == targets and flushed:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"Prometheus did not scrape every target in time: {found}")
