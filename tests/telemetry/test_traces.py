@@ -101,7 +101,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         beta = get_json(url, {"x-dev-user": "betaUser"})["trace_id"]
         plain = get_json(url, {})["trace_id"]
         wait_for_spans(tmp / "run", beta, envoy_spans=4)
-        wait_for_spans(tmp / "run", plain, envoy_spans=4)
+        wait_for_spans(tmp / "run", plain, envoy_spans=5)  # and the fallback call
         yield Run(tmp / "run", collector, beta, plain)
     finally:
         terminate(process, timeout=30)
