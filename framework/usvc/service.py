@@ -35,6 +35,7 @@ from opentelemetry.trace import (
     TraceFlags,
     set_span_in_context,
 )
+from opentelemetry.util.types import AttributeValue
 
 from . import faults, logs
 from .client import failure, upstream_of
@@ -46,7 +47,7 @@ from .metrics import UNMATCHED_ROUTE, Metrics, method_label
 from .propagation import Incoming, Propagator, new_request_id
 from .settings import Settings, SettingsError, configuration_error
 from .spans import UsvcSpan
-from .tracing import Tracing
+from .tracing import Tracing, header_attributes
 from .version import USVC_VERSION
 
 log = logging.getLogger("usvc")
@@ -93,6 +94,7 @@ class Service:
             self.settings.passthrough_headers,
         )
         self.tracing = tracing or _tracing(self.settings)
+        self._span_headers = header_attributes(self.settings.span_headers)
         self.tracer = self.tracing.tracer
         self.metrics = Metrics(
             self.name,
@@ -209,17 +211,22 @@ class Service:
             if incoming.trace_id is not None and incoming.parent_span_id is not None:
                 flags = TraceFlags(TraceFlags.SAMPLED if incoming.trace_flags & 1 else 0)
                 parent = SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
+            attributes: dict[str, AttributeValue] = {
+                "http.request.method": request.method,
+                "http.route": route,
+                "url.path": request.path,
+            }
+            for header, key in self._span_headers:  # what users search traces by
+                value = request.headers.get(header)
+                if value is not None:
+                    attributes[key] = value
             span = UsvcSpan(
                 tracing,
                 f"{request.method} {route}",
                 SpanContext(trace_id, span_id, False, _SAMPLED),
                 parent,
                 SpanKind.SERVER,
-                {
-                    "http.request.method": request.method,
-                    "http.route": route,
-                    "url.path": request.path,
-                },
+                attributes,
             )
         else:
             span = NonRecordingSpan(

@@ -221,6 +221,8 @@ class Settings:
     egress_retries: int = 2
     egress_retry_backoff: float = 0.05
     passthrough_headers: tuple[str, ...] = ("x-dev-user",)
+    # Request headers recorded on the server span (see tracing.header_attributes).
+    span_headers: tuple[str, ...] = ("x-dev-user",)
     fault_injection: bool = False
     # Served outside the telemetry: not traced, counted or logged (probes and scrapes).
     telemetry_excluded_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
@@ -275,6 +277,7 @@ class Settings:
             passthrough_headers=env.get(
                 "PASSTHROUGH_HEADERS", _passthrough_list, cls.passthrough_headers
             ),
+            span_headers=env.get("SPAN_HEADERS", _header_list, cls.span_headers),
             fault_injection=env.get("FAULT_INJECTION", _bool, cls.fault_injection),
             telemetry_excluded_paths=env.get(
                 "TELEMETRY_EXCLUDED_PATHS", _path_list, cls.telemetry_excluded_paths

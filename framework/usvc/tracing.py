@@ -69,6 +69,17 @@ class Decider:
         return self.always or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self.bound
 
 
+# Attribute names for request headers users search traces by; any other header
+# in SPAN_HEADERS becomes OpenTelemetry's http.request.header.<name>
+# (https://opentelemetry.io/docs/specs/semconv/http/http-spans/).
+NAMED_HEADERS = {"x-dev-user": "usvc.dev_user"}
+
+
+def header_attributes(headers: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(header, attribute) pairs for the server span, from the SPAN_HEADERS setting."""
+    return tuple((h, NAMED_HEADERS.get(h, f"http.request.header.{h}")) for h in headers)
+
+
 def build_sampler(settings: Settings) -> Sampler:
     """The SDK sampler, for spans users start with ``svc.tracer``.
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from .manifests import Layout, MeshError, load_documents
 from .supervisor import LocalMesh
+from .telemetry import Telemetry
+from .telemetry.cli import add_trace_command
 from .validation import ERROR, Finding, validate_objects
 
 
@@ -46,15 +48,17 @@ def parse_gateway(value: str) -> tuple[str, int]:
 def cmd_up(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     host, port = args.gateway
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(root)
+    telemetry = Telemetry(root, run_dir) if args.telemetry else None
     mesh = LocalMesh(
         Layout(root),
         scenario=args.scenario,
         gateway_host=host,
         gateway_port=port,
-        run_dir=Path(args.run_dir) if args.run_dir else default_run_dir(root),
+        run_dir=run_dir,
         env_overrides=parse_env_overrides(args.env or []),
-        base_env=_inherited_env(),
-        zipkin=args.zipkin,
+        base_env={**_inherited_env(), **(telemetry.env if telemetry else {})},
+        zipkin=telemetry.zipkin if telemetry else args.zipkin,
     )
     stopping = False
 
@@ -86,8 +90,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         took = mesh.start()
+        if telemetry is not None:
+            telemetry.start(mesh)
     except (MeshError, ValueError) as exc:
         # ValueError: the translator's one-line error naming the object and field
+        mesh.stop()
         print(f"usvc up: {exc}", file=sys.stderr)
         return 1
     for warning in mesh.warnings:
@@ -98,6 +105,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     assert mesh.ports is not None
     gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
     print(f"envoy admin: http://127.0.0.1:{mesh.ports.admin}/   logs: {mesh.run_dir}")
+    for line in telemetry.describe() if telemetry else []:
+        print(line)
     choices = "|".join(mesh.layout.scenarios())
     print(f"scenario {mesh.scenario}; switch with: usvc mesh use <{choices}>")
     print(f"ready in {took:.1f}s: curl {gateway}   (or -H 'x-dev-user: betaUser')", flush=True)
@@ -121,6 +130,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         print("stopping…", flush=True)
         mesh.stop()
+        if telemetry is not None:  # last: it receives the spans flushed on the way out
+            telemetry.stop()
     return 0
 
 
@@ -198,12 +209,18 @@ def add_commands(sub: Any) -> None:
         help="refuse to start when an Istio object would not be applied locally",
     )
     up.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="also run Prometheus and a trace collector (see `usvc trace`)",
+    )
+    up.add_argument(
         "--env",
         action="append",
         metavar="WORKLOAD:NAME=VALUE",
         help="extra environment for one workload (repeatable)",
     )
     up.set_defaults(func=cmd_up)
+    add_trace_command(sub, default_run_dir)
     mesh = sub.add_parser("mesh", help="control a running local mesh")
     mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
     use = mesh_sub.add_parser("use", help="switch the running mesh to another scenario")

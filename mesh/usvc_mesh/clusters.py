@@ -302,6 +302,10 @@ def _cluster(
     discovery = host.discovery.get(port.number, "STATIC")
     cluster: dict[str, Any] = {
         "name": name,
+        # Envoy's cluster_name tag stops at the first dot of a stat name: with
+        # the host's dots the rest would end up in the metric's name
+        # (envoy_cluster_usvc_svc_cluster_local_upstream_rq_total).
+        "alt_stat_name": name.replace(".", "_"),
         "type": discovery,
         "connect_timeout": pool.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
         "lb_policy": load_balancer.lb_policy,

@@ -53,7 +53,7 @@ _ACCESS_LOG_FIELDS = {
     "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",  # the name, not the alt_stat_name
     "upstream_host": "%UPSTREAM_HOST%",
     "route_name": "%ROUTE_NAME%",
     "request_id": "%REQ(X-REQUEST-ID)%",

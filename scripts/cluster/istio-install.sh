@@ -39,6 +39,29 @@ if [[ "$ISTIO_ADDONS" != 0 ]]; then
   for addon in prometheus grafana kiali jaeger; do
     kubectl apply -f "$ADDONS_URL/$addon.yaml"
   done
+
+  # The usvc alert rules into the add-on Prometheus: its rule_files include
+  # /etc/config/rules, the key "rules" of its ConfigMap (reloaded on change).
+  rules_patch=$(mktemp)
+  trap 'rm -f "$rules_patch"' EXIT
+  { printf 'data:\n  rules: |\n'; sed 's/^/    /' "$REPO_ROOT/telemetry/prometheus/rules.yml"; } >"$rules_patch"
+  kubectl -n "$ISTIO_NAMESPACE" patch configmap prometheus --type merge --patch-file "$rules_patch"
+
+  # The usvc dashboards into the add-on Grafana, which has no dashboard
+  # side-car: the chart's dashboard files in one ConfigMap beside it, and a
+  # file provider of ours that reads them.
+  kubectl -n "$ISTIO_NAMESPACE" create configmap usvc-grafana-dashboards \
+    --from-file="$CHART_DIR/dashboards/" --dry-run=client -o yaml \
+    | kubectl apply --server-side --force-conflicts -f -
+  kubectl -n "$ISTIO_NAMESPACE" create configmap usvc-grafana-provider \
+    --from-file=usvc.yaml="$REPO_ROOT/telemetry/grafana/provider.yaml" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  volumes=$(kubectl -n "$ISTIO_NAMESPACE" get deployment grafana \
+    -o jsonpath='{.spec.template.spec.volumes[*].name}')
+  if [[ " $volumes " != *" usvc-dashboards "* ]]; then
+    kubectl -n "$ISTIO_NAMESPACE" patch deployment grafana --type json \
+      --patch-file "$REPO_ROOT/telemetry/grafana/addon-patch.json"
+  fi
 fi
 
 # The gateway starts each trace, so the mesh-wide rate decides what is kept.

@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import Span, SpanKind, StatusCode
+from prometheus_client import Counter
 from yarl import URL
 
 import usvc
@@ -23,6 +25,14 @@ add_hello(svc)
 UPSTREAM = svc.settings.upstream_uri or "http://clock-svc/"
 FALLBACK = svc.settings.env.url("FALLBACK_URI")
 TIME_API_TIMEOUT = svc.settings.env.seconds("TIME_API_TIMEOUT", 2.0, high=60.0)
+# One per request: what came of asking the time source, and whether the
+# fallback answered instead (the egress dashboard and the fallback alert).
+TIME_SOURCE = Counter(
+    "core_time_source_requests",
+    "Requests core served, by its time source's outcome and whether it fell back",
+    ["upstream", "outcome", "fallback"],
+    registry=svc.metrics.registry,
+)
 
 
 def describe_worldtime(body: dict[str, Any]) -> str:
@@ -41,9 +51,21 @@ async def ask(url: str) -> dict[str, Any]:
 @svc.get("/")
 async def index(request: web.Request) -> web.Response:
     started = time.perf_counter()
+    # The time source call as one client span of its own (the egress client's
+    # spans are per attempt): what came of it and whether the fallback answered,
+    # so a trace search for usvc.fallback=true finds the requests clock served.
+    source = svc.tracer.start_span(
+        f"GET {host_of(UPSTREAM)}",
+        kind=SpanKind.CLIENT,
+        attributes={"server.address": host_of(UPSTREAM), "url.full": UPSTREAM},
+    )
     try:
         body = await ask(UPSTREAM)
     except (HopFailed, usvc.UpstreamError, TimeoutError) as exc:
+        falls_back = FALLBACK is not None and not (
+            isinstance(exc, HopFailed) and "service" in exc.problem
+        )
+        outcome(source, outcome_of(exc), why(exc), fallback=falls_back)
         if isinstance(exc, HopFailed) and "service" in exc.problem:
             return failed(svc, exc)  # a mesh hop (clock) failed: say so, don't mask it
         reason = why(exc)
@@ -55,19 +77,43 @@ async def index(request: web.Request) -> web.Response:
             clock = await call_json(svc, FALLBACK)
         except HopFailed as inner:
             return failed(svc, inner)
+        ctx = usvc.current()
+        if ctx is not None:
+            ctx.span.set_attribute("usvc.fallback", True)
         note = f"{host_of(UPSTREAM)} {reason}; answered from {host_of(FALLBACK)} (fallback)"
         return respond(
             request, hop(svc, started, FALLBACK, upstream=clock, note=note, fallback=True)
         )
     if "service" in body:  # another hop of the chain (clock)
+        outcome(source, "ok")
         return respond(request, hop(svc, started, UPSTREAM, upstream=body))
     try:
         line = describe_worldtime(body)
     except KeyError:
+        outcome(source, "bad_reply", "not worldtimeapi's timezone format")
         raise usvc.UpstreamError(
             502, host_of(UPSTREAM), "answered JSON that is not worldtimeapi's timezone format"
         ) from None
+    outcome(source, "ok")
     return respond(request, hop(svc, started, UPSTREAM, upstream=line, worldtime=body))
+
+
+def outcome(span: Span, result: str, reason: str = "", *, fallback: bool = False) -> None:
+    """End the time source span with ``usvc.outcome`` (``ok`` or why not) and ``usvc.fallback``."""
+    TIME_SOURCE.labels(host_of(UPSTREAM), result, str(fallback).lower()).inc()
+    span.set_attribute("usvc.outcome", result)
+    span.set_attribute("usvc.fallback", fallback)
+    if result != "ok":
+        span.set_status(StatusCode.ERROR, reason)
+    span.end()
+
+
+def outcome_of(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError) or getattr(exc, "status", None) == 504:
+        return "timeout"
+    if isinstance(exc, HopFailed):
+        return f"http_{exc.status}"
+    return "unreachable"
 
 
 def host_of(url: str) -> str:

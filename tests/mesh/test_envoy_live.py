@@ -434,7 +434,8 @@ async def test_retries_on_5xx_hide_a_backend_that_fails_half_the_time(
 
 
 def retries(envoy: Envoy, service_name: str) -> int:
-    stat = f"cluster.outbound|80||{service_name}.default.svc.cluster.local.upstream_rq_retry"
+    # Stats are named by the cluster's alt_stat_name: its name without dots (clusters.py).
+    stat = f"cluster.outbound|80||{service_name}_default_svc_cluster_local.upstream_rq_retry"
     return envoy.stats("upstream_rq_retry$").get(stat, 0)
 
 

@@ -3,10 +3,14 @@
 The mesh runs the `current` scenario with the retry scenario's environment
 (fault injection at clock, the `fail` header forwarded), so that
 `fail: 1` gives 5xx on every hop of the betaUser path. Prometheus (Debian's
-`prometheus` package) scrapes every workload each second, one job per workload,
-with the Deployment's pod labels app/version/env as target labels, as the
-kubernetes-pods job of a cluster adds them; the queries must work despite the
-clash with usvc_build_info's own env and version.
+`prometheus` package) runs with the configuration `usvc up --telemetry` gives
+it (usvc_mesh.telemetry.prometheus): every workload each second, one job per
+workload, with the Deployment's pod labels app/version/env as target labels,
+as the kubernetes-pods job of a cluster adds them (the queries must work
+despite the clash with usvc_build_info's own env and version), and Envoy's
+admin /stats/prometheus as job `envoy`. One more job, `istio`, scrapes a
+process serving crafted series in the shape Istio's sidecars emit
+(tests/telemetry/istio_metrics.py), for the cluster dashboard.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -30,17 +35,21 @@ import yaml
 
 from tests.procs import ROOT, free_port, http_ok
 from usvc_mesh.manifests import Layout
+from usvc_mesh.procs import terminate
 from usvc_mesh.supervisor import LocalMesh
+from usvc_mesh.telemetry.prometheus import scrape_config
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 MISSING = "Debian's prometheus package is not installed (apt-get install prometheus)"
 RULES = ROOT / "telemetry" / "prometheus" / "rules.yml"
 RULES_TEST = ROOT / "telemetry" / "prometheus" / "rules.test.yml"
-POD_LABELS = ("app", "version", "env")
 # Scrapes of every target that must have seen traffic before anything is asked.
 SCRAPES = 3
 DRIVE_SECONDS = 30.0
+# Envoy's admin shows histograms as of its last stats flush (every 5 s): a
+# rate over them needs two flushes with traffic between.
+ENVOY_HISTOGRAMS = "sum(rate(envoy_cluster_upstream_rq_time_count[20s])) > 0"
 
 
 @dataclass(frozen=True)
@@ -72,23 +81,14 @@ def query(url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def prometheus_config(mesh: LocalMesh, rules: Path) -> dict[str, Any]:
-    return {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {
-                "job_name": name,
-                "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{workload.port}"],
-                        "labels": {k: workload.labels[k] for k in POD_LABELS},
-                    }
-                ],
-            }
-            for name, workload in mesh.workloads.items()
-        ],
-    }
+def prometheus_config(mesh: LocalMesh, rules: Path, istio_port: int) -> dict[str, Any]:
+    assert mesh.ports is not None
+    workloads = {name: (w.port, w.labels) for name, w in mesh.workloads.items()}
+    config = scrape_config(workloads, mesh.ports.admin, [rules])
+    config["scrape_configs"].append(
+        {"job_name": "istio", "static_configs": [{"targets": [f"127.0.0.1:{istio_port}"]}]}
+    )
+    return config
 
 
 async def drive(gateway: str, prometheus: str, workloads: int) -> None:
@@ -104,6 +104,7 @@ async def drive(gateway: str, prometheus: str, workloads: int) -> None:
         *[("no-such-page", {})] * 5,
     ]
     scraped = f"count(count_over_time(up[1m]) >= {SCRAPES})"
+    targets = workloads + 2  # and envoy, istio
     deadline = time.monotonic() + DRIVE_SECONDS
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as client:
 
@@ -114,7 +115,8 @@ async def drive(gateway: str, prometheus: str, workloads: int) -> None:
         while True:
             await asyncio.gather(*(get(path, headers) for path, headers in mix))
             found = await asyncio.to_thread(query, prometheus, scraped)
-            if found and int(float(found[0]["value"][1])) == workloads:
+            flushed = await asyncio.to_thread(query, prometheus, ENVOY_HISTOGRAMS)
+            if found and int(float(found[0]["value"][1])) == targets and flushed:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"Prometheus did not scrape every target in time: {found}")
@@ -134,9 +136,15 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     mesh.env_overrides = mesh.layout.scenario_env("retry")
     mesh.start()
     prometheus: subprocess.Popen[bytes] | None = None
+    istio_port = free_port()
+    istio = subprocess.Popen(
+        [sys.executable, "-m", "tests.telemetry.istio_metrics", str(istio_port)], cwd=ROOT
+    )
     try:
         config = tmp / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(mesh, RULES), sort_keys=False))
+        config.write_text(
+            yaml.safe_dump(prometheus_config(mesh, RULES, istio_port), sort_keys=False)
+        )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         with (tmp / "prometheus.log").open("w") as log:
@@ -169,4 +177,5 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             except subprocess.TimeoutExpired:
                 prometheus.kill()
                 prometheus.wait()
+        terminate(istio)
         mesh.stop()

@@ -1,5 +1,7 @@
-"""The Grafana dashboard and the Prometheus rules, checked against a real Prometheus
-scraping the local mesh: every panel's query returns data from the running chain."""
+"""The Grafana dashboards and the Prometheus rules, checked against a real Prometheus
+scraping the local mesh: every panel's query of every dashboard returns data — from
+the running chain and its Envoy, and for the cluster dashboard from series in the
+shape Istio emits (istio_metrics.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,19 @@ from tests.procs import ROOT
 
 from .conftest import MISSING, PROMTOOL, RULES, RULES_TEST, Observed
 
-DASHBOARD_FILE = ROOT / "helm" / "usvc" / "dashboards" / "usvc-red.json"
-DASHBOARD: dict[str, Any] = json.loads(DASHBOARD_FILE.read_text())
+DASHBOARD_DIR = ROOT / "helm" / "usvc" / "dashboards"
+DASHBOARDS: dict[str, dict[str, Any]] = {
+    path.stem: json.loads(path.read_text()) for path in sorted(DASHBOARD_DIR.glob("*.json"))
+}
+DASHBOARD = DASHBOARDS["usvc-red"]
 PANELS: list[dict[str, Any]] = DASHBOARD["panels"]
 TARGETS = [(panel, target) for panel in PANELS for target in panel["targets"]]
+EVERY_TARGET = [
+    (name, panel, target)
+    for name, dashboard in DASHBOARDS.items()
+    for panel in dashboard["panels"]
+    for target in panel["targets"]
+]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SERVICES = {"front", "middle", "core", "clock"}
 # What $__rate_interval stands for here: wide enough to hold every scrape the
@@ -31,11 +42,24 @@ RATE_WINDOW = "20s"
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=MISSING)
 
 
-def promql(expr: str, service: str = ".*", env: str = ".*") -> str:
-    """A panel's expression as Grafana sends it; the variables at "All" unless given."""
-    chosen = {"service": service, "env": env}
+def defaults(dashboard: dict[str, Any]) -> dict[str, str]:
+    """Each query variable's value when the dashboard opens: its default, or "All"."""
+    chosen = {}
+    for v in dashboard["templating"]["list"]:
+        if v["type"] == "query":
+            value = v["current"]["value"][0]
+            chosen[v["name"]] = v["allValue"] if value == "$__all" else value
+    return chosen
+
+
+def promql(
+    expr: str, service: str = ".*", env: str = ".*", dashboard: dict[str, Any] | None = None
+) -> str:
+    """A panel's expression as Grafana sends it: the RED dashboard's variables at "All"
+    unless given, another dashboard's at their defaults."""
+    chosen = defaults(dashboard) if dashboard is not None else {"service": service, "env": env}
     expr = expr.replace("$__rate_interval", RATE_WINDOW)
-    expr = re.sub(r"\$\{?(service|env)\}?", lambda m: chosen[m[1]], expr)
+    expr = re.sub(r"\$\{?(\w+)\}?", lambda m: chosen.get(m[1], m[0]), expr)
     assert "$" not in expr, f"a variable this test does not know: {expr}"
     return expr
 
@@ -104,20 +128,116 @@ def test_every_server_and_client_query_is_joined_to_build_info_on_job_and_instan
 # --- the dashboard against a live Prometheus ------------------------------------
 
 
-def test_prometheus_scrapes_every_workload(observed: Observed) -> None:
+def test_prometheus_scrapes_every_workload_envoy_and_the_istio_stand_in(
+    observed: Observed,
+) -> None:
     up = {s["metric"]["job"]: s["value"][1] for s in observed.query("up")}
-    assert up == dict.fromkeys(observed.mesh.workloads, "1")
+    assert up == dict.fromkeys([*observed.mesh.workloads, "envoy", "istio"], "1")
 
 
 @pytest.mark.parametrize(
-    "target", [t for _, t in TARGETS], ids=[f"{p['title']}/{t['refId']}" for p, t in TARGETS]
+    ("name", "target"),
+    [(name, t) for name, _, t in EVERY_TARGET],
+    ids=[f"{name}/{p['title']}/{t['refId']}" for name, p, t in EVERY_TARGET],
 )
-def test_panel_query_returns_data_from_the_running_chain(
-    observed: Observed, target: dict[str, Any]
-) -> None:
-    result = observed.query(promql(target["expr"]))
+def test_panel_query_returns_data(observed: Observed, name: str, target: dict[str, Any]) -> None:
+    result = observed.query(promql(target["expr"], dashboard=DASHBOARDS[name]))
     assert result, "no series"
     assert any(math.isfinite(v) for v in values(result)), result
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_variable_of_the_dashboard_offers_values(observed: Observed, name: str) -> None:
+    dashboard = DASHBOARDS[name]
+    for v in dashboard["templating"]["list"]:
+        if v["type"] != "query":
+            continue
+        call = re.fullmatch(r"label_values\((.+), (\w+)\)", v["definition"])
+        assert call is not None, v["definition"]
+        series, label = call.groups()
+        offered = {
+            s["metric"].get(label) for s in observed.query(promql(series, dashboard=dashboard))
+        }
+        assert offered - {None}, v["name"]
+        default = v["current"]["value"][0]
+        assert default == "$__all" or default in offered, (v["name"], offered)
+
+
+def panel_of(name: str, title: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [p for p in DASHBOARDS[name]["panels"] if p["title"] == title]
+    assert len(found) == 1, title
+    return found[0]
+
+
+def by(result: list[dict[str, Any]], label: str) -> dict[str, float]:
+    return {s["metric"].get(label, ""): float(s["value"][1]) for s in result}
+
+
+def test_canary_dashboard_shows_the_observed_share_near_the_configured_20_percent(
+    observed: Observed,
+) -> None:
+    dashboard = DASHBOARDS["usvc-canary"]
+    share, configured = panel_of("usvc-canary", "Canary share: observed vs configured")["targets"]
+    observed_share = by(observed.query(promql(share["expr"], dashboard=dashboard)), "env")
+    assert set(observed_share) == {"canary"}
+    assert 0.08 < observed_share["canary"] < 0.4, observed_share
+    assert values(observed.query(promql(configured["expr"], dashboard=dashboard))) == [0.2]
+
+
+def test_canary_dashboard_gives_quantiles_per_env(observed: Observed) -> None:
+    dashboard = DASHBOARDS["usvc-canary"]
+    for target in panel_of("usvc-canary", "Latency p50 / p95 / p99: canary vs prod")["targets"]:
+        per_env = by(observed.query(promql(target["expr"], dashboard=dashboard)), "env")
+        assert set(per_env) == {"canary", "prod"}
+        assert all(0 < v < 1 for v in per_env.values()), per_env
+
+
+def test_egress_dashboard_shows_each_time_source_and_no_fallback(observed: Observed) -> None:
+    # core prod asks worldtimeapi.org (the stand-in always answers); core test
+    # asks clock, which fails the `fail: 1` requests: a failed hop, not a fallback.
+    dashboard = DASHBOARDS["usvc-egress"]
+    (success,) = panel_of("usvc-egress", "Time source success ratio")["targets"]
+    (fallback,) = panel_of("usvc-egress", "Fallback rate")["targets"]
+    ratio = by(observed.query(promql(success["expr"], dashboard=dashboard)), "upstream")
+    assert ratio["worldtimeapi.org"] == 1.0
+    assert 0 < ratio["clock-svc"] < 1
+    assert by(observed.query(promql(fallback["expr"], dashboard=dashboard)), "upstream") == {
+        "worldtimeapi.org": 0.0,
+        "clock-svc": 0.0,
+    }
+
+
+def test_mesh_dashboard_names_each_subset_cluster_envoy_sends_to(observed: Observed) -> None:
+    dashboard = DASHBOARDS["usvc-mesh"]
+    (rate,) = panel_of("usvc-mesh", "Requests per upstream cluster")["targets"]
+    clusters = by(observed.query(promql(rate["expr"], dashboard=dashboard)), "envoy_cluster_name")
+    for subset in ("canary", "prod", "dev"):
+        assert clusters[f"outbound|80|{subset}|middleware-svc_usvc_svc_cluster_local"] > 0
+    assert clusters["outbound|80||worldtimeapi_org"] > 0
+
+
+def test_mesh_dashboard_shows_the_5xx_of_clock(observed: Observed) -> None:
+    dashboard = DASHBOARDS["usvc-mesh"]
+    (errors,) = panel_of("usvc-mesh", "5xx per upstream cluster")["targets"]
+    found = by(observed.query(promql(errors["expr"], dashboard=dashboard)), "envoy_cluster_name")
+    assert found["outbound|80||clock-svc_usvc_svc_cluster_local"] > 0
+    assert found["outbound|80||worldtimeapi_org"] == 0
+
+
+def test_istio_dashboard_shows_the_crafted_canary_share(observed: Observed) -> None:
+    dashboard = DASHBOARDS["usvc-istio"]
+    (share,) = panel_of("usvc-istio", "Canary share of middle")["targets"]
+    found = by(observed.query(promql(share["expr"], dashboard=dashboard)), "destination_version")
+    assert found == {"v1": pytest.approx(0.8, abs=0.02), "v2": pytest.approx(0.2, abs=0.02)}
+
+
+def test_istio_dashboard_counts_unanswered_egress_as_failed(observed: Observed) -> None:
+    dashboard = DASHBOARDS["usvc-istio"]
+    (ratio,) = panel_of("usvc-istio", "worldtimeapi.org success ratio (egress)")["targets"]
+    found = by(
+        observed.query(promql(ratio["expr"], dashboard=dashboard)), "source_canonical_service"
+    )
+    assert found == {"core": pytest.approx(0.9, abs=0.02)}
 
 
 def test_the_variables_list_the_running_services_and_envs(observed: Observed) -> None:
@@ -260,10 +380,37 @@ def test_the_rules_pass_their_unit_tests() -> None:
 # --- the chart ------------------------------------------------------------------
 
 
-def test_the_chart_ships_the_dashboard_file_unchanged_as_a_configmap() -> None:
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_the_chart_ships_each_dashboard_file_unchanged_as_a_configmap(name: str) -> None:
     rendered = tool.render(tool.scenario_values(tool.DEFAULT_SCENARIO))
     objects = tool.load_objects(rendered["templates/telemetry/dashboards.yaml"])
-    configmap = named(objects, "ConfigMap", "usvc-dashboard-usvc-red")
+    configmap = named(objects, "ConfigMap", f"usvc-dashboard-{name}")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     # The template's `|-` block drops the file's one final newline, nothing else.
-    assert configmap["data"] == {"usvc-red.json": DASHBOARD_FILE.read_text().removesuffix("\n")}
+    assert configmap["data"] == {
+        f"{name}.json": (DASHBOARD_DIR / f"{name}.json").read_text().removesuffix("\n")
+    }
+
+
+def test_the_chart_ships_the_rules_file_as_a_prometheusrule_when_asked() -> None:
+    values = {"telemetry": {"prometheusRules": {"create": "always", "labels": {"release": "kps"}}}}
+    rendered = tool.render(tool.scenario_values(tool.DEFAULT_SCENARIO, values))
+    (rule,) = tool.load_objects(rendered["templates/telemetry/prometheusrule.yaml"])
+    assert rule["kind"] == "PrometheusRule" and rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_the_chart_makes_no_prometheusrule_without_the_operators_crd() -> None:
+    rendered = tool.render(tool.scenario_values(tool.DEFAULT_SCENARIO))
+    assert "templates/telemetry/prometheusrule.yaml" not in rendered
+
+
+def test_the_add_on_grafana_patch_mounts_the_charts_configmap_where_the_provider_reads() -> None:
+    patch = json.loads((ROOT / "telemetry" / "grafana" / "addon-patch.json").read_text())
+    provider = yaml.safe_load((ROOT / "telemetry" / "grafana" / "provider.yaml").read_text())
+    volumes = {op["value"]["name"]: op["value"] for op in patch if op["path"].endswith("volumes/-")}
+    mounts = {op["value"]["name"]: op["value"] for op in patch if "volumeMounts" in op["path"]}
+    assert volumes["usvc-dashboards"]["configMap"]["name"] == "usvc-grafana-dashboards"
+    (usvc,) = provider["providers"]
+    assert mounts["usvc-dashboards"]["mountPath"] == usvc["options"]["path"]
+    assert mounts["usvc-provider"]["mountPath"].startswith("/etc/grafana/provisioning/dashboards/")
