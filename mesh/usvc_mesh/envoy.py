@@ -22,7 +22,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .clusters import DNS_CACHE
@@ -124,6 +124,8 @@ def bootstrap(
     sampling: float = 100.0,
     w3c: bool = False,
     node_id: str = "usvc-local-mesh",
+    outbound_host: str = "127.0.0.1",
+    config_path: PurePosixPath | None = None,
 ) -> dict[str, Any]:
     """The static Envoy bootstrap that reads routes and clusters from ``config_dir``.
 
@@ -134,8 +136,13 @@ def bootstrap(
     a collector cluster with no endpoints, so Envoy still propagates B3 to the
     workloads but reports nothing. The access log is one JSON object per
     request, to ``access_log`` or else to Envoy's stdout.
+
+    In a container (compose), ``outbound_host`` is ``0.0.0.0`` so that other
+    containers reach the outbound listener, and ``config_path`` is where the
+    container sees ``config_dir``: the xDS paths inside the bootstrap are then
+    that directory's, not the host's.
     """
-    config_dir = config_dir.absolute()
+    config_dir = Path(config_path) if config_path is not None else config_dir.absolute()
     if not 0.0 <= sampling <= 100.0:
         raise ValueError(f"sampling must be a percentage, not {sampling}")
     collector: dict[str, Any] = {
@@ -179,7 +186,7 @@ def bootstrap(
                 ),
                 _listener(
                     OUTBOUND_ROUTES,
-                    "127.0.0.1",
+                    outbound_host,
                     ports.outbound,
                     config_dir,
                     tracing,
@@ -271,6 +278,8 @@ def static_config(config_dir: Path) -> dict[str, Any]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 hcm = network_filter["typed_config"]
+                if "rds" not in hcm:
+                    continue  # routes given inline (compose's stats listener)
                 name = hcm.pop("rds")["route_config_name"]
                 # The files beside the bootstrap, not the paths inside it: a
                 # copy of a configuration directory is checked as it stands.
@@ -492,6 +501,9 @@ def _digest(value: Any) -> str:
 def _atomic_write(path: Path, content: Mapping[str, Any]) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # Routes and clusters, no secret: readable by an Envoy running as another
+        # user (a container's), which mkstemp's 0600 would deny.
+        os.fchmod(descriptor, 0o644)
         with os.fdopen(descriptor, "w") as handle:
             json.dump(content, handle, indent=1)
         os.replace(temporary, path)

@@ -7,11 +7,13 @@ qualified name, every name that reaches it (``middleware-svc``,
 endpoints behind each port. Service endpoints are the local processes of the
 workloads (Deployments) the Service selects; ServiceEntry endpoints are a local
 stand-in from ``externals``, the entry's own endpoints, or the host name
-itself, resolved by DNS.
+itself, resolved by DNS. An endpoint address that is a name rather than an IP
+(compose's container names) makes its cluster ``STRICT_DNS``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -218,6 +220,8 @@ def _service(
         if w.name in endpoints
     )
     fqdn = f"{name}.{namespace}.{CLUSTER_DOMAIN}"
+    # Endpoints given as names (compose: container names) are resolved by Envoy.
+    by_name = any(not _is_ip(e.address) for e in backends)
     return MeshHost(
         fqdn=fqdn,
         names=(f"{name}.{namespace}", f"{name}.{namespace}.svc", fqdn),
@@ -225,6 +229,7 @@ def _service(
         ports=tuple(ports),
         source=where,
         endpoints={port.number: backends for port in ports},
+        discovery={port.number: "STRICT_DNS" for port in ports} if by_name else {},
     )
 
 
@@ -328,6 +333,8 @@ def _service_entry(
                 by_port[port.number] = (Endpoint(host, target),)
             if override is None:
                 discovery[port.number] = _RESOLUTIONS[resolution]
+            elif not _is_ip(override[0]):
+                discovery[port.number] = "STRICT_DNS"
         out.append(
             MeshHost(
                 fqdn=host,
@@ -363,6 +370,14 @@ def _workload_entry(spec: Spec) -> _Entry:
         labels=spec.string_map("labels"),
         weight=spec.integer("weight", minimum=1),
     )
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_externals(externals: Mapping[str, tuple[str, int]], hosts: Sequence[MeshHost]) -> None:

@@ -101,3 +101,82 @@ def add_commands(sub: Any) -> None:
         "--username", default=None, help="registry user (password: USVC_REGISTRY_PASSWORD or asked)"
     )
     image_cmd.set_defaults(func=cmd_images)
+    add_compose_commands(sub)
+
+
+def _layout(args: argparse.Namespace) -> Any:
+    from ..manifests import Layout
+
+    root = Path(args.root).resolve()
+    return Layout(root, manifests_dir=Path(args.manifests).resolve() if args.manifests else None)
+
+
+def _envoy_container(args: argparse.Namespace) -> Any:
+    from . import images
+    from .compose import PROXY_SERVICE
+
+    client = images.connect()
+    project = args.project_name or Path(args.root).resolve().name
+    labels = [
+        f"com.docker.compose.project={project}",
+        f"com.docker.compose.service={PROXY_SERVICE}",
+    ]
+    found = client.containers.list(filters={"label": labels})
+    if not found:
+        raise images.ImageError(
+            f"no running {PROXY_SERVICE} container of compose project {project!r}"
+            " (docker compose up first; --project-name if it has another name)"
+        )
+    return found[0]
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from ..manifests import MeshError
+    from . import compose, images
+
+    layout = _layout(args)
+    out = Path(args.root).resolve() / compose.COMPOSE_DIR
+    try:
+        if args.action == "generate":
+            plan = compose.generate(layout, out, args.scenario)
+            print(f"wrote {out}/ for scenario {plan.scenario}")
+        elif args.action == "check":
+            stale = compose.drift(layout, out, args.scenario)
+            if stale:
+                return _fail(
+                    "compose check",
+                    f"{', '.join(stale)} differ from k8s/; run: usvc compose generate",
+                )
+            print(f"{out}/ matches the manifests (scenario {args.scenario})")
+            return 0
+        else:
+            plan = compose.use(layout, out, args.scenario, _envoy_container(args))
+            print(f"scenario {plan.scenario} applied")
+        for warning in plan.warnings:
+            print(f"usvc compose: warning: {warning}", file=sys.stderr)
+    except (MeshError, ValueError, images.ImageError) as exc:
+        return _fail(f"compose {args.action}", str(exc))
+    return 0
+
+
+def add_compose_commands(sub: Any) -> None:
+    compose_cmd = sub.add_parser(
+        "compose", help="the Envoy config and environment docker compose runs, from k8s/"
+    )
+    actions = compose_cmd.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("generate", "write compose/envoy, compose/env, compose/prometheus from k8s/"),
+        ("check", "fail when the committed compose files differ from the manifests"),
+        ("use", "switch the running compose Envoy to SCENARIO; nothing restarts"),
+    ):
+        parser = actions.add_parser(action, help=help_text)
+        if action == "use":
+            parser.add_argument("scenario", help="a file of k8s/mesh/scenarios/")
+            parser.add_argument(
+                "--project-name", default=None, help="compose project (default: the root's name)"
+            )
+        else:
+            parser.add_argument("--scenario", default="current")
+        parser.add_argument("--root", default=".", help="holds docker-compose.yml (default .)")
+        parser.add_argument("--manifests", default=None, help="default: ROOT/k8s")
+        parser.set_defaults(func=cmd_compose)

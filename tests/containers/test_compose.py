@@ -1,0 +1,228 @@
+"""docker-compose.yml for real: the chain in containers, routed by the generated Envoy config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chain.conftest import fetch_many, hops, path_of
+from tests.procs import ROOT, free_port
+from usvc_mesh.containers import compose
+from usvc_mesh.manifests import Layout
+
+from .conftest import TIMINGS, timed
+from .engine import Engine
+from .support import get
+
+PROJECT = "usvctier"
+COMPOSE_V1 = "/usr/bin/docker-compose"
+PROFILES = ["--profile", "stand-in"]
+
+
+def compose_file() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def deployment_names() -> set[str]:
+    return set(compose.plan(Layout(ROOT)).env)
+
+
+def test_committed_compose_files_match_the_manifests() -> None:
+    assert compose.drift(Layout(ROOT), ROOT / compose.COMPOSE_DIR) == []
+
+
+def test_drift_is_reported_by_file(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / compose.COMPOSE_DIR, tmp_path / "compose")
+    (tmp_path / "compose" / "env" / "clock.env").write_text("PORT=1\n")
+    assert compose.drift(Layout(ROOT), tmp_path / "compose") == ["env/clock.env"]
+
+
+def test_compose_file_runs_every_deployment_with_its_generated_env() -> None:
+    services = compose_file()["services"]
+    runs = {name for name, s in services.items() if "env_file" in s}
+    assert runs == deployment_names()
+    for name in runs:
+        assert services[name]["env_file"] == f"compose/env/{name}.env"
+
+
+def test_compose_file_has_no_version_and_publishes_on_loopback_only() -> None:
+    data = compose_file()
+    assert "version" not in data  # compose v1 honours depends_on conditions only without it
+    for name, service in data["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), name
+
+
+def test_every_container_is_hardened_as_in_the_cluster() -> None:
+    for name, service in compose_file()["services"].items():
+        assert service["user"] == "10001:10001", name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+
+
+def test_envoy_healthcheck_is_the_one_compose_generates() -> None:
+    envoy = compose_file()["services"]["envoy"]
+    assert envoy["healthcheck"]["test"] == compose.healthcheck_command()
+
+
+def test_envoy_endpoints_are_container_names_resolved_by_dns() -> None:
+    translation = compose.plan(Layout(ROOT)).translation
+    cluster = translation.cluster("outbound|80|canary|middleware-svc.usvc.svc.cluster.local")
+    assert cluster["type"] == "STRICT_DNS"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert address["address"]["socket_address"] == {"address": "middle-canary", "port_value": 8080}
+
+
+def test_bootstrap_binds_all_interfaces_and_reads_container_paths() -> None:
+    bootstrap = json.loads((ROOT / "compose/envoy/bootstrap.json").read_text())
+    listeners = {item["name"]: item for item in bootstrap["static_resources"]["listeners"]}
+    for name in ("gateway", "outbound", "stats"):
+        assert listeners[name]["address"]["socket_address"]["address"] == "0.0.0.0"
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    assert bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == (
+        "/etc/usvc/envoy/cds.json"
+    )
+
+
+# -- the chain running -----------------------------------------------------------
+
+
+@dataclass
+class Running:
+    directory: Path
+    env: dict[str, str]
+    gateway: str
+    engine: Engine
+
+    def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [COMPOSE_V1, "-p", PROJECT, *PROFILES, *args],
+            cwd=self.directory,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def containers(self) -> dict[str, Any]:
+        client = self.engine.client()
+        found = client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}
+        )
+        return {c.labels["com.docker.compose.service"]: c for c in found}
+
+
+@pytest.fixture(scope="module")
+def chain(
+    engine: Engine, built: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    # A copy: a scenario switch rewrites compose/envoy, which must not touch the checkout.
+    directory = tmp_path_factory.mktemp("compose") / PROJECT
+    directory.mkdir()
+    shutil.copy(ROOT / "docker-compose.yml", directory)
+    shutil.copytree(ROOT / "compose", directory / "compose")
+    port = free_port()
+    env = {
+        **engine.env(),
+        "USVC_ENVOY_IMAGE": built["envoy"],
+        "USVC_GATEWAY_PORT": str(port),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    running = Running(directory, env, f"http://127.0.0.1:{port}", engine)
+    try:
+        with timed("compose up -d"):
+            result = running.compose("up", "-d")
+        assert result.returncode == 0, result.stderr
+        TIMINGS["compose chain healthy"] = compose.wait_healthy(running.containers(), timeout=120)
+        yield running
+    finally:
+        with timed("compose down"):
+            running.compose("down", "--volumes", "--timeout", "20")
+        for container in running.containers().values():  # anything down left, by id
+            container.remove(force=True, v=True)
+
+
+def test_compose_chain_is_healthy_with_every_deployment_and_the_stand_in(chain: Running) -> None:
+    containers = chain.containers()
+    assert set(containers) == deployment_names() | {"envoy", "worldtime"}
+    for name, container in containers.items():
+        container.reload()
+        assert container.attrs["State"]["Health"]["Status"] == "healthy", name
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True, name
+
+
+async def test_beta_user_goes_to_middle_dev_and_core_test(chain: Running) -> None:
+    results = await fetch_many(chain.gateway + "/", 20, {"x-dev-user": "betaUser"}, concurrency=4)
+    paths = {tuple(path_of(body)) for status, body in results if status == 200}
+    assert [status for status, _ in results] == [200] * 20
+    assert paths == {("front/prod", "middle/dev", "core/test", "clock/prod")}
+
+
+async def test_stress_test_user_goes_to_core_test_through_canary_or_prod(chain: Running) -> None:
+    results = await fetch_many(chain.gateway + "/", 40, {"x-dev-user": "stressTest"}, concurrency=4)
+    assert [status for status, _ in results] == [200] * 40
+    middles = {path_of(body)[1] for _, body in results}
+    assert middles <= {"middle/canary", "middle/prod"}
+    assert {tuple(path_of(body)[2:]) for _, body in results} == {("core/test", "clock/prod")}
+
+
+async def test_canary_share_is_20_percent_within_5_points_over_1000_requests(
+    chain: Running,
+) -> None:
+    results = await fetch_many(chain.gateway + "/", 1000, concurrency=16)
+    assert [status for status, _ in results] == [200] * 1000
+    middles = [path_of(body)[1] for _, body in results]
+    share = middles.count("middle/canary") / len(middles)
+    TIMINGS[f"canary share over 1000: {share:.1%}"] = 0.0
+    assert set(middles) == {"middle/canary", "middle/prod"}
+    assert abs(share - 0.20) <= 0.05
+    # no header: core prod, which asks worldtimeapi (the stand-in)
+    assert {path_of(body)[2] for _, body in results} == {"core/prod"}
+
+
+def test_one_trace_id_across_every_hop(chain: Running) -> None:
+    status, body = get(
+        chain.gateway + "/", {"Accept": "application/json", "x-dev-user": "betaUser"}
+    )
+    reply = json.loads(body)
+    assert status == 200 and len(hops(reply)) == 4
+    assert {hop["trace_id"] for hop in hops(reply)} == {reply["trace_id"]}
+
+
+async def test_scenario_switch_reroutes_without_restarting_a_container(chain: Running) -> None:
+    before = {name: c.attrs["State"]["StartedAt"] for name, c in chain.containers().items()}
+    layout = Layout(ROOT)
+    out = chain.directory / compose.COMPOSE_DIR
+    envoy = chain.containers()["envoy"]
+    compose.use(layout, out, "prod", envoy)
+    try:
+        results = await fetch_many(
+            chain.gateway + "/", 50, {"x-dev-user": "betaUser"}, concurrency=4
+        )
+        assert {path_of(body)[1] for _, body in results} == {"middle/prod"}
+    finally:
+        compose.use(layout, out, "current", envoy)
+    after = {name: c.attrs["State"]["StartedAt"] for name, c in chain.containers().items()}
+    assert after == before
+
+
+def test_down_leaves_no_container_network_or_volume(chain: Running) -> None:
+    result = chain.compose("down", "--volumes", "--timeout", "20")
+    assert result.returncode == 0, result.stderr
+    client = chain.engine.client()
+    label = {"label": f"com.docker.compose.project={PROJECT}"}
+    assert client.containers.list(all=True, filters=label) == []
+    assert client.networks.list(filters=label) == []
+    assert client.volumes.list(filters=label) == []
