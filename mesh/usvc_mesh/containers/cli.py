@@ -102,6 +102,7 @@ def add_commands(sub: Any) -> None:
     )
     image_cmd.set_defaults(func=cmd_images)
     add_compose_commands(sub)
+    add_registry_commands(sub)
 
 
 def _layout(args: argparse.Namespace) -> Any:
@@ -180,3 +181,65 @@ def add_compose_commands(sub: Any) -> None:
         parser.add_argument("--root", default=".", help="holds docker-compose.yml (default .)")
         parser.add_argument("--manifests", default=None, help="default: ROOT/k8s")
         parser.set_defaults(func=cmd_compose)
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (IPv6 as [::1]:5443)")
+    return host.strip("[]"), int(port)
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from . import registry
+
+    where = registry.Registry(Path(args.dir), host=args.host, listen=args.listen)
+    try:
+        if args.action == "up":
+            if args.renew or not where.config_file.is_file():
+                password = sys.stdin.readline().strip() if args.password_stdin else None
+                registry.set_up(where, username=args.username, password=password)
+                print(f"set up {where.directory}/: CA, certificate for {where.host}, htpasswd")
+            if registry.answers(where):
+                print(f"registry already answers on {where.address}")
+            else:
+                registry.start(where)
+            print(
+                f"registry https://{where.address} (listening on {args.listen[0]}:{args.listen[1]})"
+            )
+            print(f"  user {where.username()}, password in {where.password_file} (mode 0600)")
+            print(f"  trust its CA:  usvc registry trust   (copies {where.ca_certificate}")
+            print(f"                 to {where.certs_d()})")
+            print(
+                f"  log in:        docker login {where.address} -u {where.username()}"
+                f" --password-stdin < {where.password_file}"
+            )
+        elif args.action == "down":
+            print("stopped" if registry.stop(where) else "no registry was running")
+        else:
+            print(f"installed {registry.trust(where, Path(args.certs_dir))}")
+    except (registry.RegistryError, OSError) as exc:
+        return _fail(f"registry {args.action}", str(exc))
+    return 0
+
+
+def add_registry_commands(sub: Any) -> None:
+    from . import registry
+
+    reg = sub.add_parser("registry", help="a private registry with TLS and htpasswd (bcrypt)")
+    reg.add_argument("action", choices=["up", "down", "trust"])
+    reg.add_argument(
+        "--dir", default=str(registry.DEFAULT_DIR), help="its files (default .run/registry)"
+    )
+    reg.add_argument("--host", default=registry.DEFAULT_HOST, help="the name in its certificate")
+    reg.add_argument(
+        "--listen",
+        type=_parse_listen,
+        default=registry.DEFAULT_LISTEN,
+        help="where it listens (default [::1]:5443); not 127.0.0.0/8, where engines skip TLS",
+    )
+    reg.add_argument("--username", default=registry.DEFAULT_USER)
+    reg.add_argument("--password-stdin", action="store_true", help="else one is generated")
+    reg.add_argument("--renew", action="store_true", help="a new CA, certificate and password")
+    reg.add_argument("--certs-dir", default="/etc/docker/certs.d", help="for trust")
+    reg.set_defaults(func=cmd_registry)
