@@ -24,6 +24,7 @@ from .engine import DOCKER_CLI, DOCKERD, Engine, start_engine
 
 TIMINGS: dict[str, float] = {}
 SIZES: dict[str, int] = {}
+FIGURES: dict[str, str] = {}  # measured, printed with the timings
 _HERE = Path(__file__).parent
 
 
@@ -51,6 +52,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("container tier")
     for name, took in TIMINGS.items():
         terminalreporter.write_line(f"{name:<40} {took:6.1f} s")
+    for name, value in FIGURES.items():
+        terminalreporter.write_line(f"{name:<40} {value}")
     for reference, size in SIZES.items():
         terminalreporter.write_line(f"{reference:<48} {images.megabytes(size):>7}")
 

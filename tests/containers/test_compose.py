@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.procs import ROOT, free_port
 from usvc_mesh.containers import compose
 from usvc_mesh.manifests import Layout
 
-from .conftest import TIMINGS, timed
+from .conftest import FIGURES, TIMINGS, timed
 from .engine import Engine
 from .support import get
 
@@ -148,8 +149,7 @@ def chain(
         TIMINGS["compose chain healthy"] = compose.wait_healthy(running.containers(), timeout=120)
         yield running
     finally:
-        with timed("compose down"):
-            running.compose("down", "--volumes", "--timeout", "20")
+        running.compose("down", "--volumes", "--timeout", "20")
         for container in running.containers().values():  # anything down left, by id
             container.remove(force=True, v=True)
 
@@ -185,7 +185,7 @@ async def test_canary_share_is_20_percent_within_5_points_over_1000_requests(
     assert [status for status, _ in results] == [200] * 1000
     middles = [path_of(body)[1] for _, body in results]
     share = middles.count("middle/canary") / len(middles)
-    TIMINGS[f"canary share over 1000: {share:.1%}"] = 0.0
+    FIGURES["compose canary share (1,000 requests)"] = f"{share:.1%}"
     assert set(middles) == {"middle/canary", "middle/prod"}
     assert abs(share - 0.20) <= 0.05
     # no header: core prod, which asks worldtimeapi (the stand-in)
@@ -201,25 +201,44 @@ def test_one_trace_id_across_every_hop(chain: Running) -> None:
     assert {hop["trace_id"] for hop in hops(reply)} == {reply["trace_id"]}
 
 
+def usvc_compose(chain: Running, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "usvc"), "compose", *args]
+    where = ["--root", str(chain.directory), "--project-name", PROJECT]
+    return subprocess.run(
+        [*command, *where, "--manifests", str(ROOT / "k8s")],
+        env=chain.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_usvc_compose_wait_reports_the_running_chain_healthy(chain: Running) -> None:
+    result = usvc_compose(chain, "wait", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("healthy in ")
+
+
 async def test_scenario_switch_reroutes_without_restarting_a_container(chain: Running) -> None:
     before = {name: c.attrs["State"]["StartedAt"] for name, c in chain.containers().items()}
-    layout = Layout(ROOT)
-    out = chain.directory / compose.COMPOSE_DIR
-    envoy = chain.containers()["envoy"]
-    compose.use(layout, out, "prod", envoy)
+    switched = usvc_compose(chain, "use", "prod")
+    assert switched.returncode == 0, switched.stderr
     try:
         results = await fetch_many(
             chain.gateway + "/", 50, {"x-dev-user": "betaUser"}, concurrency=4
         )
         assert {path_of(body)[1] for _, body in results} == {"middle/prod"}
     finally:
-        compose.use(layout, out, "current", envoy)
+        back = usvc_compose(chain, "use", "current")
+        assert back.returncode == 0, back.stderr
     after = {name: c.attrs["State"]["StartedAt"] for name, c in chain.containers().items()}
     assert after == before
 
 
 def test_down_leaves_no_container_network_or_volume(chain: Running) -> None:
-    result = chain.compose("down", "--volumes", "--timeout", "20")
+    with timed("compose down"):
+        result = chain.compose("down", "--volumes", "--timeout", "20")
     assert result.returncode == 0, result.stderr
     client = chain.engine.client()
     label = {"label": f"com.docker.compose.project={PROJECT}"}

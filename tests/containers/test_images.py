@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -195,3 +198,32 @@ def test_sdk_push_refusal_is_raised(engine: Engine, built: dict[str, str]) -> No
             images.push(client, ["127.0.0.1:1/usvc/clock:x"], out=lambda _: None)
     finally:
         client.images.remove("127.0.0.1:1/usvc/clock:x")
+
+
+def usvc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "usvc"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_usvc_images_list_shows_every_image_with_its_size(
+    engine: Engine, built: dict[str, str]
+) -> None:
+    result = usvc("images", "list", "--root", str(ROOT), env=engine.env())
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.splitlines()}
+    assert set(built.values()) <= listed
+    assert all(line.split()[2] == "MB" for line in result.stdout.splitlines())
+
+
+def test_usvc_images_without_an_engine_fails_in_one_line() -> None:
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    result = usvc("images", "build", "--root", str(ROOT), env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("usvc images build: cannot reach the Docker engine at unix:///")

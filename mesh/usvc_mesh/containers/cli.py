@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,23 +113,34 @@ def _layout(args: argparse.Namespace) -> Any:
     return Layout(root, manifests_dir=Path(args.manifests).resolve() if args.manifests else None)
 
 
+def _project_containers(args: argparse.Namespace) -> dict[str, Any]:
+    """The compose project's containers by service (labels work for compose v1 and v2)."""
+    from . import images
+
+    client = images.connect()
+    # compose's own default: the directory's name, lower case, [-_a-z0-9] only
+    project = args.project_name or re.sub(
+        r"[^-_a-z0-9]", "", Path(args.root).resolve().name.lower()
+    )
+    found = client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
+    if not found:
+        raise images.ImageError(
+            f"no container of compose project {project!r}"
+            " (docker compose up first; --project-name if it has another name)"
+        )
+    return {c.labels["com.docker.compose.service"]: c for c in found}
+
+
 def _envoy_container(args: argparse.Namespace) -> Any:
     from . import images
     from .compose import PROXY_SERVICE
 
-    client = images.connect()
-    project = args.project_name or Path(args.root).resolve().name
-    labels = [
-        f"com.docker.compose.project={project}",
-        f"com.docker.compose.service={PROXY_SERVICE}",
-    ]
-    found = client.containers.list(filters={"label": labels})
-    if not found:
-        raise images.ImageError(
-            f"no running {PROXY_SERVICE} container of compose project {project!r}"
-            " (docker compose up first; --project-name if it has another name)"
-        )
-    return found[0]
+    containers = _project_containers(args)
+    if PROXY_SERVICE not in containers:
+        raise images.ImageError(f"the compose project has no {PROXY_SERVICE} container")
+    return containers[PROXY_SERVICE]
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -150,6 +162,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
                 )
             print(f"{out}/ matches the manifests (scenario {args.scenario})")
             return 0
+        elif args.action == "wait":
+            took = compose.wait_healthy(_project_containers(args), timeout=args.timeout)
+            print(f"healthy in {took:.1f}s")
+            return 0
         else:
             plan = compose.use(layout, out, args.scenario, _envoy_container(args))
             print(f"scenario {plan.scenario} applied")
@@ -169,10 +185,14 @@ def add_compose_commands(sub: Any) -> None:
         ("generate", "write compose/envoy, compose/env, compose/prometheus from k8s/"),
         ("check", "fail when the committed compose files differ from the manifests"),
         ("use", "switch the running compose Envoy to SCENARIO; nothing restarts"),
+        ("wait", "wait until every container of the project is healthy (compose v1: no --wait)"),
     ):
         parser = actions.add_parser(action, help=help_text)
-        if action == "use":
-            parser.add_argument("scenario", help="a file of k8s/mesh/scenarios/")
+        if action in {"use", "wait"}:
+            if action == "use":
+                parser.add_argument("scenario", help="a file of k8s/mesh/scenarios/")
+            else:
+                parser.add_argument("--timeout", type=float, default=120.0, help="seconds")
             parser.add_argument(
                 "--project-name", default=None, help="compose project (default: the root's name)"
             )
