@@ -107,7 +107,9 @@ def _without_warming(translation: Translation) -> Translation:
     any listener. Such a cluster simply has no endpoint until the name resolves.
     """
     clusters = tuple(
-        {**c, "wait_for_warm_on_init": False} if c["type"] != "STATIC" else c
+        {**c, "wait_for_warm_on_init": False}
+        if c.get("type") in {"STRICT_DNS", "LOGICAL_DNS"}
+        else c
         for c in translation.clusters
     )
     return replace(translation, clusters=clusters)
