@@ -236,6 +236,26 @@ async def test_scenario_switch_reroutes_without_restarting_a_container(chain: Ru
     assert after == before
 
 
+def fetch_from(container: Any, url: str) -> str:
+    """GET ``url`` from inside ``container`` with its own Python: the status or the error."""
+    code = (
+        "import urllib.request, sys\n"
+        "try:\n"
+        f"    print(urllib.request.urlopen({url!r}, timeout=3).status)\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    result = container.exec_run(["python", "-c", code])
+    return str(result.output.decode().strip())
+
+
+def test_envoy_stats_reach_the_network_but_its_admin_does_not(chain: Running) -> None:
+    front = chain.containers()["front"]
+    assert fetch_from(front, f"http://envoy:{compose.STATS_PORT}/stats/prometheus") == "200"
+    assert fetch_from(front, f"http://envoy:{compose.STATS_PORT}/config_dump") == "HTTPError"
+    assert fetch_from(front, f"http://envoy:{compose.PORTS.admin}/ready") == "URLError"
+
+
 def test_down_leaves_no_container_network_or_volume(chain: Running) -> None:
     with timed("compose down"):
         result = chain.compose("down", "--volumes", "--timeout", "20")
@@ -245,3 +265,24 @@ def test_down_leaves_no_container_network_or_volume(chain: Running) -> None:
     assert client.containers.list(all=True, filters=label) == []
     assert client.networks.list(filters=label) == []
     assert client.volumes.list(filters=label) == []
+
+
+def test_compose_v1_accepts_the_file_with_every_profile() -> None:
+    result = subprocess.run(
+        [COMPOSE_V1, "--profile", "stand-in", "--profile", "telemetry", "config", "--quiet"],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_prometheus_scrapes_every_deployment_and_envoys_stats() -> None:
+    config = yaml.safe_load((ROOT / "compose/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = set(jobs["usvc"]["static_configs"][0]["targets"])
+    assert targets == {f"{name}:8080" for name in deployment_names()}
+    assert jobs["envoy"]["static_configs"][0]["targets"] == [f"envoy:{compose.STATS_PORT}"]
