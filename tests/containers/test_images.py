@@ -63,6 +63,15 @@ def test_missing_base_image_is_an_error_not_a_pull(engine: Engine, project: imag
         images.build(engine.client(), project, base_image="usvc-local/absent:1", out=lambda _: None)
 
 
+def test_a_service_adds_less_than_a_megabyte_to_the_base(
+    engine: Engine, built: dict[str, str]
+) -> None:
+    client = engine.client()
+    base = images.size_of(client, built["base"])
+    for name in (*USVC_SERVICES, "worldtime"):
+        assert images.size_of(client, built[name]) - base < 1_000_000, name
+
+
 def test_image_runs_what_its_deployment_runs(engine: Engine, built: dict[str, str]) -> None:
     client = engine.client()
     for deployment in deployments():
