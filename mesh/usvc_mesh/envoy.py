@@ -32,6 +32,8 @@ BOOTSTRAP_FILE = "bootstrap.json"
 CDS_FILE = "cds.json"
 RDS_FILES = {GATEWAY_ROUTES: "rds-gateway.json", OUTBOUND_ROUTES: "rds-outbound.json"}
 ZIPKIN_CLUSTER = "zipkin"
+# Seconds a client has to send its whole request head to the gateway.
+DEFAULT_REQUEST_HEADERS_TIMEOUT = 5.0
 _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 _HCM_TYPE = (
@@ -126,6 +128,7 @@ def bootstrap(
     node_id: str = "usvc-local-mesh",
     outbound_host: str = "127.0.0.1",
     config_path: PurePosixPath | None = None,
+    request_headers_timeout: float = DEFAULT_REQUEST_HEADERS_TIMEOUT,
 ) -> dict[str, Any]:
     """The static Envoy bootstrap that reads routes and clusters from ``config_dir``.
 
@@ -141,10 +144,23 @@ def bootstrap(
     containers reach the outbound listener, and ``config_path`` is where the
     container sees ``config_dir``: the xDS paths inside the bootstrap are then
     that directory's, not the host's.
+
+    The gateway closes a connection whose request head (request line and
+    headers) has not arrived within ``request_headers_timeout`` seconds, so
+    slow clients cannot hold it open (Envoy's default is no limit: the
+    HttpConnectionManager's ``request_headers_timeout``); 0 turns it off.
+    Neither listener shares its port (``enable_reuse_port: false``): a second
+    Envoy on the same address fails to start instead of taking half the
+    connections.
     """
     config_dir = Path(config_path) if config_path is not None else config_dir.absolute()
     if not 0.0 <= sampling <= 100.0:
         raise ValueError(f"sampling must be a percentage, not {sampling}")
+    if request_headers_timeout < 0:
+        raise ValueError(
+            "request_headers_timeout must be 0 (off) or more seconds, "
+            f"not {request_headers_timeout}"
+        )
     collector: dict[str, Any] = {
         "name": ZIPKIN_CLUSTER,
         "type": "STRICT_DNS" if zipkin and not _is_ip(zipkin[0]) else "STATIC",
@@ -183,6 +199,7 @@ def bootstrap(
                     tracing,
                     log,
                     edge=True,
+                    request_headers_timeout=request_headers_timeout,
                 ),
                 _listener(
                     OUTBOUND_ROUTES,
@@ -330,11 +347,34 @@ def applied(admin: tuple[str, int], translation: Translation) -> bool:
     seen: dict[str, str] = {}
     for section in dump["configs"]:
         if section["@type"].endswith("ClustersConfigDump"):
+            # A cluster still warming (e.g. before its first health check) is not in use yet.
+            if section.get("dynamic_warming_clusters"):
+                return False
             seen["cds"] = section.get("version_info", "")
         elif section["@type"].endswith("RoutesConfigDump"):
             for dynamic in section.get("dynamic_route_configs", []):
                 seen[dynamic["route_config"]["name"]] = dynamic.get("version_info", "")
     return seen == versions(translation)
+
+
+def unhealthy_hosts(admin: tuple[str, int]) -> set[tuple[str, str]]:
+    """``(cluster, "ip:port")`` of every host the Envoy at ``admin`` would not route to now.
+
+    A host counts as unhealthy while it has failed, or not yet passed, its
+    active health check, or is ejected by outlier detection.
+    """
+    url = f"http://{admin[0]}:{admin[1]}/clusters?format=json"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        dump = json.loads(response.read())
+    found: set[tuple[str, str]] = set()
+    for cluster in dump.get("cluster_statuses", []):
+        for host in cluster.get("host_statuses", []):
+            status = host.get("health_status", {})
+            flags = {k for k, v in status.items() if v is True}
+            if flags or status.get("eds_health_status", "HEALTHY") != "HEALTHY":
+                address = host["address"]["socket_address"]
+                found.add((cluster["name"], f"{address['address']}:{address['port_value']}"))
+    return found
 
 
 def wait_applied(admin: tuple[str, int], translation: Translation, timeout: float = 5.0) -> None:
@@ -360,6 +400,7 @@ def _listener(
     access_log: list[dict[str, Any]],
     *,
     edge: bool,
+    request_headers_timeout: float = 0.0,
 ) -> dict[str, Any]:
     hcm: dict[str, Any] = {
         "@type": _HCM_TYPE,
@@ -402,9 +443,14 @@ def _listener(
     }
     if edge:
         hcm["xff_num_trusted_hops"] = 0
+    if request_headers_timeout > 0:
+        hcm["request_headers_timeout"] = _seconds(request_headers_timeout)
     return {
         "name": name,
         "address": _address(host, port),
+        # Envoy's default on Linux is SO_REUSEPORT: a second Envoy on this
+        # address would start and share the connections with the first.
+        "enable_reuse_port": False,
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}],
     }
@@ -464,6 +510,10 @@ def _address(host: str, port: int) -> dict[str, Any]:
 
 def _lb_endpoint(host: str, port: int) -> dict[str, Any]:
     return {"endpoint": {"address": _address(host, port)}}
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _is_ip(host: str) -> bool:
