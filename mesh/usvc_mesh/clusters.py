@@ -10,6 +10,14 @@ by section, then port-level settings replace them for their port.
 Defaults that differ from Envoy's own: LEAST_REQUEST balancing, a 10 s connect
 timeout, circuit-breaker limits of 2^32-1, and, when outlierDetection is set,
 no success-rate ejection and a healthy-panic threshold of 0.
+
+Where the local mesh differs from a cluster: there the kubelet runs each pod's
+readiness probe and an unready pod leaves the Service's endpoints; here Envoy
+runs the same probe as an active health check on every workload endpoint
+(``health_checks``, the probe's period, timeout and thresholds), and a
+healthy-panic threshold of 0 keeps it from ever routing to an unready
+endpoint, as a removed endpoint never gets traffic (unless the rule's
+outlierDetection.minHealthPercent says otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .registry import H2_PROTOCOLS, Endpoint, MeshHost, Port, Registry
+from .registry import H2_PROTOCOLS, Endpoint, MeshHost, Port, Probe, Registry
 from .spec import (
     NANOS_PER_SECOND,
     Spec,
@@ -239,6 +247,12 @@ def build_clusters(
         rule = rules.get(host.fqdn)
         for port in host.ports:
             endpoints = host.endpoints.get(port.number, ())
+            probes = sorted({e.probe for e in endpoints if e.probe}, key=repr)
+            if len(probes) > 1 and port == host.ports[0]:
+                warnings.append(
+                    f"{host.source}: its workloads have different readiness probes; "
+                    f"the local Envoy health-checks every endpoint with {_describe(probes[0])}"
+                )
             policy = rule.policy_for(port.number) if rule else Policy()
             clusters.append(_cluster(host, port, "", endpoints, policy))
             if rule is None:
@@ -352,7 +366,33 @@ def _cluster(
         cluster["common_lb_config"] = {
             "healthy_panic_threshold": {"value": policy.outlier.panic_threshold}
         }
+    probes = sorted({e.probe for e in endpoints if e.probe is not None}, key=repr)
+    if probes and discovery == "STATIC":
+        cluster["health_checks"] = [_health_check(probes[0], host.fqdn)]
+        cluster.setdefault("common_lb_config", {"healthy_panic_threshold": {"value": 0.0}})
     return cluster
+
+
+def _health_check(probe: Probe, authority: str) -> dict[str, Any]:
+    """A readiness probe as an Envoy active health check (see the module docstring)."""
+    check: dict[str, Any] = {
+        "timeout": f"{probe.timeout}s",
+        "interval": f"{probe.period}s",
+        # Envoy probes idle clusters every 60 s by default; a probe keeps its period.
+        "no_traffic_interval": f"{probe.period}s",
+        "unhealthy_threshold": probe.failure_threshold,
+        "healthy_threshold": probe.success_threshold,
+    }
+    if probe.path is None:
+        check["tcp_health_check"] = {}
+    else:
+        check["http_health_check"] = {"path": probe.path, "host": authority}
+    return check
+
+
+def _describe(probe: Probe) -> str:
+    what = f"GET {probe.path}" if probe.path else "a TCP connect"
+    return f"{what} every {probe.period}s"
 
 
 def _lb_endpoint(endpoint: Endpoint) -> dict[str, Any]:

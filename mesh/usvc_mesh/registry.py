@@ -54,11 +54,30 @@ class Port:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A workload's readiness probe, which the local Envoy runs as its active health check.
+
+    In a cluster the kubelet probes each pod and an endpoint that fails leaves
+    the Service's endpoints; locally Envoy probes each endpoint itself, with
+    the probe's own timing (Kubernetes' defaults where the probe sets none).
+    ``path`` None is a TCP check: a workload without an HTTP readiness probe
+    is ready while it accepts connections.
+    """
+
+    path: str | None = "/readyz"
+    period: int = 10
+    timeout: int = 1
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
 class Endpoint:
     address: str
     port: int
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int | None = None
+    probe: Probe | None = None  # set for workload endpoints, never for external hosts
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,26 @@ class Workload:
     name: str
     namespace: str
     labels: Mapping[str, str]
+    probe: Probe = field(default_factory=lambda: Probe(path=None))
+
+
+# One workload's local address, or one per replica.
+Addresses = tuple[str, int] | Sequence[tuple[str, int]]
+
+
+def addresses(value: Addresses) -> tuple[tuple[str, int], ...]:
+    """``("127.0.0.1", 9001)`` or a list of such pairs, as a tuple of pairs."""
+    if not value:
+        return ()
+    first, second = value[0], value[1] if len(value) > 1 else None
+    if isinstance(first, str) and isinstance(second, int):
+        return ((first, second),)
+    pairs: list[tuple[str, int]] = []
+    for pair in value:
+        if isinstance(pair, str | int):
+            raise ValueError(f"not a (host, port) pair or a list of them: {value!r}")
+        pairs.append((str(pair[0]), int(pair[1])))
+    return tuple(pairs)
 
 
 class Registry:
@@ -138,7 +177,7 @@ def port_protocol(name: str | None, app_protocol: str | None, declared: str | No
 def build_registry(
     objects: Sequence[Mapping[str, Any]],
     *,
-    endpoints: Mapping[str, tuple[str, int]],
+    endpoints: Mapping[str, Addresses],
     externals: Mapping[str, tuple[str, int]],
     namespace: str,
 ) -> Registry:
@@ -178,7 +217,23 @@ def _workload(obj: Mapping[str, Any], namespace: str) -> Workload:
     if not isinstance(labels, Mapping):
         raise ValueError(f"{obj['kind']} {name}: spec.template.metadata.labels must be a mapping")
     return Workload(
-        name, metadata_namespace(obj, namespace), {str(k): str(v) for k, v in labels.items()}
+        name,
+        metadata_namespace(obj, namespace),
+        {str(k): str(v) for k, v in labels.items()},
+        _readiness(template),
+    )
+
+
+def _readiness(template: Mapping[str, Any]) -> Probe:
+    containers = (template.get("spec") or {}).get("containers") or [{}]
+    probe = (containers[0] or {}).get("readinessProbe") or {}
+    http = probe.get("httpGet") or {}
+    return Probe(
+        path=str(http.get("path", "/")) if http else None,
+        period=int(probe.get("periodSeconds", 10)),
+        timeout=int(probe.get("timeoutSeconds", 1)),
+        failure_threshold=int(probe.get("failureThreshold", 3)),
+        success_threshold=int(probe.get("successThreshold", 1)),
     )
 
 
@@ -186,7 +241,7 @@ def _service(
     obj: Mapping[str, Any],
     default_namespace: str,
     workloads: Sequence[Workload],
-    endpoints: Mapping[str, tuple[str, int]],
+    endpoints: Mapping[str, Addresses],
 ) -> MeshHost:
     # Kubernetes fields are Kubernetes' business (schema validation happens
     # elsewhere); only the ones that shape routing are read here.
@@ -212,12 +267,13 @@ def _service(
         and workload.namespace == namespace
         and all(workload.labels.get(k) == v for k, v in selector.items())
     ]
-    # Each workload runs as one local process on one port, so every Service
-    # port reaches that port (targetPort only matters inside a pod).
+    # Each replica of a workload runs as one local process on one port, so
+    # every Service port reaches that port (targetPort only matters inside a pod).
     backends = tuple(
-        Endpoint(endpoints[w.name][0], endpoints[w.name][1], w.labels)
+        Endpoint(host, port, w.labels, probe=w.probe)
         for w in selected
         if w.name in endpoints
+        for host, port in addresses(endpoints[w.name])
     )
     fqdn = f"{name}.{namespace}.{CLUSTER_DOMAIN}"
     # Endpoints given as names (compose: container names) are resolved by Envoy.

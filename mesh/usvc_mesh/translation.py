@@ -42,7 +42,7 @@ from .clusters import (
     forward_proxy_cluster,
     read_destination_rules,
 )
-from .registry import HTTP_PROTOCOLS, MeshHost, Port, Registry, build_registry
+from .registry import HTTP_PROTOCOLS, Addresses, MeshHost, Port, Registry, build_registry
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
 from .spec import Spec, UnsupportedField, metadata_name, metadata_namespace
 
@@ -107,7 +107,7 @@ class _Gateway:
 def translate(
     objects: Sequence[Mapping[str, Any]],
     *,
-    endpoints: Mapping[str, tuple[str, int]],
+    endpoints: Mapping[str, Addresses],
     externals: Mapping[str, tuple[str, int]] | None = None,
     namespace: str = "default",
     outbound_traffic_policy: str = ALLOW_ANY,
@@ -115,9 +115,11 @@ def translate(
     """Translate Kubernetes + Istio objects for the local mesh.
 
     ``endpoints`` maps each Deployment name to the ``(host, port)`` its local
-    process listens on; a Deployment without an entry has no running
-    endpoint. ``externals`` maps a ServiceEntry host (or ``host:port``) to a
-    local stand-in address; other ServiceEntry hosts resolve by DNS.
+    process listens on, or to a list of them, one per replica; a Deployment
+    without an entry has no running endpoint. Each workload endpoint is
+    health-checked by Envoy with its Deployment's readiness probe.
+    ``externals`` maps a ServiceEntry host (or ``host:port``) to a local
+    stand-in address; other ServiceEntry hosts resolve by DNS.
     ``namespace`` is where objects without ``metadata.namespace`` live; the
     outbound listener accepts a Service's bare short name when only one
     namespace has a Service of that name, else for ``namespace``'s.
