@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .envoy import DEFAULT_REQUEST_HEADERS_TIMEOUT
 from .manifests import Layout, MeshError, load_documents
-from .supervisor import LocalMesh
+from .supervisor import LocalMesh, find_run_dir, read_state, send_command
 from .telemetry import Telemetry
 from .telemetry.cli import add_trace_command
 from .validation import ERROR, Finding, validate_objects
@@ -50,6 +50,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     host, port = args.gateway
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(root)
     telemetry = Telemetry(root, run_dir) if args.telemetry else None
+
+    def say(line: str) -> None:
+        print(f"usvc up: {line}", flush=True)
+
     mesh = LocalMesh(
         Layout(root),
         scenario=args.scenario,
@@ -59,6 +63,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         env_overrides=parse_env_overrides(args.env or []),
         base_env={**_inherited_env(), **(telemetry.env if telemetry else {})},
         zipkin=telemetry.zipkin if telemetry else args.zipkin,
+        request_headers_timeout=args.request_headers_timeout,
+        report=say,
     )
     stopping = False
 
@@ -86,8 +92,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP: the terminal closed; stop everything as Ctrl-C does.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         took = mesh.start()
         if telemetry is not None:
@@ -109,30 +116,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(line)
     choices = "|".join(mesh.layout.scenarios())
     print(f"scenario {mesh.scenario}; switch with: usvc mesh use <{choices}>")
+    print(f"crashed workloads restart after {mesh.backoff.describe()}")
     print(f"ready in {took:.1f}s: curl {gateway}   (or -H 'x-dev-user: betaUser')", flush=True)
-    reported: set[str] = set()
+    status = 0
     try:
-        while not stopping:
-            time.sleep(0.25)
-            for workload in mesh.workloads.values():
-                if not workload.running() and workload.name not in reported:
-                    reported.add(workload.name)
-                    code = workload.process.returncode if workload.process else "?"
-                    print(
-                        f"usvc up: {workload.name} exited ({code}); last log lines:",
-                        file=sys.stderr,
-                    )
-                    for line in workload.last_lines():
-                        print(f"    {line}", file=sys.stderr)
-            if mesh.proxy is not None and mesh.proxy.poll() is not None:
-                print("usvc up: envoy exited; stopping", file=sys.stderr)
-                break
+        mesh.run(lambda: stopping)
+    except MeshError as exc:
+        print(f"usvc up: {exc}; stopping", file=sys.stderr, flush=True)
+        status = 1
     finally:
         print("stopping…", flush=True)
         mesh.stop()
         if telemetry is not None:  # last: it receives the spans flushed on the way out
             telemetry.stop()
-    return 0
+    return status
 
 
 def check_manifests(layout: Layout, scenario: str) -> list[Finding]:
@@ -158,22 +155,46 @@ def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep or k.startswith("OTEL_")}
 
 
+def _run_dir(args: argparse.Namespace) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    return find_run_dir(Path(args.root).resolve())
+
+
 def cmd_use(args: argparse.Namespace) -> int:
-    root = Path(args.root).resolve()
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(root)
     try:
-        mesh = LocalMesh.attach(run_dir)
-        findings = check_manifests(mesh.layout, args.scenario)
+        run_dir = _run_dir(args)
+        state = read_state(run_dir)
+        layout = Layout(
+            Path(state["root"]),
+            manifests_dir=Path(state["manifests"]),
+            namespace=state.get("namespace", "usvc"),
+        )
+        findings = check_manifests(layout, args.scenario)
         for finding in findings:
             print(f"usvc mesh use: {finding}", file=sys.stderr)
         if any(f.level == ERROR for f in findings):
             print("usvc mesh use: errors in the Istio objects; nothing changed", file=sys.stderr)
             return 1
-        mesh.use(args.scenario)
+        done = send_command(run_dir, {"use": args.scenario}, print)
     except (MeshError, ValueError) as exc:
         print(f"usvc mesh use: {exc}", file=sys.stderr)
         return 1
-    print(f"scenario {args.scenario} applied")
+    print(done)
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    if args.all == bool(args.workloads):
+        print("usvc restart: name the workloads to restart, or --all", file=sys.stderr)
+        return 2
+    request = {"restart": "--all" if args.all else list(args.workloads)}
+    try:
+        done = send_command(_run_dir(args), request, print)
+    except MeshError as exc:
+        print(f"usvc restart: {exc}", file=sys.stderr)
+        return 1
+    print(done)
     return 0
 
 
@@ -219,13 +240,29 @@ def add_commands(sub: Any) -> None:
         metavar="WORKLOAD:NAME=VALUE",
         help="extra environment for one workload (repeatable)",
     )
+    up.add_argument(
+        "--request-headers-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_HEADERS_TIMEOUT,
+        metavar="SECONDS",
+        help="the gateway closes a connection whose request head takes longer "
+        f"(default {DEFAULT_REQUEST_HEADERS_TIMEOUT:g}; 0: no limit)",
+    )
     up.set_defaults(func=cmd_up)
     add_trace_command(sub, default_run_dir)
+    restart = sub.add_parser(
+        "restart", help="rolling restart of workloads of the running mesh, losing no request"
+    )
+    restart.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="Deployment names")
+    restart.add_argument("--all", action="store_true", help="every workload, one after another")
+    restart.add_argument("--root", default=".", help="where to look for .run/mesh (and above)")
+    restart.add_argument("--run-dir", default=None)
+    restart.set_defaults(func=cmd_restart)
     mesh = sub.add_parser("mesh", help="control a running local mesh")
     mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
     use = mesh_sub.add_parser("use", help="switch the running mesh to another scenario")
     use.add_argument("scenario", help="a file of k8s/mesh/scenarios/")
-    use.add_argument("--root", default=".")
+    use.add_argument("--root", default=".", help="where to look for .run/mesh (and above)")
     use.add_argument("--run-dir", default=None)
     use.set_defaults(func=cmd_use)
     scenarios = mesh_sub.add_parser("scenarios", help="list the scenarios")

@@ -1,27 +1,44 @@
-"""The supervisor: every Deployment of the manifests as a process, one real Envoy between them.
+"""The supervisor: every Deployment of the manifests as processes, one real Envoy between them.
 
 Workloads and rules come from the manifests a cluster applies (see
-:mod:`usvc_mesh.manifests` for the layout): each Deployment becomes a process
-running its container's command with the Deployment's own environment, except
-where it must differ on one machine (its port, and the outbound proxy that
-stands in for the iptables redirect to a sidecar). ServiceEntry hosts that ask
-for it are served by local stand-ins, since this machine may have no internet.
+:mod:`usvc_mesh.manifests` for the layout): each Deployment becomes
+``spec.replicas`` processes running its container's command with the
+Deployment's own environment, except where it must differ on one machine (its
+port, the outbound proxy that stands in for the iptables redirect to a
+sidecar, and ``SERVICE_INSTANCE=<deployment>-<index>``, the name a pod would
+have). ServiceEntry hosts that ask for it are served by local stand-ins, since
+this machine may have no internet.
+
+Like a Deployment's controller and the kubelet, the supervisor restarts a
+process that dies, with CrashLoopBackOff's doubling delay (scaled down, see
+:class:`Backoff`), and restarts workloads rolling: a new process, wait until
+it is ready and Envoy routes to it, then take the old one out of Envoy's
+endpoints and stop it gracefully. Envoy health-checks every endpoint with its
+readiness probe, so a process that is down or unready gets no traffic.
 
 A scenario switch rewrites Envoy's route and cluster files in place; Envoy
-reloads them without dropping a request in flight.
+reloads them without dropping a request in flight. Workloads whose
+environment the scenario changes are restarted rolling.
+
+Envoy itself is not restarted: if it dies the mesh stops with its last lines.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +49,7 @@ from .manifests import (
     container_env,
     pod_labels,
     ready_path,
+    replicas,
     stand_ins,
     workload_command,
 )
@@ -39,13 +57,40 @@ from .procs import free_port, http_ok, reap, terminate
 from .translation import Translation, translate
 
 STATE_FILE = "mesh.json"
+CONTROL_SOCKET = "control.sock"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a crashed process waits before its next start: CrashLoopBackOff, scaled down.
+
+    Kubernetes waits 10 s after a container exits, doubling on each further
+    exit up to 5 minutes, and forgets the count once it has run 10 minutes
+    (kubernetes.io: Pod Lifecycle, "Container restarts"). Locally the same
+    curve runs ten times faster by default: 1 s doubling to 30 s, reset after
+    60 s of running.
+    """
+
+    initial: float = 1.0
+    cap: float = 30.0
+    reset_after: float = 60.0
+
+    def delay(self, crashes: int) -> float:
+        """The wait before the restart that follows the ``crashes``-th crash in a row."""
+        return float(min(self.cap, self.initial * 2 ** max(0, crashes - 1)))
+
+    def describe(self) -> str:
+        return (
+            f"{self.initial:g}s doubling to {self.cap:g}s, reset after {self.reset_after:g}s "
+            "running (Kubernetes: 10s doubling to 5min, reset after 10min)"
+        )
 
 
 @dataclass
 class WorkloadProcess:
-    """One Deployment (or stand-in) run as a local process."""
+    """One replica of a Deployment (or one stand-in) run as a local process."""
 
-    name: str
+    name: str  # the instance: "front-1", or "stand-in:HOST"
     labels: dict[str, str]
     env: dict[str, str]
     argv: list[str]
@@ -55,13 +100,25 @@ class WorkloadProcess:
     log_handle: TextIO | None = None
     signalled: bool = False
     ready_path: str = "/readyz"
+    started_at: float = 0.0
+    crashes: int = 0  # exits in a row, for the backoff
+    restarts: int = 0  # how often the supervisor started it again
+    restart_at: float | None = None  # when the next start is due, while it is down
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
     def start(self, root: Path) -> None:
         self.signalled = False
+        self.restart_at = None
+        self.started_at = time.monotonic()
+        if self.log_handle is not None:
+            self.log_handle.close()
         self.log_handle = self.log_path.open("a")
         self.process = subprocess.Popen(
             self.argv,
@@ -75,13 +132,20 @@ class WorkloadProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def exited(self) -> bool:
+        """Whether it ended without being asked to."""
+        return self.process is not None and self.process.poll() is not None and not self.signalled
+
+    def ready(self) -> bool:
+        return self.running() and http_ok(f"{self.url}{self.ready_path}")
+
     def signal_stop(self) -> None:
         """Ask the process to stop (once); :meth:`stop` then waits for it."""
         if self.process is not None and self.process.poll() is None and not self.signalled:
             self.process.send_signal(signal.SIGTERM)
-            self.signalled = True
+        self.signalled = True
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
         self.signal_stop()
         if self.process is not None:
             reap(self.process, timeout)
@@ -97,6 +161,44 @@ class WorkloadProcess:
 
 
 @dataclass
+class Workload:
+    """One Deployment: its pod template and the processes that run it."""
+
+    name: str
+    labels: dict[str, str]
+    argv: list[str]
+    ready_path: str
+    manifest_env: dict[str, str]
+    replicas: int = 1
+    members: list[WorkloadProcess] = field(default_factory=list)
+    surge: list[WorkloadProcess] = field(default_factory=list)  # new ones, during a roll
+
+    # The first replica's, for callers that know one process per workload.
+    @property
+    def env(self) -> dict[str, str]:
+        return self.members[0].env
+
+    @property
+    def port(self) -> int:
+        return self.members[0].port
+
+    @property
+    def url(self) -> str:
+        return self.members[0].url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.members[0].process
+
+    def instance(self, index: int) -> str:
+        return f"{self.name}-{index}"
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+@dataclass
 class LocalMesh:
     """Starts, watches, switches and stops the local chain. See the module docstring."""
 
@@ -107,13 +209,19 @@ class LocalMesh:
     run_dir: Path | None = None
     env_overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     base_env: Mapping[str, str] = field(default_factory=dict)
-    workloads: dict[str, WorkloadProcess] = field(default_factory=dict)
+    workloads: dict[str, Workload] = field(default_factory=dict)
     stand_ins: dict[str, WorkloadProcess] = field(default_factory=dict)
     proxy: subprocess.Popen[bytes] | None = None  # the Envoy process
     ports: envoy.MeshPorts | None = None
     zipkin: tuple[str, int] | None = None  # where Envoy reports its spans, if anywhere
     # What istiod would accept but the local mesh doubts or applies differently.
     warnings: list[str] = field(default_factory=list)
+    backoff: Backoff = field(default_factory=Backoff)
+    request_headers_timeout: float = envoy.DEFAULT_REQUEST_HEADERS_TIMEOUT
+    report: Callable[[str], None] = _quiet  # one line per event (crash, restart, roll)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _stopping: bool = False
+    _control: _ControlServer | None = None
 
     # -- configuration -------------------------------------------------------
     def documents(self, scenario: str) -> list[dict[str, Any]]:
@@ -121,33 +229,22 @@ class LocalMesh:
 
     def plan(self, docs: Sequence[Mapping[str, Any]]) -> None:
         assert self.run_dir is not None and self.ports is not None
-        outbound = f"http://127.0.0.1:{self.ports.outbound}"
-        extra = self.layout.scenario_env(self.scenario)
         for doc in docs:
             if doc.get("kind") != "Deployment":
                 continue
             name = doc["metadata"]["name"]
-            labels = pod_labels(doc)
-            # The manifest's environment, then the user's OTEL_* (locally, where
-            # spans go is the user's choice), the scenario's, then --env.
-            env = {
-                **self.base_env,
-                **container_env(doc),
-                **{k: v for k, v in self.base_env.items() if k.startswith("OTEL_")},
-                **extra.get(name, {}),
-                **self.env_overrides.get(name, {}),
-            }
-            port = free_port()
-            env.update(HOST="127.0.0.1", PORT=str(port), EGRESS_PROXY=outbound, DRAIN_SECONDS="0")
-            self.workloads[name] = WorkloadProcess(
+            workload = Workload(
                 name=name,
-                labels=labels,
-                env=env,
+                labels=pod_labels(doc),
                 argv=workload_command(doc),
                 ready_path=ready_path(doc),
-                port=port,
-                log_path=self.run_dir / f"{name}.log",
+                manifest_env=container_env(doc),
+                replicas=replicas(doc),
             )
+            workload.members = [
+                self._replica(workload, index, free_port()) for index in self._indexes(workload)
+            ]
+            self.workloads[name] = workload
         if not self.workloads:
             raise MeshError("the manifests define no Deployment")
         for stand_in in stand_ins(docs):
@@ -162,12 +259,60 @@ class LocalMesh:
                 ready_path=stand_in.ready_path,
             )
 
+    @staticmethod
+    def _indexes(workload: Workload) -> range:
+        return range(1, workload.replicas + 1)
+
+    def workload_env(self, workload: Workload, scenario: str) -> dict[str, str]:
+        """A workload's environment in ``scenario``, the same for each replica."""
+        # The manifest's environment, then the user's OTEL_* (locally, where
+        # spans go is the user's choice), the scenario's, then --env.
+        assert self.ports is not None
+        return {
+            **self.base_env,
+            **workload.manifest_env,
+            **{k: v for k, v in self.base_env.items() if k.startswith("OTEL_")},
+            **self.layout.scenario_env(scenario).get(workload.name, {}),
+            **self.env_overrides.get(workload.name, {}),
+            "HOST": "127.0.0.1",
+            "EGRESS_PROXY": f"http://127.0.0.1:{self.ports.outbound}",
+            # The supervisor takes a replica out of Envoy before it stops it,
+            # which is what the drain is for in a cluster.
+            "DRAIN_SECONDS": "0",
+        }
+
+    def _replica(self, workload: Workload, index: int, port: int) -> WorkloadProcess:
+        assert self.run_dir is not None
+        instance = workload.instance(index)
+        env = self.workload_env(workload, self.scenario)
+        env.update(PORT=str(port), SERVICE_INSTANCE=instance)
+        return WorkloadProcess(
+            name=instance,
+            labels=dict(workload.labels),
+            env=env,
+            argv=list(workload.argv),
+            ready_path=workload.ready_path,
+            port=port,
+            log_path=self.run_dir / f"{instance}.log",
+        )
+
+    def processes(self) -> list[WorkloadProcess]:
+        """Every process the mesh runs but Envoy: stand-ins, then each workload's replicas."""
+        return [
+            *self.stand_ins.values(),
+            *(m for w in self.workloads.values() for m in [*w.members, *w.surge]),
+        ]
+
+    def endpoints(self) -> dict[str, list[tuple[str, int]]]:
+        return {
+            name: [m.address for m in [*w.members, *w.surge]] for name, w in self.workloads.items()
+        }
+
     def translation(self, scenario: str) -> Translation:
-        endpoints = {name: ("127.0.0.1", w.port) for name, w in self.workloads.items()}
-        externals = {host: ("127.0.0.1", w.port) for host, w in self.stand_ins.items()}
+        externals = {host: w.address for host, w in self.stand_ins.items()}
         return translate(
             self.documents(scenario),
-            endpoints=endpoints,
+            endpoints=self.endpoints(),
             externals=externals,
             namespace=self.layout.namespace,
         )
@@ -179,6 +324,10 @@ class LocalMesh:
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="usvc-mesh-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_second_mesh()
+        check_address_free(self.gateway_host, self.gateway_port)
+        for old in self.run_dir.glob("*.log"):  # "last log lines" must be this run's
+            old.unlink()
         self.ports = envoy.MeshPorts(
             gateway=self.gateway_port,
             outbound=free_port(),
@@ -196,22 +345,38 @@ class LocalMesh:
             self.ports,
             access_log=self.run_dir / "envoy-access.log",
             zipkin=self.zipkin,
+            request_headers_timeout=self.request_headers_timeout,
         )
         envoy.validate(config_dir)
+        (self.run_dir / "envoy-access.log").write_text("")
         try:
-            for workload in [*self.stand_ins.values(), *self.workloads.values()]:
-                workload.start(self.layout.root)
+            for process in self.processes():
+                process.start(self.layout.root)
             self._start_envoy(bootstrap)
             self._wait_ready(started + timeout)
+            self._control = _ControlServer(self)
         except BaseException:
             self.stop()
             raise
         self._save_state()
         return time.monotonic() - started
 
+    def _refuse_second_mesh(self) -> None:
+        assert self.run_dir is not None
+        try:
+            state = json.loads((self.run_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        pid = int(state.get("pid", 0))
+        if pid and pid != os.getpid() and _alive(pid):
+            raise MeshError(
+                f"a local mesh (pid {pid}, gateway {state.get('gateway')}) is already running "
+                f"from {self.run_dir}; stop it, or give this one another --run-dir"
+            )
+
     def _start_envoy(self, bootstrap: Path) -> None:
         assert self.run_dir is not None
-        log = (self.run_dir / "envoy.log").open("a")
+        log = (self.run_dir / "envoy.log").open("w")
         self.proxy = subprocess.Popen(
             envoy.envoy_command(bootstrap, concurrency=2),
             stdout=log,
@@ -222,39 +387,103 @@ class LocalMesh:
 
     def _wait_ready(self, deadline: float) -> None:
         assert self.ports is not None
-        pending = {
-            w.name: f"{w.url}{w.ready_path}"
-            for w in [*self.workloads.values(), *self.stand_ins.values()]
-        }
-        pending["envoy"] = f"http://127.0.0.1:{self.ports.admin}/ready"
+        pending: dict[str, Callable[[], bool]] = {p.name: p.ready for p in self.processes()}
+        admin = ("127.0.0.1", self.ports.admin)
+        pending["envoy"] = lambda: http_ok(f"http://127.0.0.1:{admin[1]}/ready")
         while pending:
             self.check_alive()
-            for name, url in list(pending.items()):
-                if http_ok(url):
+            for name, ready in list(pending.items()):
+                if ready():
                     del pending[name]
+            if not pending:
+                # Envoy's first health checks may have run before a workload
+                # was up: ready means Envoy routes to every endpoint.
+                pending = {"envoy health checks": lambda: not envoy.unhealthy_hosts(admin)}
+                if pending["envoy health checks"]():
+                    return
             if time.monotonic() > deadline:
                 raise MeshError(f"not ready in time: {', '.join(sorted(pending))}")
-            if pending:
-                time.sleep(0.05)
+            time.sleep(0.05)
 
     def check_alive(self) -> None:
-        """Raise MeshError naming a dead workload with its last log lines."""
-        for workload in [*self.stand_ins.values(), *self.workloads.values()]:
-            if workload.process is not None and workload.process.poll() is not None:
-                tail = "\n    ".join(workload.last_lines())
+        """Raise MeshError naming a dead process (or Envoy) with its last log lines."""
+        for process in self.processes():
+            if process.exited():
+                assert process.process is not None
+                tail = "\n    ".join(process.last_lines())
                 raise MeshError(
-                    f"{workload.name} exited with status {workload.process.returncode}; "
+                    f"{process.name} {exit_status(process.process.returncode)}; "
                     f"its last log lines:\n    {tail}"
                 )
-        if self.proxy is not None and self.proxy.poll() is not None:
-            assert self.run_dir is not None
-            tail = "\n    ".join((self.run_dir / "envoy.log").read_text().splitlines()[-15:])
-            raise MeshError(f"envoy exited with status {self.proxy.returncode}:\n    {tail}")
+        self.check_envoy()
 
-    def use(self, scenario: str) -> None:
-        """Switch the routing rules of the running mesh; nothing restarts."""
+    def check_envoy(self) -> None:
+        if self.proxy is not None and self.proxy.poll() is not None:
+            raise MeshError(
+                f"envoy {exit_status(self.proxy.returncode)}; its last lines:\n    "
+                + "\n    ".join(self.envoy_last_lines())
+            )
+
+    def envoy_last_lines(self, count: int = 15) -> list[str]:
         assert self.run_dir is not None
-        translation = self.translation(scenario)
+        try:
+            text = (self.run_dir / "envoy.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-count:]
+
+    # -- supervision -----------------------------------------------------------
+    def supervise(self) -> None:
+        """One round of watching: restart what died when its backoff is over.
+
+        Raises MeshError if Envoy died. Every crash and restart is reported.
+        """
+        self.check_envoy()
+        if not self._lock.acquire(timeout=0.1):
+            return  # a rolling restart is under way; it watches its own processes
+        try:
+            now = time.monotonic()
+            for process in self.processes():
+                if self._stopping:
+                    return
+                if process.running():
+                    if process.crashes and now - process.started_at > self.backoff.reset_after:
+                        process.crashes = 0
+                    continue
+                if process.restart_at is None and process.exited():
+                    self._crashed(process, now)
+                elif process.restart_at is not None and now >= process.restart_at:
+                    process.restarts += 1
+                    process.start(self.layout.root)
+                    self.report(f"{process.name}: restarted (restart {process.restarts})")
+        finally:
+            self._lock.release()
+
+    def _crashed(self, process: WorkloadProcess, now: float) -> None:
+        assert process.process is not None
+        process.crashes += 1
+        delay = self.backoff.delay(process.crashes)
+        process.restart_at = now + delay
+        ran = now - process.started_at
+        self.report(
+            f"{process.name}: {exit_status(process.process.returncode)} after {ran:.1f}s; "
+            f"restarting in {delay:g}s (CrashLoopBackOff, crash {process.crashes}); "
+            "its last log lines:"
+        )
+        for line in process.last_lines():
+            self.report(f"    {line}")
+
+    def run(self, stopping: Callable[[], bool], interval: float = 0.2) -> None:
+        """Supervise until ``stopping()`` is true; raises MeshError if Envoy dies."""
+        while not stopping():
+            self.supervise()
+            time.sleep(interval)
+
+    # -- changes ---------------------------------------------------------------
+    def apply(self) -> Translation:
+        """Write the current scenario and endpoints to Envoy and wait until it runs them."""
+        assert self.run_dir is not None and self.ports is not None
+        translation = self.translation(self.scenario)
         config_dir = self.run_dir / "envoy"
         staging = self.run_dir / "envoy-check"
         shutil.rmtree(staging, ignore_errors=True)
@@ -263,42 +492,140 @@ class LocalMesh:
         envoy.validate(staging)  # a bad rule set never reaches the running Envoy
         shutil.rmtree(staging, ignore_errors=True)
         envoy.write(config_dir, translation)
-        assert self.ports is not None
-        envoy.wait_applied(("127.0.0.1", self.ports.admin), translation)
-        self.scenario = scenario
-        self._save_state()
+        envoy.wait_applied(("127.0.0.1", self.ports.admin), translation, timeout=30)
+        return translation
+
+    def use(self, scenario: str) -> None:
+        """Switch the running mesh to ``scenario``: its rules, and its workload environment.
+
+        Workloads whose environment changes are restarted rolling (see
+        :meth:`restart`); the others keep running.
+        """
+        with self._changing():
+            self.layout.scenario_file(scenario)  # unknown: say so before anything changes
+            previous = self.scenario
+            changed = [
+                w.name
+                for w in self.workloads.values()
+                if self.workload_env(w, scenario) != self.workload_env(w, previous)
+            ]
+            self.scenario = scenario
+            try:
+                self.translation(scenario)  # a bad rule set: nothing restarts
+                for name in changed:
+                    self._roll(self.workloads[name])
+                self.apply()
+            except BaseException:
+                self.scenario = previous
+                raise
+            self.report(
+                f"scenario {scenario} applied"
+                + (f"; restarted {', '.join(changed)}" if changed else "; nothing restarted")
+            )
+            self._save_state()
 
     def restart(self, name: str) -> None:
-        """Stop one workload and start it again on the same port."""
-        workload = self.workloads[name]
-        workload.stop()
-        workload.start(self.layout.root)
+        """Rolling restart of one workload: each replica replaced by a new, ready one."""
+        if name not in self.workloads:
+            known = ", ".join(self.workloads)
+            raise MeshError(f"no workload {name!r}; the workloads are {known}")
+        with self._changing():
+            self._roll(self.workloads[name])
+            self._save_state()
+
+    def restart_all(self) -> None:
+        with self._changing():
+            for workload in self.workloads.values():
+                self._roll(workload)
+            self._save_state()
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        if self.run_dir is None or self.ports is None:
+            raise MeshError("the mesh is not running")
+        with self._lock:
+            yield
+
+    def _roll(self, workload: Workload) -> None:
+        """maxSurge 1, maxUnavailable 0: start the new replica, route to it, then drain the old."""
+        for position, old in enumerate(list(workload.members)):
+            new = self._replica(workload, position + 1, free_port())
+            new.start(self.layout.root)
+            try:
+                self._await(new.ready, f"{new.name} (new)", new)
+                workload.surge.append(new)
+                self.apply()  # old and new in Envoy's endpoints
+                self._await(partial(self._healthy, new), f"{new.name} (new) in Envoy", new)
+            except BaseException:
+                if new in workload.surge:
+                    workload.surge.remove(new)
+                    self.apply()
+                new.stop()
+                raise
+            # Out of Envoy's endpoints first, so no new request reaches it;
+            # then SIGTERM, and it finishes what it has in flight.
+            workload.surge.remove(new)
+            workload.members[position] = new
+            self.apply()
+            old.stop()
+            self.report(f"{new.name}: replaced (rolling restart of {workload.name})")
+
+    def _healthy(self, process: WorkloadProcess) -> bool:
+        assert self.ports is not None
+        address = f"127.0.0.1:{process.port}"
+        unhealthy = envoy.unhealthy_hosts(("127.0.0.1", self.ports.admin))
+        return not any(host == address for _, host in unhealthy)
+
+    def _await(self, ready: Callable[[], bool], what: str, process: WorkloadProcess) -> None:
         deadline = time.monotonic() + 30
-        while not http_ok(f"{workload.url}{workload.ready_path}"):
-            self.check_alive()
+        while not ready():
+            if self._stopping:
+                raise MeshError("the mesh is stopping")
+            if process.exited():
+                assert process.process is not None
+                tail = "\n    ".join(process.last_lines())
+                raise MeshError(
+                    f"{what} {exit_status(process.process.returncode)}; the old one "
+                    f"keeps running; its last log lines:\n    {tail}"
+                )
+            self.check_envoy()
             if time.monotonic() > deadline:
-                raise MeshError(f"{name} did not become ready after restart")
+                raise MeshError(f"{what} not ready within 30s; the old one keeps running")
             time.sleep(0.05)
 
     def stop(self) -> None:
-        # All at once, so their drains overlap; then wait for each.
-        for workload in [*self.workloads.values(), *self.stand_ins.values()]:
-            workload.signal_stop()
-        for workload in [*self.workloads.values(), *self.stand_ins.values()]:
-            workload.stop()
-        if self.proxy is not None:
-            terminate(self.proxy)
+        self._stopping = True
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        with self._lock:
+            # All at once, so their drains overlap; then wait for each.
+            for process in self.processes():
+                process.signal_stop()
+            for process in self.processes():
+                process.stop()
+            if self.proxy is not None:
+                terminate(self.proxy)
         if self.run_dir is not None:
-            (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+            state = self.run_dir / STATE_FILE
+            try:
+                mine = json.loads(state.read_text()).get("pid") == os.getpid()
+            except (OSError, ValueError):
+                mine = False
+            if mine:
+                state.unlink(missing_ok=True)
 
-    # -- state for `usvc mesh use` from another shell ---------------------------
+    # -- state, for `usvc mesh use` and `usvc restart` from another shell ---------
     def _save_state(self) -> None:
         assert self.run_dir is not None and self.ports is not None
         state = {
             "root": str(self.layout.root),
+            "manifests": str(self.layout.manifests),
+            "namespace": self.layout.namespace,
             "scenario": self.scenario,
             "pid": os.getpid(),
             "run_dir": str(self.run_dir),
+            "control": str(self._control.path) if self._control else None,
             "gateway": f"http://{self.ports.gateway_host}:{self.ports.gateway}",
             "ports": {
                 "gateway": self.ports.gateway,
@@ -306,25 +633,13 @@ class LocalMesh:
                 "admin": self.ports.admin,
                 "gateway_host": self.ports.gateway_host,
             },
-            "workloads": {n: w.port for n, w in self.workloads.items()},
+            "workloads": {n: [m.port for m in w.members] for n, w in self.workloads.items()},
             "stand_ins": {h: w.port for h, w in self.stand_ins.items()},
         }
-        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
-
-    @classmethod
-    def attach(cls, run_dir: Path) -> LocalMesh:
-        """The mesh a running ``usvc up`` started, to switch its scenario."""
-        try:
-            state = json.loads((run_dir / STATE_FILE).read_text())
-        except FileNotFoundError:
-            raise MeshError(f"no local mesh is running from {run_dir}") from None
-        mesh = cls(Layout(Path(state["root"])), scenario=state["scenario"], run_dir=run_dir)
-        mesh.ports = envoy.MeshPorts(**state["ports"])
-        for name, port in state["workloads"].items():
-            mesh.workloads[name] = WorkloadProcess(name, {}, {}, [], port, run_dir / f"{name}.log")
-        for host, port in state["stand_ins"].items():
-            mesh.stand_ins[host] = WorkloadProcess(host, {}, {}, [], port, run_dir / f"{host}.log")
-        return mesh
+        path = self.run_dir / STATE_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=1))
+        os.replace(temporary, path)
 
     def describe(self) -> list[tuple[str, str, str]]:
         rows = []
@@ -332,7 +647,173 @@ class LocalMesh:
             labels = " ".join(
                 f"{k}={w.labels[k]}" for k in ("app", "version", "env") if k in w.labels
             )
-            rows.append((w.name, w.url, labels))
-        for host, w in self.stand_ins.items():
-            rows.append((host, w.url, "stand-in for the public API"))
+            for member in w.members:
+                name = member.name if w.replicas > 1 else w.name
+                rows.append((name, member.url, labels))
+        for host, stand_in in self.stand_ins.items():
+            rows.append((host, stand_in.url, "stand-in for the public API"))
         return rows
+
+
+def check_address_free(host: str, port: int) -> None:
+    """MeshError if something listens on ``host:port`` already (another ``usvc up``?)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        # As Envoy binds: TIME_WAIT leftovers of an earlier run are no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MeshError(
+                    f"the gateway address {host}:{port} is already in use (another `usvc up`?); "
+                    "stop that, or choose another with --gateway HOST:PORT"
+                ) from None
+            raise MeshError(f"cannot listen on the gateway address {host}:{port}: {exc}") from None
+
+
+def exit_status(returncode: int) -> str:
+    """``exited with status 2``, or ``was killed by SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- the control socket: `usvc mesh use` and `usvc restart` talk to the supervisor ----------
+
+
+class _ControlServer:
+    """A Unix socket in the run directory; one JSON request per connection.
+
+    Requests: ``{"use": SCENARIO}``, ``{"restart": [WORKLOAD, ...]}``,
+    ``{"restart": "--all"}``. The answer is JSON lines: ``{"event": TEXT}`` as
+    things happen, then ``{"ok": TEXT}`` or ``{"error": TEXT}``. Only the
+    supervisor owns the processes, so only it can restart them.
+    """
+
+    def __init__(self, mesh: LocalMesh) -> None:
+        assert mesh.run_dir is not None
+        self.mesh = mesh
+        path = mesh.run_dir / CONTROL_SOCKET
+        if len(str(path)) > 100:  # sun_path is 108 bytes
+            path = Path(tempfile.mkdtemp(prefix="usvc-mesh-")) / CONTROL_SOCKET
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o600)
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self._closed = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="usvc-mesh-control", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.thread.join(60)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(None)
+                self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        def send(message: Mapping[str, str]) -> None:
+            with suppress(OSError):  # the client went away; the change goes on
+                conn.sendall((json.dumps(message) + "\n").encode())
+
+        try:
+            request = json.loads(conn.makefile("r").readline() or "{}")
+        except ValueError:
+            send({"error": "not a JSON request"})
+            return
+        mesh = self.mesh
+        report = mesh.report
+
+        def both(line: str) -> None:
+            report(line)
+            send({"event": line})
+
+        mesh.report = both
+        try:
+            if "use" in request:
+                mesh.use(str(request["use"]))
+                send({"ok": f"scenario {request['use']} applied"})
+            elif request.get("restart") == "--all":
+                mesh.restart_all()
+                send({"ok": "every workload restarted"})
+            elif isinstance(request.get("restart"), list):
+                for name in request["restart"]:
+                    mesh.restart(str(name))
+                send({"ok": f"restarted {', '.join(request['restart'])}"})
+            else:
+                send({"error": f"unknown request {request!r}"})
+        except (MeshError, ValueError, TimeoutError) as exc:
+            send({"error": str(exc)})
+        finally:
+            mesh.report = report
+
+
+def find_run_dir(start: Path) -> Path:
+    """The run directory of a mesh started in ``start`` or any directory above it."""
+    for directory in [start, *start.parents]:
+        candidate = directory / ".run" / "mesh"
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    raise MeshError(
+        f"no local mesh is running from {start / '.run' / 'mesh'} or any parent's "
+        "(start one with `usvc up`, or pass --run-dir)"
+    )
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """What the supervisor running from ``run_dir`` wrote about itself; MeshError if none runs."""
+    try:
+        state: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        raise MeshError(f"no local mesh is running from {run_dir}") from None
+    if not state.get("control") or not _alive(int(state.get("pid", 0))):
+        raise MeshError(f"no local mesh is running from {run_dir} (its supervisor is gone)")
+    return state
+
+
+def send_command(run_dir: Path, request: Mapping[str, Any], echo: Callable[[str], None]) -> str:
+    """Ask the supervisor running from ``run_dir``; returns its final answer, raises on error."""
+    state = read_state(run_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(state["control"])
+        except OSError as exc:
+            raise MeshError(f"cannot reach the mesh running from {run_dir}: {exc}") from None
+        sock.sendall((json.dumps(request) + "\n").encode())
+        for line in sock.makefile("r"):
+            message = json.loads(line)
+            if "event" in message:
+                echo(message["event"])
+            elif "ok" in message:
+                return str(message["ok"])
+            elif "error" in message:
+                raise MeshError(str(message["error"]))
+    raise MeshError("the mesh closed the connection without an answer")
