@@ -43,7 +43,7 @@ def test_check_names_every_stale_missing_and_extra_file(tmp_path: Path) -> None:
     tool.write(tmp_path)
     assert tool.check(tmp_path) == []
     front = tmp_path / "workloads" / "front.yaml"
-    front.write_text(front.read_text().replace("replicas: 1", "replicas: 2"))
+    front.write_text(front.read_text().replace("replicas: 3", "replicas: 2"))
     (tmp_path / "mesh" / "scenarios" / "canary.yaml").unlink()
     (tmp_path / "workloads" / "extra.yaml").write_text("kind: ConfigMap\n")
     assert tool.check(tmp_path) == [

@@ -247,7 +247,9 @@ spec:
 {{- end }}
 ---
 # One pod of the service may be evicted at a time. maxUnavailable (not
-# minAvailable) so a single-replica workload never blocks a node drain.
+# minAvailable) so a single-replica workload never blocks a node drain. A
+# rolling update (maxSurge 1, maxUnavailable 0) starts the new pod before it
+# deletes an old one and is not an eviction, so the budget never blocks it.
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
