@@ -480,20 +480,32 @@ class LocalMesh:
             time.sleep(interval)
 
     # -- changes ---------------------------------------------------------------
-    def apply(self) -> Translation:
-        """Write the current scenario and endpoints to Envoy and wait until it runs them."""
+    def apply(self, *, validate: bool = True) -> Translation:
+        """Write the current scenario and endpoints to Envoy and wait until it runs them.
+
+        ``validate`` False skips ``envoy --mode validate``: for a change of
+        endpoints only, under rules already checked.
+        """
         assert self.run_dir is not None and self.ports is not None
         translation = self.translation(self.scenario)
         config_dir = self.run_dir / "envoy"
-        staging = self.run_dir / "envoy-check"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(config_dir, staging)
-        envoy.write(staging, translation)
-        envoy.validate(staging)  # a bad rule set never reaches the running Envoy
-        shutil.rmtree(staging, ignore_errors=True)
+        if validate:
+            self._validate(translation)
         envoy.write(config_dir, translation)
         envoy.wait_applied(("127.0.0.1", self.ports.admin), translation, timeout=30)
         return translation
+
+    def _validate(self, translation: Translation) -> None:
+        """``envoy --mode validate`` on a copy: a bad rule set never reaches the running Envoy."""
+        assert self.run_dir is not None
+        staging = self.run_dir / "envoy-check"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.run_dir / "envoy", staging)
+        try:
+            envoy.write(staging, translation)
+            envoy.validate(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def use(self, scenario: str) -> None:
         """Switch the running mesh to ``scenario``: its rules, and its workload environment.
@@ -511,10 +523,9 @@ class LocalMesh:
             ]
             self.scenario = scenario
             try:
-                self.translation(scenario)  # a bad rule set: nothing restarts
-                for name in changed:
-                    self._roll(self.workloads[name])
-                self.apply()
+                self._validate(self.translation(scenario))  # a bad rule set: nothing restarts
+                self._roll([self.workloads[name] for name in changed])
+                self.apply(validate=False)
             except BaseException:
                 self.scenario = previous
                 raise
@@ -530,13 +541,12 @@ class LocalMesh:
             known = ", ".join(self.workloads)
             raise MeshError(f"no workload {name!r}; the workloads are {known}")
         with self._changing():
-            self._roll(self.workloads[name])
+            self._roll([self.workloads[name]])
             self._save_state()
 
     def restart_all(self) -> None:
         with self._changing():
-            for workload in self.workloads.values():
-                self._roll(workload)
+            self._roll(list(self.workloads.values()))
             self._save_state()
 
     @contextmanager
@@ -546,29 +556,47 @@ class LocalMesh:
         with self._lock:
             yield
 
-    def _roll(self, workload: Workload) -> None:
-        """maxSurge 1, maxUnavailable 0: start the new replica, route to it, then drain the old."""
-        for position, old in enumerate(list(workload.members)):
-            new = self._replica(workload, position + 1, free_port())
-            new.start(self.layout.root)
+    def _roll(self, workloads: Sequence[Workload]) -> None:
+        """Rolling restart, maxSurge 1 and maxUnavailable 0 per workload, workloads side by side.
+
+        For each replica: start the new process, wait until it is ready and
+        Envoy routes to it, then take the old one out of Envoy's endpoints and
+        stop it (it finishes what it has in flight).
+        """
+        for position in range(max((len(w.members) for w in workloads), default=0)):
+            rolling = [w for w in workloads if position < len(w.members)]
+            new = {w.name: self._replica(w, position + 1, free_port()) for w in rolling}
+            for process in new.values():
+                process.start(self.layout.root)
             try:
-                self._await(new.ready, f"{new.name} (new)", new)
-                workload.surge.append(new)
-                self.apply()  # old and new in Envoy's endpoints
-                self._await(partial(self._healthy, new), f"{new.name} (new) in Envoy", new)
+                for process in new.values():
+                    self._await(process.ready, f"{process.name} (new)", process)
+                for workload in rolling:
+                    workload.surge.append(new[workload.name])
+                self.apply(validate=False)  # old and new in Envoy's endpoints
+                for process in new.values():
+                    self._await(
+                        partial(self._healthy, process), f"{process.name} (new) in Envoy", process
+                    )
             except BaseException:
-                if new in workload.surge:
-                    workload.surge.remove(new)
-                    self.apply()
-                new.stop()
+                for workload in rolling:
+                    workload.surge.clear()
+                self.apply(validate=False)
+                for process in new.values():
+                    process.stop()
                 raise
-            # Out of Envoy's endpoints first, so no new request reaches it;
-            # then SIGTERM, and it finishes what it has in flight.
-            workload.surge.remove(new)
-            workload.members[position] = new
-            self.apply()
-            old.stop()
-            self.report(f"{new.name}: replaced (rolling restart of {workload.name})")
+            old = []
+            for workload in rolling:
+                workload.surge.clear()
+                old.append(workload.members[position])
+                workload.members[position] = new[workload.name]
+            self.apply(validate=False)  # the old ones out of Envoy's endpoints
+            for process in old:
+                process.signal_stop()
+            for process in old:
+                process.stop()
+            for process in new.values():
+                self.report(f"{process.name}: replaced (rolling restart)")
 
     def _healthy(self, process: WorkloadProcess) -> bool:
         assert self.ports is not None

@@ -1,0 +1,115 @@
+"""The supervisor's decisions that need no running chain: backoff, replicas, addresses, state."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.procs import ROOT, free_port
+from usvc_mesh.envoy import MeshPorts, bootstrap
+from usvc_mesh.manifests import Layout, MeshError
+from usvc_mesh.supervisor import STATE_FILE, Backoff, LocalMesh, exit_status, find_run_dir
+
+
+def test_backoff_doubles_from_one_second_to_a_thirty_second_cap() -> None:
+    backoff = Backoff()
+    assert [backoff.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_backoff_says_how_it_differs_from_kubernetes() -> None:
+    assert "Kubernetes: 10s doubling to 5min" in Backoff().describe()
+
+
+def test_exit_status_names_the_signal_that_killed_a_process() -> None:
+    assert exit_status(2) == "exited with status 2"
+    assert exit_status(-9) == "was killed by SIGKILL"
+
+
+def planned(tmp_path: Path) -> LocalMesh:
+    mesh = LocalMesh(Layout(ROOT), run_dir=tmp_path)
+    mesh.ports = MeshPorts(gateway=1, outbound=2, admin=3)
+    mesh.plan(mesh.documents("current"))
+    return mesh
+
+
+def test_each_replica_is_its_own_process_named_by_service_instance(tmp_path: Path) -> None:
+    front = planned(tmp_path).workloads["front"]
+    assert front.replicas == 3  # the chart's default
+    assert [m.env["SERVICE_INSTANCE"] for m in front.members] == ["front-1", "front-2", "front-3"]
+    assert len({m.port for m in front.members}) == 3
+    assert [m.env["PORT"] for m in front.members] == [str(m.port) for m in front.members]
+    assert [m.log_path.name for m in front.members] == ["front-1.log", "front-2.log", "front-3.log"]
+
+
+def test_every_replica_is_an_envoy_endpoint_health_checked_on_its_readiness_path(
+    tmp_path: Path,
+) -> None:
+    mesh = planned(tmp_path)
+    cluster = mesh.translation("current").cluster("outbound|80||front-svc.usvc.svc.cluster.local")
+    ports = [
+        e["endpoint"]["address"]["socket_address"]["port_value"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert ports == [m.port for m in mesh.workloads["front"].members]
+    (check,) = cluster["health_checks"]
+    # the Deployment's readinessProbe: path /readyz, periodSeconds 2, failureThreshold 1
+    assert check["http_health_check"]["path"] == "/readyz"
+    assert (check["interval"], check["no_traffic_interval"]) == ("2s", "2s")
+    assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (1, 1)
+    assert cluster["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0}}
+
+
+def test_a_stand_in_is_not_health_checked(tmp_path: Path) -> None:
+    cluster = planned(tmp_path).translation("current").cluster("outbound|80||worldtimeapi.org")
+    assert "health_checks" not in cluster
+
+
+def test_the_gateway_listener_times_out_slow_request_heads_and_shares_no_port() -> None:
+    config = bootstrap(
+        Path("/tmp"), MeshPorts(gateway=1, outbound=2, admin=3), request_headers_timeout=2.5
+    )
+    gateway, outbound = config["static_resources"]["listeners"]
+    hcm = gateway["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["request_headers_timeout"] == "2.5s"
+    assert gateway["enable_reuse_port"] is False
+    assert outbound["enable_reuse_port"] is False
+
+
+def test_a_gateway_address_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        mesh = LocalMesh(Layout(ROOT), gateway_port=port, run_dir=tmp_path)
+        started = time.monotonic()
+        with pytest.raises(MeshError, match=f"gateway address 127.0.0.1:{port} is already in use"):
+            mesh.start()
+        assert time.monotonic() - started < 1
+        assert not mesh.workloads  # nothing was started
+
+
+def test_a_second_mesh_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:
+    # a live process (this one's parent) holds the state file
+    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getppid(), "gateway": "g"}))
+    mesh = LocalMesh(Layout(ROOT), gateway_port=free_port(), run_dir=tmp_path)
+    with pytest.raises(MeshError, match="is already running from"):
+        mesh.start()
+
+
+def test_the_running_mesh_is_found_from_any_directory_below_its_root(tmp_path: Path) -> None:
+    run_dir = tmp_path / ".run" / "mesh"
+    run_dir.mkdir(parents=True)
+    (run_dir / STATE_FILE).write_text("{}")
+    below = tmp_path / "services" / "front"
+    below.mkdir(parents=True)
+    assert find_run_dir(below) == run_dir
+
+
+def test_no_running_mesh_above_a_directory_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(MeshError, match=f"no local mesh is running from {tmp_path}/.run/mesh"):
+        find_run_dir(tmp_path)
