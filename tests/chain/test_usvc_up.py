@@ -67,7 +67,8 @@ def test_usvc_up_serves_the_chain_switches_scenario_and_leaves_nothing_behind(
         assert any(line.startswith("middle-canary ") for line in lines)
         assert any("stand-in for the public API" in line for line in lines)
         children = children_of(up.pid)
-        assert len(children) == 9  # seven workloads, the time API stand-in, Envoy
+        # seven workloads (front with three replicas), the time API stand-in, Envoy
+        assert len(children) == 11
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/", headers={"x-dev-user": "betaUser"}
         )
@@ -106,8 +107,42 @@ def test_a_workload_that_dies_is_reported_with_its_last_log_lines(tmp_path: Path
     )
     _, stderr = up.communicate(timeout=60)
     assert up.returncode == 1
-    assert "clock exited with status 2; its last log lines:" in stderr
+    assert "clock-1 exited with status 2; its last log lines:" in stderr
     assert "FAULT_INJECTION='maybe' is invalid: expected a boolean" in stderr
+
+
+def test_envoy_dying_ends_usvc_up_with_status_1_and_envoys_last_lines(tmp_path: Path) -> None:
+    up = usvc("up", "--gateway", f"127.0.0.1:{free_port()}", run_dir=tmp_path)
+    try:
+        wait_for_line(up, "ready in ")
+        envoy = [
+            pid for pid in children_of(up.pid) if "envoy" in Path(f"/proc/{pid}/comm").read_text()
+        ]
+        assert len(envoy) == 1
+        os.kill(envoy[0], signal.SIGKILL)
+        _, stderr = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(30)
+    assert up.returncode == 1
+    assert "usvc up: envoy was killed by SIGKILL; its last lines:" in stderr
+
+
+def test_sighup_stops_every_child_as_ctrl_c_does(tmp_path: Path) -> None:
+    up = usvc("up", "--gateway", f"127.0.0.1:{free_port()}", run_dir=tmp_path)
+    try:
+        wait_for_line(up, "ready in ")
+        children = children_of(up.pid)
+        up.send_signal(signal.SIGHUP)
+        up.wait(30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0
+    time.sleep(0.2)
+    assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
 
 
 def test_mesh_use_without_a_running_mesh_says_so(tmp_path: Path) -> None:
