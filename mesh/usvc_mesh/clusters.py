@@ -238,7 +238,7 @@ def cluster_name(port: int, subset: str, fqdn: str) -> str:
 
 
 def build_clusters(
-    registry: Registry, rules: Mapping[str, DestinationRule]
+    registry: Registry, rules: Mapping[str, DestinationRule], *, health_checks: bool = True
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """All clusters, and warnings about subsets that select nothing."""
     clusters: list[dict[str, Any]] = []
@@ -247,6 +247,8 @@ def build_clusters(
         rule = rules.get(host.fqdn)
         for port in host.ports:
             endpoints = host.endpoints.get(port.number, ())
+            if not health_checks:
+                endpoints = tuple(replace(e, probe=None) for e in endpoints)
             probes = sorted({e.probe for e in endpoints if e.probe}, key=repr)
             if len(probes) > 1 and port == host.ports[0]:
                 warnings.append(

@@ -193,6 +193,13 @@ class Workload:
     def instance(self, index: int) -> str:
         return f"{self.name}-{index}"
 
+    def stop(self) -> None:
+        """Stop every replica (the supervisor will restart them, as after a crash)."""
+        for member in self.members:
+            member.signal_stop()
+        for member in self.members:
+            member.stop()
+
 
 def _quiet(line: str) -> None:
     pass

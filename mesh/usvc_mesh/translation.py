@@ -111,13 +111,15 @@ def translate(
     externals: Mapping[str, tuple[str, int]] | None = None,
     namespace: str = "default",
     outbound_traffic_policy: str = ALLOW_ANY,
+    health_checks: bool = True,
 ) -> Translation:
     """Translate Kubernetes + Istio objects for the local mesh.
 
     ``endpoints`` maps each Deployment name to the ``(host, port)`` its local
     process listens on, or to a list of them, one per replica; a Deployment
     without an entry has no running endpoint. Each workload endpoint is
-    health-checked by Envoy with its Deployment's readiness probe.
+    health-checked by Envoy with its Deployment's readiness probe (unless
+    ``health_checks`` is False: then every endpoint gets traffic, up or not).
     ``externals`` maps a ServiceEntry host (or ``host:port``) to a local
     stand-in address; other ServiceEntry hosts resolve by DNS.
     ``namespace`` is where objects without ``metadata.namespace`` live; the
@@ -145,7 +147,7 @@ def translate(
     builder = RouteBuilder(registry, rules)
     for vs in services:
         builder.routes(vs, port=None, gateway=None)
-    clusters, warnings = build_clusters(registry, rules)
+    clusters, warnings = build_clusters(registry, rules, health_checks=health_checks)
     mode = _outbound_mode(objects, namespace, outbound_traffic_policy)
     if mode == ALLOW_ANY:
         clusters.append(_passthrough_cluster())

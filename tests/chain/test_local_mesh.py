@@ -86,7 +86,7 @@ def access_lines(run_dir: Path, trace_id: str) -> dict[str, dict[str, Any]]:
                 continue
             line = json.loads(raw)
             if line.get("logger") == "usvc.access":
-                found[path.stem] = line
+                found[path.stem.rsplit("-", 1)[0]] = line  # front-2.log: a replica of front
     return found
 
 

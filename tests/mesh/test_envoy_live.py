@@ -98,8 +98,12 @@ class Mesh:
         self.dead_port = dead_port
 
     def translate(self, *rules: dict[str, Any]) -> tr.Translation:
+        # No health checks: the dead endpoint must be tried for the retry tests.
         return tr.translate(
-            [*self.objects(), *rules], endpoints=self.endpoints(), externals=self.externals()
+            [*self.objects(), *rules],
+            endpoints=self.endpoints(),
+            externals=self.externals(),
+            health_checks=False,
         )
 
     def objects(self) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT
+from tests.procs import ROOT, free_port
 from usvc_mesh.cli import parse_env_overrides, parse_gateway
 from usvc_mesh.envoy import MeshPorts
 from usvc_mesh.manifests import Layout, MeshError
@@ -35,7 +35,9 @@ def test_manifests_without_deployments_are_refused(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "k8s" / "mesh", manifests / "mesh")
     (manifests / "workloads").mkdir()
     (manifests / "workloads" / "empty.yaml").write_text("kind: ConfigMap\nmetadata: {name: x}\n")
-    mesh = LocalMesh(Layout(ROOT, manifests_dir=manifests), run_dir=tmp_path / "run")
+    mesh = LocalMesh(
+        Layout(ROOT, manifests_dir=manifests), run_dir=tmp_path / "run", gateway_port=free_port()
+    )
     with pytest.raises(MeshError, match="the manifests define no Deployment"):
         mesh.start()
 
