@@ -47,7 +47,7 @@ def retry_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     # current's rules with retry's workload env: fault injection on, no mesh retries
     scenario_with(current, scenarios / "no-retries.yaml", lambda doc: None)
     # the others keep it too, so switching to them restarts nothing
-    for name in ("no-retries", "abort", "delay", "cors"):
+    for name in ("no-retries", "abort", "delay", "tcp"):
         shutil.copy(scenarios / "retry.env.yaml", scenarios / f"{name}.env.yaml")
     scenario_with(current, scenarios / "abort.yaml", abort_half_at_front)
     scenario_with(current, scenarios / "delay.yaml", delay_core_past_middles_timeout)

@@ -163,7 +163,7 @@ def upstreams(s: Supervised, marker: str) -> dict[int, str]:
     found = {}
     for line in (s.mesh.run_dir / "envoy-access.log").read_text().splitlines():
         entry = json.loads(line)
-        path = entry["path"]
+        path = entry["path"] or ""  # null for a request whose head never completed
         if entry.get("listener") == "gateway" and path.startswith(f"{marker}?n="):
             found[int(path.split("=", 1)[1])] = names.get(entry["upstream_host"], "?")
     return found
