@@ -253,6 +253,20 @@ def test_a_killed_replica_gets_no_traffic_within_2s_and_its_share_back_after_res
 # -- load balancing -------------------------------------------------------------------------
 
 
+def test_each_reply_names_the_front_replica_that_answered(s: Supervised) -> None:
+    s.mesh.use("round-robin")
+
+    async def instances() -> list[str]:
+        async with aiohttp.ClientSession(headers={"Accept": "application/json"}) as client:
+            found = []
+            for _ in range(6):
+                async with client.get(f"{s.gateway}/") as resp:
+                    found.append((await resp.json())["instance"])
+            return found
+
+    assert set(asyncio.run(instances())) == {"front-1", "front-2", "front-3"}
+
+
 @pytest.mark.parametrize("policy", ["round-robin", "least-request", "random"])
 def test_300_requests_reach_all_three_front_instances(s: Supervised, policy: str) -> None:
     s.mesh.use(policy)
