@@ -335,6 +335,8 @@ def test_mesh_use_applies_the_scenarios_environment_rolling_and_back(s: Supervis
     assert "restarted clock" in switched[0].stdout
     assert [x for x in sent if x.status != 200] == []
     assert member(s, "clock-1").env["FAULT_INJECTION"] == "true"
+    state = json.loads((run_dir / "mesh.json").read_text())
+    assert (state["pid"], state["scenario"]) == (os.getpid(), "retry")  # the supervisor's own
     assert status(faulty) != 200  # clock fails every attempt now
     back: list[subprocess.CompletedProcess[str]] = []
     sent = load_while(
