@@ -332,9 +332,6 @@ class LocalMesh:
             self.run_dir = Path(tempfile.mkdtemp(prefix="usvc-mesh-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_second_mesh()
-        check_address_free(self.gateway_host, self.gateway_port)
-        for old in self.run_dir.glob("*.log"):  # "last log lines" must be this run's
-            old.unlink()
         self.ports = envoy.MeshPorts(
             gateway=self.gateway_port,
             outbound=free_port(),
@@ -346,6 +343,10 @@ class LocalMesh:
         config_dir = self.run_dir / "envoy"
         translation = self.translation(self.scenario)
         self.warnings = list(translation.warnings)
+        # After the rules' own errors (more useful to hear first), before anything starts.
+        check_address_free(self.gateway_host, self.gateway_port)
+        for old in self.run_dir.glob("*.log"):  # "last log lines" must be this run's
+            old.unlink()
         envoy.write(config_dir, translation)
         bootstrap = envoy.write_bootstrap(
             config_dir,

@@ -89,8 +89,8 @@ def test_a_gateway_address_in_use_is_refused_before_anything_starts(tmp_path: Pa
         started = time.monotonic()
         with pytest.raises(MeshError, match=f"gateway address 127.0.0.1:{port} is already in use"):
             mesh.start()
-        assert time.monotonic() - started < 1
-        assert not mesh.workloads  # nothing was started
+        assert time.monotonic() - started < 2
+        assert all(p.process is None for p in mesh.processes())  # nothing was started
 
 
 def test_a_second_mesh_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:
