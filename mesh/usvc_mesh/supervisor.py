@@ -58,6 +58,8 @@ from .translation import Translation, translate
 
 STATE_FILE = "mesh.json"
 CONTROL_SOCKET = "control.sock"
+# Seconds between taking a replica out of Envoy's endpoints and stopping it.
+ENDPOINT_PROPAGATION = 1.0
 
 
 @dataclass(frozen=True)
@@ -599,6 +601,10 @@ class LocalMesh:
                 old.append(workload.members[position])
                 workload.members[position] = new[workload.name]
             self.apply(validate=False)  # the old ones out of Envoy's endpoints
+            # The admin API answers for Envoy's main thread; its workers get the
+            # new endpoints a moment later and may still pick an old one. In a
+            # cluster DRAIN_SECONDS covers the same propagation.
+            time.sleep(ENDPOINT_PROPAGATION)
             for process in old:
                 process.signal_stop()
             for process in old:

@@ -169,6 +169,24 @@ def upstreams(s: Supervised, marker: str) -> dict[int, str]:
     return found
 
 
+def failures(s: Supervised, failed: list[Sent]) -> list[str]:
+    """The access-log lines (every listener) of requests that failed, to say where and how."""
+    time.sleep(1.5)
+    assert s.mesh.run_dir is not None
+    ids = set()
+    lines = [json.loads(x) for x in (s.mesh.run_dir / "envoy-access.log").read_text().splitlines()]
+    marks = {f"/?n={x.index}" for x in failed}
+    for entry in lines:
+        if entry.get("listener") == "gateway" and entry.get("path") in marks:
+            ids.add(entry["request_id"])
+    return [
+        f"{e['listener']} {e['authority']} {e['response_code']} {e['response_flags']} "
+        f"{e['response_code_details']} {e['upstream_host']}"
+        for e in lines
+        if e.get("request_id") in ids and e["response_code"] != 200
+    ]
+
+
 def usvc(*args: str, run_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "usvc", *args, "--run-dir", str(run_dir)],
@@ -307,7 +325,7 @@ def test_a_rolling_restart_of_every_workload_loses_no_request_at_100_per_second(
     assert "every workload restarted" in results[0].stdout
     failed = [x for x in sent if x.status != 200]
     print(f"\nrolling restart --all under 100 req/s: {len(failed)} of {len(sent)} not 200")
-    assert failed == []
+    assert failed == [], failures(s, failed)
     after = {m.name: m.port for w in s.mesh.workloads.values() for m in w.members}
     assert all(after[name] != before[name] for name in after)  # every replica is new
 
