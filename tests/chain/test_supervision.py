@@ -235,6 +235,18 @@ def test_a_killed_workload_is_restarted_with_backoff_and_reported(s: Supervised)
         time.sleep(0.1)
 
 
+def test_a_killed_stand_in_is_reported_and_restarted_like_a_workload(s: Supervised) -> None:
+    stand_in = s.mesh.stand_ins["worldtimeapi.org"]
+    assert stand_in.process is not None
+    os.kill(stand_in.process.pid, signal.SIGKILL)
+    s.wait_event("stand-in:worldtimeapi.org: was killed by SIGKILL", timeout=5)
+    s.wait_event("stand-in:worldtimeapi.org: restarted (restart 1)", timeout=10)
+    deadline = time.monotonic() + 10
+    while not stand_in.ready():
+        assert time.monotonic() < deadline, "the stand-in did not come back"
+        time.sleep(0.1)
+
+
 def test_a_killed_replica_gets_no_traffic_within_2s_and_its_share_back_after_restart(
     s: Supervised,
 ) -> None:
