@@ -179,7 +179,11 @@ def test_the_time_source_span_marks_the_failure_and_the_fallback(run: Run) -> No
 
 
 def test_the_trace_id_of_an_access_log_line_leads_to_its_waterfall(run: Run) -> None:
-    lines = [json.loads(line) for line in (run.run_dir / "front.log").read_text().splitlines()]
+    lines = [  # one log per replica: front-1.log, front-2.log, ...
+        json.loads(line)
+        for path in run.run_dir.glob("front-*.log")
+        for line in path.read_text().splitlines()
+    ]
     (access,) = [line for line in lines if line.get("trace_id") == run.beta_trace]
     shown = run.usvc_trace(access["trace_id"])
     assert shown.returncode == 0 and run.beta_trace in shown.stdout
