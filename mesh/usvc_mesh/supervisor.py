@@ -750,8 +750,10 @@ class _ControlServer:
         assert mesh.run_dir is not None
         self.mesh = mesh
         path = mesh.run_dir / CONTROL_SOCKET
+        self.scratch: Path | None = None
         if len(str(path)) > 100:  # sun_path is 108 bytes
-            path = Path(tempfile.mkdtemp(prefix="usvc-mesh-")) / CONTROL_SOCKET
+            self.scratch = Path(tempfile.mkdtemp(prefix="usvc-mesh-"))
+            path = self.scratch / CONTROL_SOCKET
         self.path = path
         path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -768,6 +770,8 @@ class _ControlServer:
         self.thread.join(60)
         self.sock.close()
         self.path.unlink(missing_ok=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _serve(self) -> None:
         while not self._closed.is_set():

@@ -113,3 +113,23 @@ def test_the_running_mesh_is_found_from_any_directory_below_its_root(tmp_path: P
 def test_no_running_mesh_above_a_directory_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(MeshError, match=f"no local mesh is running from {tmp_path}/.run/mesh"):
         find_run_dir(tmp_path)
+
+
+def test_the_control_socket_works_under_a_run_directory_too_long_for_a_socket_path(
+    tmp_path: Path,
+) -> None:
+    from usvc_mesh.supervisor import _ControlServer, send_command
+
+    run_dir = tmp_path / ("d" * 120)
+    run_dir.mkdir()
+    mesh = LocalMesh(Layout(ROOT), run_dir=run_dir)
+    server = _ControlServer(mesh)
+    try:
+        (run_dir / STATE_FILE).write_text(
+            json.dumps({"pid": os.getpid(), "control": str(server.path)})
+        )
+        with pytest.raises(MeshError, match="no workload 'nope'"):
+            send_command(run_dir, {"restart": ["nope"]}, print)
+    finally:
+        server.close()
+    assert not server.path.exists()
