@@ -37,6 +37,7 @@ from tests.procs import ROOT, free_port, http_ok
 from usvc_mesh.manifests import Layout
 from usvc_mesh.procs import terminate
 from usvc_mesh.supervisor import LocalMesh
+from usvc_mesh.telemetry import scrape_targets
 from usvc_mesh.telemetry.prometheus import scrape_config
 
 PROMETHEUS = shutil.which("prometheus")
@@ -83,8 +84,7 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def prometheus_config(mesh: LocalMesh, rules: Path, istio_port: int) -> dict[str, Any]:
     assert mesh.ports is not None
-    workloads = {name: (w.port, w.labels) for name, w in mesh.workloads.items()}
-    config = scrape_config(workloads, mesh.ports.admin, [rules])
+    config = scrape_config(scrape_targets(mesh), mesh.ports.admin, [rules])
     config["scrape_configs"].append(
         {"job_name": "istio", "static_configs": [{"targets": [f"127.0.0.1:{istio_port}"]}]}
     )
@@ -104,7 +104,7 @@ async def drive(gateway: str, prometheus: str, workloads: int) -> None:
         *[("no-such-page", {})] * 5,
     ]
     scraped = f"count(count_over_time(up[1m]) >= {SCRAPES})"
-    targets = workloads + 2  # and envoy, istio
+    targets = workloads + 2  # every replica, and envoy, istio
     deadline = time.monotonic() + DRIVE_SECONDS
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as client:
 
@@ -167,7 +167,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             time.sleep(0.05)
         assert mesh.ports is not None
         gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
-        asyncio.run(drive(gateway, url, len(mesh.workloads)))
+        replicas = sum(len(w.members) for w in mesh.workloads.values())
+        asyncio.run(drive(gateway, url, replicas))
         yield Observed(mesh, url, config, at=time.time())
     finally:
         if prometheus is not None:

@@ -303,14 +303,15 @@ def test_egress_panel_names_every_upstream_with_its_outcomes(observed: Observed)
     assert {("core", "clock-svc", "500"), ("core", "clock-svc", "200")} <= calls
 
 
-def test_running_versions_table_counts_one_instance_per_workload(observed: Observed) -> None:
+def test_running_versions_table_counts_the_replicas_of_each_workload(observed: Observed) -> None:
     (target,) = panel("Running versions")["targets"]
     rows = {
         (s["metric"]["service"], s["metric"]["env"], s["metric"]["version"]): s["value"][1]
         for s in observed.query(promql(target["expr"]))
     }
     assert rows == {
-        (w.env["SERVICE_NAME"], w.env["SERVICE_ENV"], w.env["SERVICE_VERSION"]): "1"
+        # every replica is scraped (front runs 3), as every pod is in a cluster
+        (w.env["SERVICE_NAME"], w.env["SERVICE_ENV"], w.env["SERVICE_VERSION"]): str(len(w.members))
         for w in observed.mesh.workloads.values()
     }
 

@@ -10,15 +10,18 @@ from usvc_mesh.manifests import MeshError
 from usvc_mesh.telemetry.prometheus import Prometheus, scrape_config
 
 
-def test_each_workload_is_a_job_with_its_pod_labels_and_envoy_one_more() -> None:
+def test_each_workload_is_a_job_of_its_replicas_with_its_pod_labels_and_envoy_one_more() -> None:
     config = scrape_config(
-        {"front": (8081, {"app": "front", "version": "v1", "env": "prod", "extra": "x"})},
+        {"front": ([8081, 8082], {"app": "front", "version": "v1", "env": "prod", "extra": "x"})},
         envoy_admin=9901,
     )
     front, envoy = config["scrape_configs"]
     assert front["job_name"] == "front"
     assert front["static_configs"] == [
-        {"targets": ["127.0.0.1:8081"], "labels": {"app": "front", "version": "v1", "env": "prod"}}
+        {
+            "targets": ["127.0.0.1:8081", "127.0.0.1:8082"],
+            "labels": {"app": "front", "version": "v1", "env": "prod"},
+        }
     ]
     assert envoy["job_name"] == "envoy" and envoy["metrics_path"] == "/stats/prometheus"
     assert envoy["static_configs"] == [{"targets": ["127.0.0.1:9901"]}]

@@ -102,8 +102,7 @@ class Telemetry:
                 self.stop()
                 raise MeshError(f"the trace collector did not start; see {log.name}")
             time.sleep(0.05)
-        workloads = {name: (w.port, w.labels) for name, w in mesh.workloads.items()}
-        config = scrape_config(workloads, mesh.ports.admin, self.rule_files())
+        config = scrape_config(scrape_targets(mesh), mesh.ports.admin, self.rule_files())
         port = self.prometheus_port or free_port()
         self.prometheus = Prometheus(config, self.directory / "prometheus", port)
         try:
@@ -129,3 +128,11 @@ class Telemetry:
         if self.collector is not None:
             terminate(self.collector)
             self.collector = None
+
+
+def scrape_targets(mesh: LocalMesh) -> dict[str, tuple[list[int], dict[str, str]]]:
+    """Every replica's port, per workload, with the workload's pod labels."""
+    return {
+        name: ([member.port for member in workload.members], dict(workload.labels))
+        for name, workload in mesh.workloads.items()
+    }

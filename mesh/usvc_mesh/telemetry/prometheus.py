@@ -29,23 +29,26 @@ MISSING = (
 
 
 def scrape_config(
-    workloads: Mapping[str, tuple[int, Mapping[str, str]]],
+    workloads: Mapping[str, tuple[Sequence[int], Mapping[str, str]]],
     envoy_admin: int | None,
     rule_files: Sequence[Path] = (),
     interval: str = "1s",
 ) -> dict[str, Any]:
-    """The configuration; ``workloads`` maps a name to its port and pod labels."""
+    """The configuration; ``workloads`` maps a name to its replicas' ports and pod labels.
+
+    Each replica is a target of its workload's job, as each pod is in a cluster.
+    """
     jobs: list[dict[str, Any]] = [
         {
             "job_name": name,
             "static_configs": [
                 {
-                    "targets": [f"127.0.0.1:{port}"],
+                    "targets": [f"127.0.0.1:{port}" for port in ports],
                     "labels": {k: labels[k] for k in POD_LABELS if k in labels},
                 }
             ],
         }
-        for name, (port, labels) in workloads.items()
+        for name, (ports, labels) in workloads.items()
     ]
     if envoy_admin is not None:
         jobs.append(
