@@ -48,25 +48,12 @@ from opentelemetry.trace import (
 )
 
 from .context import current_request
-from .propagation import EMPTY, Incoming, Propagator, Sampling
+from .propagation import EMPTY, OWN_HEADERS, Incoming, Propagator, Sampling
 from .settings import Env, Settings, _passthrough_list
 
 __all__ = ["UsvcTextMapPropagator"]
 
 _INCOMING_KEY = otel_context.create_key("usvc-incoming")
-_FIELDS = (
-    "traceparent",
-    "tracestate",
-    "baggage",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "x-request-id",
-    "x-ot-span-context",
-)
 
 
 class _CarrierHeaders:
@@ -113,7 +100,7 @@ class UsvcTextMapPropagator(TextMapPropagator):
             )
             propagator = Propagator(passthrough=passthrough)
         self.propagator = propagator
-        self._fields = frozenset((*_FIELDS, *propagator.passthrough))
+        self._fields = frozenset((*OWN_HEADERS, *propagator.passthrough))
 
     def extract(
         self,

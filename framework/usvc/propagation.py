@@ -123,8 +123,8 @@ _BAD_OT_SPAN_CONTEXT = (
     f"x-ot-span-context: not 1-{OT_SPAN_CONTEXT_MAX_LENGTH} printable ASCII characters, dropped"
 )
 
-# Headers this module writes itself; they cannot be pass-through names.
-_OWN_HEADERS = frozenset(
+# Headers this module reads and writes itself; they cannot be pass-through names.
+OWN_HEADERS = frozenset(
     {
         "traceparent",
         "tracestate",
@@ -521,7 +521,7 @@ class Propagator:
             lowered = name.strip().lower()
             if _HEADER_NAME_RE.fullmatch(lowered) is None:
                 raise ValueError(f"passthrough header name {name!r} is not a valid header name")
-            if lowered in _OWN_HEADERS:
+            if lowered in OWN_HEADERS:
                 raise ValueError(f"passthrough header {lowered!r} is handled by propagation itself")
             if lowered in _NEVER_PASSTHROUGH:
                 raise ValueError(f"passthrough header {lowered!r} must never be forwarded")
@@ -530,7 +530,7 @@ class Propagator:
         self._passthrough = tuple(names)
         self._passthrough_set = frozenset(names)
         # Every header extract reads: when none is present the answer is EMPTY.
-        self._extracted = (*_OWN_HEADERS, *names)
+        self._extracted = (*OWN_HEADERS, *names)
 
     @property
     def passthrough(self) -> tuple[str, ...]:

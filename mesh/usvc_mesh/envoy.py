@@ -11,7 +11,6 @@ already chosen for in-flight requests stay in use until those requests finish.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .clusters import DNS_CACHE
+from .procs import is_ip_address
 from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
 BOOTSTRAP_FILE = "bootstrap.json"
@@ -163,7 +163,7 @@ def bootstrap(
         )
     collector: dict[str, Any] = {
         "name": ZIPKIN_CLUSTER,
-        "type": "STRICT_DNS" if zipkin and not _is_ip(zipkin[0]) else "STATIC",
+        "type": "STRICT_DNS" if zipkin and not is_ip_address(zipkin[0]) else "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": ZIPKIN_CLUSTER,
@@ -514,14 +514,6 @@ def _lb_endpoint(host: str, port: int) -> dict[str, Any]:
 
 def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _empty_routes(name: str) -> dict[str, Any]:

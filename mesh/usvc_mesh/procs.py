@@ -7,6 +7,7 @@ their own handle, never by name.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import socket
 import subprocess
@@ -26,6 +27,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def is_ip_address(host: str) -> bool:
+    """True for an IPv4 or IPv6 literal, False for a name that needs resolving."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def http_ok(url: str, headers: Mapping[str, str] | None = None, timeout: float = 0.5) -> bool:

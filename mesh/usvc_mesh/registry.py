@@ -13,11 +13,11 @@ itself, resolved by DNS. An endpoint address that is a name rather than an IP
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .procs import is_ip_address
 from .spec import Spec, metadata_name, metadata_namespace
 
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -277,7 +277,7 @@ def _service(
     )
     fqdn = f"{name}.{namespace}.{CLUSTER_DOMAIN}"
     # Endpoints given as names (compose: container names) are resolved by Envoy.
-    by_name = any(not _is_ip(e.address) for e in backends)
+    by_name = any(not is_ip_address(e.address) for e in backends)
     return MeshHost(
         fqdn=fqdn,
         names=(f"{name}.{namespace}", f"{name}.{namespace}.svc", fqdn),
@@ -389,7 +389,7 @@ def _service_entry(
                 by_port[port.number] = (Endpoint(host, target),)
             if override is None:
                 discovery[port.number] = _RESOLUTIONS[resolution]
-            elif not _is_ip(override[0]):
+            elif not is_ip_address(override[0]):
                 discovery[port.number] = "STRICT_DNS"
         out.append(
             MeshHost(
@@ -426,14 +426,6 @@ def _workload_entry(spec: Spec) -> _Entry:
         labels=spec.string_map("labels"),
         weight=spec.integer("weight", minimum=1),
     )
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_externals(externals: Mapping[str, tuple[str, int]], hosts: Sequence[MeshHost]) -> None:

@@ -19,7 +19,6 @@ default, resolved to ``::1``).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import shutil
@@ -30,6 +29,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..procs import is_ip_address
 
 DEFAULT_HOST = "registry.usvc.test"
 DEFAULT_LISTEN = ("::1", 5443)
@@ -212,7 +213,7 @@ def trust(registry: Registry, certs_root: Path = Path("/etc/docker/certs.d")) ->
 def _make_certificates(registry: Registry) -> None:
     directory = registry.directory
     names = [f"DNS:{registry.host}"]
-    if _is_ip(registry.host):
+    if is_ip_address(registry.host):
         names = [f"IP:{registry.host}"]
     steps = [
         [
@@ -261,11 +262,3 @@ def _private(path: Path, text: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
