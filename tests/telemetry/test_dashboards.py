@@ -17,6 +17,7 @@ import yaml
 
 from tests.manifests.support import named, tool
 from tests.procs import ROOT
+from tools.dashboards import defaults, expand
 
 from .conftest import MISSING, PROMTOOL, RULES, RULES_TEST, Observed
 
@@ -42,24 +43,13 @@ RATE_WINDOW = "20s"
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=MISSING)
 
 
-def defaults(dashboard: dict[str, Any]) -> dict[str, str]:
-    """Each query variable's value when the dashboard opens: its default, or "All"."""
-    chosen = {}
-    for v in dashboard["templating"]["list"]:
-        if v["type"] == "query":
-            value = v["current"]["value"][0]
-            chosen[v["name"]] = v["allValue"] if value == "$__all" else value
-    return chosen
-
-
 def promql(
     expr: str, service: str = ".*", env: str = ".*", dashboard: dict[str, Any] | None = None
 ) -> str:
     """A panel's expression as Grafana sends it: the RED dashboard's variables at "All"
     unless given, another dashboard's at their defaults."""
     chosen = defaults(dashboard) if dashboard is not None else {"service": service, "env": env}
-    expr = expr.replace("$__rate_interval", RATE_WINDOW)
-    expr = re.sub(r"\$\{?(\w+)\}?", lambda m: chosen.get(m[1], m[0]), expr)
+    expr = expand(expr, chosen, RATE_WINDOW)
     assert "$" not in expr, f"a variable this test does not know: {expr}"
     return expr
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from tools.dashboards import defaults, expand
 from usvc_mesh.manifests import Layout
 from usvc_mesh.procs import free_port
 from usvc_mesh.supervisor import LocalMesh
@@ -38,18 +39,8 @@ def query_range(url: str, expr: str, start: float, end: float) -> list[dict[str,
     return result
 
 
-def defaults(dashboard: dict[str, Any]) -> dict[str, str]:
-    chosen = {}
-    for v in dashboard["templating"]["list"]:
-        if v["type"] == "query":
-            value = v["current"]["value"][0]
-            chosen[v["name"]] = v["allValue"] if value == "$__all" else value
-    return chosen
-
-
 def promql(expr: str, chosen: dict[str, str]) -> str:
-    expr = expr.replace("$__rate_interval", RATE_WINDOW)
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: chosen.get(m[1], m[0]), expr)
+    return expand(expr, chosen, RATE_WINDOW)
 
 
 def legend(template: str, metric: dict[str, str]) -> str:
