@@ -1,1 +1,5 @@
-"""Project tooling: manifests (chart -> k8s/), pictures (the README's dashboards), dashboards (Grafana JSON read without Grafana)."""
+"""Project tooling.
+
+manifests: the chart rendered into k8s/; pictures: the README's dashboards;
+dashboards: Grafana JSON read without a Grafana.
+"""
