@@ -31,6 +31,7 @@ KINDS = [("plain", {}), ("stressTest", {"x-dev-user": "stressTest"})]
 # room for the requests admitted while others time out.
 IN_FLIGHT_BOUND = RATE * DEADLINE * 1.5 + 5
 HOPS = ("front", "middle-canary", "middle-prod", "core-prod", "core-test")
+WORKLOADS = (*HOPS, "middle-dev", "clock")
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,7 @@ def delay_core(doc: dict[str, Any]) -> None:
 def slow_hop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowHop]:
     tmp = tmp_path_factory.mktemp("slow-hop")
     deadline = {"REQUEST_DEADLINE": f"{DEADLINE:g}", "EGRESS_TIMEOUT": f"{DEADLINE:g}"}
-    names = ("front", "middle-canary", "middle-prod", "middle-dev")
-    names += ("core-prod", "core-test", "clock")
-    mesh = start_mesh(tmp, env_overrides={name: deadline for name in names})
+    mesh = start_mesh(tmp, env_overrides={name: deadline for name in WORKLOADS})
     try:
         scenarios = tmp / "k8s" / "mesh" / "scenarios"
         scenario_with(scenarios / "current.yaml", scenarios / "slow-core.yaml", delay_core)
