@@ -20,9 +20,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .locustfile import SCENARIOS
 from .prometheus import Prometheus, PrometheusError, scrape_config
 from .rss import RssSampler, rss_rows, rss_table
+from .scenarios import SCENARIOS
 from .slo import (
     Measured,
     Slo,

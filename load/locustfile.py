@@ -1,6 +1,6 @@
 """The load test's Locust users: who calls the gateway, with which header, how often.
 
-Scenarios (``python -m load --scenario …`` picks the classes):
+Scenarios (``python -m load --scenario …`` picks the classes, see load/scenarios.py):
 
 * ``stress``, the original demo's stress test: every user sends
   ``x-dev-user: stressTest`` (the route to middle canary/prod and core test).
@@ -71,9 +71,3 @@ class BetaUser(GatewayUser):
 class StressUser(GatewayUser):
     weight = 1
     dev_user = "stressTest"
-
-
-SCENARIOS: dict[str, tuple[str, ...]] = {
-    "stress": ("StressUser",),
-    "mixed": ("NoHeaderUser", "BetaUser", "StressUser"),
-}

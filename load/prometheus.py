@@ -26,6 +26,7 @@ import yaml
 from usvc_mesh.procs import free_port, http_ok, terminate
 
 MISSING = "Debian's prometheus package is not installed (apt-get install prometheus)"
+PROMETHEUS = shutil.which("prometheus")
 ENVOY_JOB = "envoy"
 
 # Loopback only: a proxy named by the environment must not get the queries.
