@@ -20,7 +20,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .prometheus import Prometheus, PrometheusError, scrape_config
+from .prometheus import Prometheus, PrometheusError, scrape_config, scrape_interval
 from .rss import RssSampler, rss_rows, rss_table
 from .scenarios import SCENARIOS
 from .slo import (
@@ -113,8 +113,8 @@ def parser() -> argparse.ArgumentParser:
         "--settle",
         type=duration,
         default=None,
-        help="wait after the run for the last scrape (default 3s for our own "
-        "Prometheus, 35s for one given by URL)",
+        help="wait after the run for the last scrape (default: twice the Prometheus's "
+        "scrape interval and 1s; 35s when it cannot be read)",
     )
     return p
 
@@ -249,9 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sampler is not None:
             sampler.mark("end")
             sampler.stop()
-        return gate(
-            args, slo, out, prometheus_url, window_start, sampler, own=prometheus is not None
-        )
+        return gate(args, slo, out, prometheus_url, window_start, sampler)
     except PrometheusError as exc:
         print(f"load: {exc}", file=sys.stderr)
         return 2
@@ -301,14 +299,16 @@ def gate(
     prometheus_url: str | None,
     window_start: float,
     sampler: RssSampler | None,
-    own: bool,
 ) -> int:
     locust_rows = read_locust(out / "locust.json")
     total = next((r for r in locust_rows if r.name == "locust total"), None)
     gateway: Measured | None = None
     hops: list[Measured] | None = None
     if prometheus_url is not None:
-        settle = args.settle if args.settle is not None else (3.0 if own else 35.0)
+        settle = args.settle
+        if settle is None:
+            interval = scrape_interval(prometheus_url)
+            settle = 35.0 if interval is None else 2 * interval + 1
         time.sleep(settle)
         at = time.time()
         window_ms = round((at - window_start) * 1000)

@@ -94,6 +94,21 @@ def scalar(url: str, expr: str, at: float | None = None) -> float | None:
     return float(found[0]["value"][1]) if found else None
 
 
+def scrape_interval(url: str) -> float | None:
+    """The global scrape interval of the Prometheus at ``url``, in seconds (None: unknown)."""
+    try:
+        with NO_PROXY.open(f"{url.rstrip('/')}/api/v1/status/config", timeout=10) as resp:
+            config = yaml.safe_load(json.load(resp)["data"]["yaml"])
+        text = str(config["global"]["scrape_interval"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].isdigit():
+            return int(text[: -len(unit)]) * units[unit]
+    return None
+
+
 class Prometheus:
     """``prometheus`` started on a free loopback port with ``config``; stopped by its pid.
 
