@@ -32,8 +32,9 @@ async def steady(
     kinds: Sequence[tuple[str, dict[str, str]]],
     rate: float = RATE,
     give_up_after: float = 10.0,
+    stop: asyncio.Event | None = None,
 ) -> list[Sent]:
-    """``rate`` requests a second for ``seconds``, cycling through ``kinds``.
+    """``rate`` requests a second for ``seconds`` (or until ``stop`` is set), cycling ``kinds``.
 
     Open model: each request is sent on schedule whether or not earlier ones
     have answered, as independent users would.
@@ -59,6 +60,8 @@ async def steady(
         count = int(seconds * rate)
         for index in range(count):
             await asyncio.sleep(max(0.0, begin + index / rate - time.monotonic()))
+            if stop is not None and stop.is_set():
+                break
             kind, headers = kinds[index % len(kinds)]
             tasks.append(asyncio.create_task(one(kind, headers)))
         await asyncio.gather(*tasks)
