@@ -7,11 +7,13 @@ non-zero exit.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -33,6 +35,7 @@ HOPS = ("front", "middle", "core", "clock")
 class Run:
     status: int
     out: str  # what it printed
+    report: dict[str, Any]  # its slo.json
 
     def row(self, check: str) -> str:
         found = [line for line in self.out.splitlines() if line.startswith(f"{check} ")]
@@ -47,10 +50,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     running.stop()
 
 
-def run_load(mesh: LocalMesh, tmp: Path, slo: dict[str, object]) -> Run:
+def run_load(mesh: LocalMesh, tmp: Path, slo: Mapping[str, object], *options: str) -> Run:
     assert mesh.run_dir is not None
     slo_file = tmp / "slo.yaml"
-    slo_file.write_text(yaml.safe_dump(slo))
+    slo_file.write_text(yaml.safe_dump(dict(slo)))
     done = subprocess.run(
         [
             sys.executable,
@@ -66,6 +69,7 @@ def run_load(mesh: LocalMesh, tmp: Path, slo: dict[str, object]) -> Run:
             str(slo_file),
             "--out",
             str(tmp / "runs"),
+            *options,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -73,7 +77,8 @@ def run_load(mesh: LocalMesh, tmp: Path, slo: dict[str, object]) -> Run:
         timeout=120,
     )
     print(done.stdout, done.stderr)
-    return Run(done.returncode, done.stdout)
+    [report] = (tmp / "runs").glob("*/slo.json")
+    return Run(done.returncode, done.stdout, json.loads(report.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +123,27 @@ def test_an_impossible_p99_is_named_as_the_breach_per_hop(impossible: Run) -> No
     for hop in HOPS:
         assert impossible.row(f"{hop} p99").endswith("FAIL")
     assert impossible.row("gateway 5xx").endswith("PASS")
+
+
+@pytest.fixture(scope="module")
+def mixed(mesh: LocalMesh, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    slo = {"locust": {"max_failure_ratio": 0}}
+    return run_load(mesh, tmp_path_factory.mktemp("mixed"), slo, "--scenario", "mixed")
+
+
+def test_the_mixed_scenario_sends_80_10_10_no_header_beta_and_stress(mixed: Run) -> None:
+    counts = {
+        row["name"]: row["requests"]
+        for row in mixed.report["measured"]
+        if row["name"].startswith("locust / ")
+    }
+    total = sum(counts.values())
+    shares = {name.removeprefix("locust / "): count / total for name, count in counts.items()}
+    assert total >= 100
+    assert shares == pytest.approx({"no header": 0.8, "betaUser": 0.1, "stressTest": 0.1}, abs=0.02)
+
+
+def test_the_mixed_scenario_gates_every_hop_of_its_three_routes(mixed: Run) -> None:
+    assert mixed.status == 0
+    hops = {row["name"] for row in mixed.report["measured"] if not row["name"].startswith("locust")}
+    assert hops == {"gateway", "front", "middle", "core", "clock"}
