@@ -218,6 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.soak and not local:
+        print(
+            f"load: --soak watches the processes of the local mesh; {url} is not the one "
+            f"of {args.mesh_run_dir}",
+            file=sys.stderr,
+        )
+        return 2
     out = run_dir(args.out)
     print(f"load: {args.scenario} at {args.rate:g} users/s for {seconds:g}s against {url}")
     print(f"load: reports in {out}")

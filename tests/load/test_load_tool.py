@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from load.cli import duration
+from load.cli import duration, main
 from load.prometheus import scrape_config
 from load.rss import RssRow, rss_table
 from load.slo import Limits, Measured, Slo, SloError, judge, load_slo, read_locust
@@ -124,3 +124,21 @@ def test_every_workload_of_the_state_file_is_scraped_and_envoy_by_its_admin_port
         "middle": (["127.0.0.1:1002", "127.0.0.1:1003"], None),
         "envoy": (["127.0.0.1:9901"], "/stats/prometheus"),
     }
+
+
+def test_a_soak_against_a_gateway_that_is_not_the_local_mesh_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--soak", "--url", "http://127.0.0.1:9", "--prometheus", "none"]
+    status = main([*argv, "--mesh-run-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "--soak watches the processes of the local mesh" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_gateway_without_a_prometheus_is_refused_before_any_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--url", "http://127.0.0.1:9", "--mesh-run-dir", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "pass --prometheus URL" in capsys.readouterr().err
