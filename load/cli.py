@@ -20,7 +20,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .prometheus import Prometheus, PrometheusError, scrape_config, scrape_interval
+from usvc_mesh.manifests import MeshError
+from usvc_mesh.procs import free_port
+
+from .prometheus import Prometheus, PrometheusError, scrape_interval, wait_scraped
 from .rss import RssSampler, rss_rows, rss_table
 from .scenarios import SCENARIOS
 from .slo import (
@@ -233,11 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.prometheus == "auto":
             assert state is not None
-            targets = state.targets()
-            prometheus = Prometheus(scrape_config(targets), out / "prometheus")
+            prometheus = Prometheus(state.scrape_config(), out / "prometheus", free_port())
             prometheus.start()
-            prometheus.wait_scraped(len(targets))
-            print(f"load: prometheus {prometheus.url} scrapes {len(targets)} targets")
+            wait_scraped(prometheus.url, state.target_count())
+            print(f"load: prometheus {prometheus.url} scrapes {state.target_count()} targets")
         prometheus_url = prometheus.url if prometheus else None
         if args.prometheus not in ("auto", "none"):
             prometheus_url = args.prometheus
@@ -257,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sampler.mark("end")
             sampler.stop()
         return gate(args, slo, out, prometheus_url, window_start, sampler)
-    except PrometheusError as exc:
+    except (PrometheusError, MeshError) as exc:  # MeshError: Prometheus did not start
         print(f"load: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .prometheus import ENVOY_JOB, Target
+from .prometheus import scrape_config
 
 STATE_FILE = "mesh.json"
 
@@ -65,18 +65,17 @@ class MeshState:
             stand_ins={name: _ports(v) for name, v in state.get("stand_ins", {}).items()},
         )
 
-    def targets(self) -> list[Target]:
-        """Every workload (its /metrics) and the gateway Envoy (its admin stats)."""
-        found = [
-            Target(name, tuple(f"127.0.0.1:{port}" for port in ports))
+    def scrape_config(self) -> dict[str, Any]:
+        """Prometheus's configuration: every workload replica (its /metrics) and Envoy."""
+        replicas: dict[str, tuple[int, Mapping[str, str]]] = {
+            name if len(ports) == 1 else f"{name}-{index + 1}": (port, {})
             for name, ports in self.workloads.items()
-            if ports
-        ]
-        if self.admin_port is not None:
-            found.append(
-                Target(ENVOY_JOB, (f"127.0.0.1:{self.admin_port}",), {}, "/stats/prometheus")
-            )
-        return found
+            for index, port in enumerate(ports)
+        }
+        return scrape_config(replicas, self.admin_port)
+
+    def target_count(self) -> int:
+        return sum(len(ports) for ports in self.workloads.values()) + (self.admin_port is not None)
 
     def processes(self) -> dict[str, int]:
         """A name for each process of the mesh -> its pid, found in /proc.

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from load.cli import duration, main
-from load.prometheus import scrape_config
 from load.rss import RssRow, rss_table
 from load.slo import Limits, Measured, Slo, SloError, judge, load_slo, read_locust
 from load.targets import MeshState
@@ -103,7 +102,7 @@ def test_the_load_tool_does_not_import_locust() -> None:
     assert "locust" not in sys.modules
 
 
-def test_every_workload_of_the_state_file_is_scraped_and_envoy_by_its_admin_port(
+def test_every_workload_replica_of_the_state_file_is_scraped_and_envoy_by_its_admin_port(
     tmp_path: Path,
 ) -> None:
     state = {
@@ -114,14 +113,15 @@ def test_every_workload_of_the_state_file_is_scraped_and_envoy_by_its_admin_port
         "stand_ins": {},
     }
     (tmp_path / "mesh.json").write_text(json.dumps(state))
-    jobs = scrape_config(MeshState.read(tmp_path).targets())["scrape_configs"]
+    jobs = MeshState.read(tmp_path).scrape_config()["scrape_configs"]
     found = {
         job["job_name"]: (job["static_configs"][0]["targets"], job.get("metrics_path"))
         for job in jobs
     }
     assert found == {
         "front": (["127.0.0.1:1001"], None),
-        "middle": (["127.0.0.1:1002", "127.0.0.1:1003"], None),
+        "middle-1": (["127.0.0.1:1002"], None),
+        "middle-2": (["127.0.0.1:1003"], None),
         "envoy": (["127.0.0.1:9901"], "/stats/prometheus"),
     }
 
