@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,11 @@ def test_an_unknown_gateway_without_a_prometheus_is_refused_before_any_load(
     argv = ["--url", "http://127.0.0.1:9", "--mesh-run-dir", str(tmp_path)]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert "pass --prometheus URL" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_tes_is_the_original_stress_test_through_dev_load() -> None:
+    shown = subprocess.run(
+        ["make", "-n", "-s", "tes"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.split() == ["./dev", "load", "--scenario", "stress", "--duration", "600s"]
