@@ -81,13 +81,13 @@ class MeshState:
         """A name for each process of the mesh -> its pid, found in /proc.
 
         A workload or stand-in is the process whose environment has its PORT;
-        ``envoy`` is the Envoy; replicas get ``#1``, ``#2``… after the name.
+        ``envoy`` is the Envoy; replicas are ``NAME-1``, ``NAME-2``…, as the mesh names them.
         """
         by_port: dict[int, str] = {}
         for names in (self.workloads, self.stand_ins):
             for name, ports in names.items():
                 for index, port in enumerate(ports):
-                    by_port[port] = name if len(ports) == 1 else f"{name}#{index + 1}"
+                    by_port[port] = name if len(ports) == 1 else f"{name}-{index + 1}"
         found: dict[str, int] = {}
         for pid in descendants(self.supervisor_pid) if self.supervisor_pid else []:
             listens = _env_port(pid)
