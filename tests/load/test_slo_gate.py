@@ -147,3 +147,12 @@ def test_the_mixed_scenario_gates_every_hop_of_its_three_routes(mixed: Run) -> N
     assert mixed.status == 0
     hops = {row["name"] for row in mixed.report["measured"] if not row["name"].startswith("locust")}
     assert hops == {"gateway", "front", "middle", "core", "clock"}
+
+
+def test_a_run_against_the_local_mesh_reports_the_rss_of_every_process(
+    healthy: Run, mesh: LocalMesh
+) -> None:
+    rss = healthy.report["rss_kib"]
+    expected = {*mesh.workloads, *mesh.stand_ins, "envoy"}
+    assert set(rss["before"]) == expected
+    assert all(kib > 0 for kib in rss["end"].values())
