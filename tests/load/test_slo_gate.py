@@ -153,6 +153,11 @@ def test_a_run_against_the_local_mesh_reports_the_rss_of_every_process(
     healthy: Run, mesh: LocalMesh
 ) -> None:
     rss = healthy.report["rss_kib"]
-    expected = {*mesh.workloads, *mesh.stand_ins, "envoy"}
+    replicas = {
+        name if len(workload.members) == 1 else f"{name}-{index + 1}"
+        for name, workload in mesh.workloads.items()
+        for index in range(len(workload.members))
+    }
+    expected = {*replicas, *mesh.stand_ins, "envoy"}
     assert set(rss["before"]) == expected
     assert all(kib > 0 for kib in rss["end"].values())

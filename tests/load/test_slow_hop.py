@@ -30,6 +30,7 @@ KINDS = [("plain", {}), ("stressTest", {"x-dev-user": "stressTest"})]
 # Every caller holds a request for at most its deadline: rate x deadline, with
 # room for the requests admitted while others time out.
 IN_FLIGHT_BOUND = RATE * DEADLINE * 1.5 + 5
+GAUGE = "http_server_requests_in_flight "
 HOPS = ("front", "middle-canary", "middle-prod", "core-prod", "core-test")
 WORKLOADS = (*HOPS, "middle-dev", "clock")
 
@@ -37,17 +38,20 @@ WORKLOADS = (*HOPS, "middle-dev", "clock")
 @dataclass(frozen=True)
 class SlowHop:
     sent: list[Sent]
-    most_in_flight: dict[str, int]  # per workload, while the traffic ran
+    most_in_flight: dict[str, int]  # per workload (all replicas), while the traffic ran
     in_flight_after: dict[str, int]  # DEADLINE + 1 s after the traffic stopped
 
 
-async def in_flight(client: aiohttp.ClientSession, url: str) -> int:
-    async with client.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith("http_server_requests_in_flight "):
-            return int(float(line.split()[1]))
-    raise AssertionError(f"{url}/metrics has no http_server_requests_in_flight")
+async def in_flight(client: aiohttp.ClientSession, urls: list[str]) -> int:
+    """Requests in flight in a workload: the sum over its replicas."""
+    total = 0
+    for url in urls:
+        async with client.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+        found = [line for line in text.splitlines() if line.startswith(GAUGE)]
+        assert found, f"{url}/metrics has no {GAUGE.strip()}"
+        total += int(float(found[0].split()[1]))
+    return total
 
 
 def delay_core(doc: dict[str, Any]) -> None:
@@ -65,7 +69,7 @@ def slow_hop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowHop]:
         scenarios = tmp / "k8s" / "mesh" / "scenarios"
         scenario_with(scenarios / "current.yaml", scenarios / "slow-core.yaml", delay_core)
         mesh.use("slow-core")
-        urls = {name: mesh.workloads[name].url for name in HOPS}
+        urls = {name: [m.url for m in mesh.workloads[name].members] for name in HOPS}
 
         async def run() -> SlowHop:
             most = dict.fromkeys(HOPS, 0)
