@@ -99,13 +99,22 @@ def test_requests_bound_for_clock_fail_while_it_is_down(outage: Outage) -> None:
     assert all(500 <= s.status <= 599 for s in during), statuses
 
 
-def test_requests_bound_for_clock_fail_fast_while_it_is_down(outage: Outage) -> None:
-    times = sorted(s.seconds for s in outage.during())
+def test_requests_bound_for_clock_fail_fast_once_the_mesh_knows_it_is_down(
+    outage: Outage,
+) -> None:
+    # Within a probe period of the stop Envoy still tries clock's port, and
+    # Istio's default retries (2, 25 ms base backoff) take up to ~80 ms more;
+    # from then on the health check has taken clock out of the endpoints.
+    noticed = outage.stopped + PROBE_PERIOD + 0.5
+    first = sorted(s.seconds for s in outage.during() if s.at < noticed)
+    times = sorted(s.seconds for s in outage.during() if s.at >= noticed)
     print(
-        f"failure latency: median {times[len(times) // 2] * 1000:.1f} ms, "
-        f"max {times[-1] * 1000:.1f} ms over {len(times)}"
+        f"failure latency before the health check noticed: max {first[-1] * 1000:.1f} ms; "
+        f"after: median {times[len(times) // 2] * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms "
+        f"over {len(times)}"
     )
     slow = [round(t * 1000, 1) for t in times if t >= FAST]
+    assert len(times) >= 25
     assert slow == [], f"{len(slow)} of {len(times)} failures took >= {FAST * 1000:.0f} ms"
 
 
