@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +66,11 @@ class MeshState:
         )
 
     def scrape_config(self) -> dict[str, Any]:
-        """Prometheus's configuration: every workload replica (its /metrics) and Envoy."""
-        replicas: dict[str, tuple[int, Mapping[str, str]]] = {
-            name if len(ports) == 1 else f"{name}-{index + 1}": (port, {})
-            for name, ports in self.workloads.items()
-            for index, port in enumerate(ports)
+        """Prometheus's configuration: a job per workload, each replica a target; and Envoy."""
+        workloads: dict[str, tuple[Sequence[int], Mapping[str, str]]] = {
+            name: (ports, {}) for name, ports in self.workloads.items() if ports
         }
-        return scrape_config(replicas, self.admin_port)
+        return scrape_config(workloads, self.admin_port)
 
     def target_count(self) -> int:
         return sum(len(ports) for ports in self.workloads.values()) + (self.admin_port is not None)

@@ -122,8 +122,7 @@ def test_every_workload_replica_of_the_state_file_is_scraped_and_envoy_by_its_ad
     }
     assert found == {
         "front": (["127.0.0.1:1001"], None),
-        "middle-1": (["127.0.0.1:1002"], None),
-        "middle-2": (["127.0.0.1:1003"], None),
+        "middle": (["127.0.0.1:1002", "127.0.0.1:1003"], None),
         "envoy": (["127.0.0.1:9901"], "/stats/prometheus"),
     }
 
