@@ -5,7 +5,7 @@ up:
 test:
 	./dev test
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy framework/usvc mesh/usvc_mesh services bench
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy framework/usvc mesh/usvc_mesh services bench load
 bench:
 	./dev bench
 

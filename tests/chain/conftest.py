@@ -64,7 +64,11 @@ def scenario_with(source: Path, target: Path, edit: Any) -> None:
     target.write_text(yaml.safe_dump_all(docs))
 
 
-def start_mesh(tmp: Path, scenario: str = "current") -> LocalMesh:
+def start_mesh(
+    tmp: Path,
+    scenario: str = "current",
+    env_overrides: dict[str, dict[str, str]] | None = None,
+) -> LocalMesh:
     manifests = tmp / "k8s"
     if not manifests.exists():
         shutil.copytree(ROOT / "k8s", manifests)
@@ -74,6 +78,7 @@ def start_mesh(tmp: Path, scenario: str = "current") -> LocalMesh:
         gateway_port=free_port(),
         run_dir=tmp / "run",
         base_env={"OTEL_TRACES_EXPORTER": "none", "PATH": "/usr/bin:/bin"},
+        env_overrides=env_overrides or {},
     )
     mesh.start()
     return mesh

@@ -31,14 +31,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.procs import ROOT, free_port, http_ok
+from tests.procs import ROOT, free_port
 from usvc_mesh.manifests import Layout
 from usvc_mesh.procs import terminate
 from usvc_mesh.supervisor import LocalMesh
 from usvc_mesh.telemetry import scrape_targets
-from usvc_mesh.telemetry.prometheus import scrape_config
+from usvc_mesh.telemetry.prometheus import Prometheus, scrape_config
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -135,48 +134,21 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     )
     mesh.env_overrides = mesh.layout.scenario_env("retry")
     mesh.start()
-    prometheus: subprocess.Popen[bytes] | None = None
     istio_port = free_port()
     istio = subprocess.Popen(
         [sys.executable, "-m", "tests.telemetry.istio_metrics", str(istio_port)], cwd=ROOT
     )
+    # The starter `usvc up --telemetry` and the load test use; it writes tmp/prometheus.yml.
+    prometheus = Prometheus(prometheus_config(mesh, RULES, istio_port), tmp, free_port())
     try:
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            yaml.safe_dump(prometheus_config(mesh, RULES, istio_port), sort_keys=False)
-        )
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with (tmp / "prometheus.log").open("w") as log:
-            prometheus = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 20
-        while not http_ok(f"{url}/-/ready"):
-            if prometheus.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prometheus did not start:\n{(tmp / 'prometheus.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.05)
+        prometheus.start()
+        url, config = prometheus.url, tmp / "prometheus.yml"
         assert mesh.ports is not None
         gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
         replicas = sum(len(w.members) for w in mesh.workloads.values())
         asyncio.run(drive(gateway, url, replicas))
         yield Observed(mesh, url, config, at=time.time())
     finally:
-        if prometheus is not None:
-            prometheus.terminate()
-            try:
-                prometheus.wait(10)
-            except subprocess.TimeoutExpired:
-                prometheus.kill()
-                prometheus.wait()
+        prometheus.stop()
         terminate(istio)
         mesh.stop()
