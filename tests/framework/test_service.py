@@ -394,5 +394,5 @@ async def test_ignored_trace_headers_are_logged_at_debug_at_most_once_a_second(
                     assert resp.status == 200
     lines = [r for r in caplog.records if r.getMessage() == "ignored trace headers"]
     assert len(lines) == 1
-    assert "traceparent" in lines[0].problems[0]
+    assert "traceparent" in lines[0].__dict__["problems"][0]
     assert svc._header_problems.suppressed == 49

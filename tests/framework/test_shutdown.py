@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -51,7 +52,7 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def slow_service(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def slow_service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     (tmp_path / "slow.py").write_text(SLOW_SERVICE)
     port = free_port()
     env = {
