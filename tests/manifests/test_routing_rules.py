@@ -1,4 +1,4 @@
-"""The scenarios route as DESIGN.md's rule table says.
+"""The scenarios route as the README's rule table says (docs/design.md).
 
 A small resolver walks the rendered VirtualServices the way Envoy does (first
 matching http entry wins) and tells which subsets answer a caller.

@@ -1,6 +1,6 @@
 """The translator, without Envoy: each Istio field becomes the Envoy field istiod writes.
 
-References: /work/shared/ISTIO-ENVOY-MAPPING.md (istiod's route.go, retry.go,
+References: docs/istio-envoy.md (from istiod's route.go, retry.go,
 cluster_traffic_policy.go) and Istio's own validation for what is an error.
 """
 
