@@ -11,6 +11,8 @@ import pytest
 
 from bench.builds import single_builds
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from usvc_mesh.supervisor import LocalMesh
 
 from .conftest import JSON, fetch_many, gateway, hops, path_of
+
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
 
 
 async def test_no_header_goes_to_middle_prod_or_canary_and_core_prod(mesh: LocalMesh) -> None:

@@ -17,6 +17,8 @@ from usvc_mesh.supervisor import LocalMesh
 
 from .conftest import fetch_many, gateway, scenario_with, start_mesh
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 BETA = {"x-dev-user": "betaUser"}
 
 

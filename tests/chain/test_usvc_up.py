@@ -14,6 +14,8 @@ import pytest
 
 from tests.procs import ROOT, free_port, http_ok
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -88,7 +90,7 @@ def test_usvc_up_serves_the_chain_switches_scenario_and_leaves_nothing_behind(
                 assert "middle v2 (canary)" in resp.read().decode()
     finally:
         up.send_signal(signal.SIGINT)
-        up.wait(30)
+        up.communicate(timeout=30)  # waits, and closes its pipes
     assert up.returncode == 0
     time.sleep(0.2)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
@@ -177,5 +179,5 @@ def test_the_readmes_first_command_runs_the_chain(tmp_path: Path) -> None:
             assert resp.read().decode().startswith("took (")
     finally:
         up.send_signal(signal.SIGTERM)
-        up.wait(30)
+        up.communicate(timeout=30)  # waits, and closes its pipes
     assert up.returncode == 0

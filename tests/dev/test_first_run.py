@@ -61,7 +61,7 @@ def dev_up(clone: Path, run_dir: Path) -> Run:
             reply = resp.read().decode()
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        proc.communicate(timeout=60)  # waits, and closes its pipes
     return Run(lines, seconds, reply)
 
 

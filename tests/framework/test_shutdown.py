@@ -74,6 +74,8 @@ def slow_service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    assert proc.stderr is not None
+    proc.stderr.close()
 
 
 async def test_sigterm_with_50_slow_requests_in_flight_loses_none(

@@ -21,6 +21,8 @@ from tools.dashboards import defaults, expand
 
 from .conftest import MISSING, PROMTOOL, RULES, RULES_TEST, Observed
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 DASHBOARD_DIR = ROOT / "helm" / "usvc" / "dashboards"
 DASHBOARDS: dict[str, dict[str, Any]] = {
     path.stem: json.loads(path.read_text()) for path in sorted(DASHBOARD_DIR.glob("*.json"))
