@@ -1232,6 +1232,7 @@ span_ids = st.integers(1, (1 << 64) - 1)
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(header_lists)
 def test_extract_never_raises(pairs: list[tuple[str, str]]) -> None:
@@ -1249,6 +1250,7 @@ def _choose_trace_id(incoming: Incoming, fresh: int, restart: bool) -> int:
     return fresh if incoming.trace_id is None or restart else incoming.trace_id
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(
     header_lists,
@@ -1276,6 +1278,7 @@ def test_anything_injected_is_strictly_valid(
     assert_strictly_valid(out, ("x-dev-user", "x-tenant"))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(header_lists, st.integers(1, (1 << 128) - 1), span_ids, st.booleans(), formats)
 def test_nothing_outside_the_allow_list_is_ever_written(
@@ -1337,6 +1340,7 @@ extras = st.lists(
 )
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(
     valid_contexts,

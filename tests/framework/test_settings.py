@@ -190,6 +190,7 @@ def test_every_bad_value_stops_the_process_with_one_line_and_exit_2(
     assert result.stderr.startswith(f"usvc: configuration error: {starts}"), result.stderr
 
 
+@pytest.mark.slow
 def test_usvc_run_stops_at_start_with_one_line_naming_the_bad_variable(tmp_path: Path) -> None:
     (tmp_path / "tiny.py").write_text("import usvc\nsvc = usvc.Service('tiny')\n")
     result = subprocess.run(

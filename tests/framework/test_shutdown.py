@@ -78,6 +78,7 @@ def slow_service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]
     proc.stderr.close()
 
 
+@pytest.mark.slow
 async def test_sigterm_with_50_slow_requests_in_flight_loses_none(
     slow_service: tuple[subprocess.Popen[bytes], str],
 ) -> None:

@@ -187,6 +187,7 @@ def test_there_is_a_rules_target_per_scenario_and_no_other() -> None:
     assert result.returncode != 0
 
 
+@pytest.mark.slow
 @needs_make
 def test_make_helm_lint_passes() -> None:
     result = subprocess.run(

@@ -12,6 +12,8 @@ import pytest
 
 from tests.procs import Proc, free_port, start
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 HOST = socket.gethostname()
 
