@@ -58,6 +58,7 @@ def read_response(sock: socket.socket) -> bytes:
     return received
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_half_a_head_is_closed_after_the_head_timeout(
     service: ServiceProcess,
 ) -> None:
@@ -68,6 +69,7 @@ def test_a_connection_that_sends_half_a_head_is_closed_after_the_head_timeout(
         assert time.monotonic() - started < HEAD_TIMEOUT + 2
 
 
+@pytest.mark.slow
 def test_a_head_dribbled_a_byte_at_a_time_is_cut_off_at_the_head_timeout(
     service: ServiceProcess,
 ) -> None:
@@ -98,6 +100,7 @@ def test_a_head_split_across_several_writes_within_the_timeout_is_served(
         assert read_response(sock).startswith(b"HTTP/1.1 200 OK")
 
 
+@pytest.mark.slow
 def test_an_idle_keep_alive_connection_outlives_the_head_timeout_and_serves_again(
     service: ServiceProcess,
 ) -> None:

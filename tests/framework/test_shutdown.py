@@ -128,6 +128,7 @@ async def in_flight(service: ServiceProcess) -> float:
     return float(line.split()[1])
 
 
+@pytest.mark.slow
 async def test_shutdown_ends_within_drain_plus_shutdown_timeout_and_logs_how_many_it_cut(
     tmp_path: Path,
 ) -> None:

@@ -147,6 +147,7 @@ def test_plain_manifests_validate_offline() -> None:
     assert tool.validate_k8s() == []
 
 
+@pytest.mark.slow
 def test_validation_names_the_scenario_file_of_a_broken_rule(tmp_path: Path) -> None:
     tool.write(tmp_path)
     scenario = tmp_path / "mesh" / "scenarios" / "canary.yaml"

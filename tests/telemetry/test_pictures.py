@@ -13,6 +13,8 @@ from tests.procs import ROOT
 
 from .conftest import MISSING, PROMETHEUS
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 pytest.importorskip("matplotlib", reason="the docs extra (pip install -e '.[docs]')")
 
 

@@ -24,6 +24,8 @@ from tests.procs import ROOT, free_port, http_ok
 from usvc_mesh.procs import terminate
 from usvc_mesh.telemetry.waterfall import Span, read_spans, spans_files, trace
 
+pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
+
 USVC = str(Path(sys.executable).with_name("usvc"))
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 MISSING_ZONE = "http://worldtimeapi.org/api/timezone/Nowhere/Atlantis"
@@ -240,3 +242,4 @@ def test_the_collector_answers_400_to_a_body_that_is_not_otlp(run: Run) -> None:
     with pytest.raises(urllib.error.HTTPError) as failed:
         DIRECT.open(request, timeout=5)
     assert failed.value.code == 400
+    failed.value.close()  # an HTTPError holds the response, and its socket, open
