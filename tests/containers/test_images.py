@@ -26,7 +26,7 @@ USVC_SERVICES = ("front", "middle", "core", "clock")
 
 
 def deployments() -> list[dict[str, Any]]:
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path in sorted((ROOT / "k8s" / "workloads").glob("*.yaml")):
         docs.extend(
             d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Deployment"
