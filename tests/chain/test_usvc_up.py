@@ -126,7 +126,7 @@ def test_envoy_dying_ends_usvc_up_with_status_1_and_envoys_last_lines(tmp_path: 
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)
-            up.wait(30)
+            up.communicate(timeout=30)
     assert up.returncode == 1
     assert "usvc up: envoy was killed by SIGKILL; its last lines:" in stderr
 
@@ -137,11 +137,11 @@ def test_sighup_stops_every_child_as_ctrl_c_does(tmp_path: Path) -> None:
         wait_for_line(up, "ready in ")
         children = children_of(up.pid)
         up.send_signal(signal.SIGHUP)
-        up.wait(30)
+        up.communicate(timeout=30)  # waits, and closes its pipes
     finally:
         if up.poll() is None:
             up.kill()
-            up.wait()
+            up.communicate()
     assert up.returncode == 0
     time.sleep(0.2)
     assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
