@@ -1,7 +1,7 @@
 # Every workflow the README mentions. `./dev` does the set-up; these are shorthands.
 # Each target has a `## name: text` line above it; `make help` lists them.
 .DEFAULT_GOAL := help
-.PHONY: help up test test-fast lint bench load lock
+.PHONY: help up test test-fast lint bench lock
 
 ## help: list the targets
 help:
@@ -26,10 +26,6 @@ lint:
 ## bench: the benchmarks against bare aiohttp (not part of the tests)
 bench:
 	./dev bench
-
-## load: Locust against the running chain's gateway, gated on SLOs (docs/load.md)
-load:
-	./dev load
 
 ## lock: re-resolve requirements/*.txt after a change to setup.cfg or mesh/setup.cfg
 lock:
