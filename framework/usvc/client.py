@@ -281,7 +281,7 @@ class ClientInstrumentation:
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, parent.trace_flags))
         else:  # a call outside any request starts a trace of its own
             trace_id, parent = tracing.new_trace_id(), None
-            sampled = tracing.enabled and tracing.decider.sampled(Sampling.DEFER, trace_id)
+            sampled = tracing.enabled and tracing.head_sampler.sampled(Sampling.DEFER, trace_id)
             self.propagator.inject(
                 EMPTY, trace_id, span_id, sampled, headers, random_trace_id=tracing.random_trace_ids
             )

@@ -18,7 +18,7 @@ What OpenTelemetry's ``SpanContext`` cannot hold (B3 debug, a 64-bit trace
 id, a Level 2 tracestate key, the caller's pass-through headers) is kept in
 the context beside it, so a span continuing an extracted context re-emits it.
 Its trace flags have no "defer": a deferred B3 decision reaches an SDK
-sampler as not sampled (usvc's own sampler, :class:`usvc.tracing.Decider`,
+sampler as not sampled (usvc's own sampler, :class:`usvc.tracing.HeadSampler`,
 reads usvc's parse instead). Inside a usvc request, injection uses that
 request's context (``usvc.context.current``).
 """

@@ -203,7 +203,7 @@ class Service:
         # NonRecordingSpan, not an SDK span the exporter would drop anyway.
         tracing = self.tracing
         trace_id = incoming.trace_id or tracing.new_trace_id()
-        sampled = tracing.decider.sampled(incoming.sampling, trace_id)
+        sampled = tracing.head_sampler.sampled(incoming.sampling, trace_id)
         span_id = tracing.new_span_id()
         span: Span
         if sampled and tracing.enabled:
@@ -420,12 +420,12 @@ async def serve(
     """
     settings = service.settings
     stop = stop or asyncio.Event()
-    hurry = asyncio.Event()
+    second_signal = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
-            hurry.set()
+            second_signal.set()
         log.info("received %s, draining", signal.Signals(signum).name)
         stop.set()
 
@@ -470,7 +470,7 @@ async def serve(
         service.health.draining = True
         if settings.drain_seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
+                await asyncio.wait_for(second_signal.wait(), settings.drain_seconds)
     finally:
         stop_by = loop.time() + settings.shutdown_timeout
         service.stop_by = stop_by

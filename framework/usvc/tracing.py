@@ -3,7 +3,7 @@
 Trace headers are parsed by :mod:`usvc.propagation`, not by OpenTelemetry's
 propagators (``tests/framework/test_otel_interop.py`` shows where they
 differ), so a request's sampling is decided here from that parse
-(:class:`Decider`), before any span exists. The spans usvc makes itself are
+(:class:`HeadSampler`), before any span exists. The spans usvc makes itself are
 :class:`usvc.spans.UsvcSpan`; they reach the provider's span processors
 (``on_start`` and ``on_end``) and exporters like any SDK span, within the
 provider's span limits and with ids from its id generator.
@@ -41,7 +41,7 @@ from .version import USVC_VERSION
 log = logging.getLogger("usvc.tracing")
 
 
-class Decider:
+class HeadSampler:
     """The sampling decision for a request's server span, made before any span exists.
 
     Parent-based like OTEL_TRACES_SAMPLER says, but from usvc's parse of the
@@ -157,7 +157,7 @@ class Tracing:
         self.id_generator = self.provider.id_generator
         # W3C Level 2: only a generator that says so earns the random-trace-id flag.
         self.random_trace_ids = self.id_generator.is_trace_id_random()
-        self.decider = Decider(settings)
+        self.head_sampler = HeadSampler(settings)
         self.scope = InstrumentationScope("usvc", USVC_VERSION)
         if exporter is None and self.enabled:
             exporter = build_exporter(settings)

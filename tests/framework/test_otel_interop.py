@@ -183,7 +183,7 @@ def test_difference_a_level_2_tracestate_key_is_kept() -> None:
 def test_difference_b3_defer_stays_a_deferred_decision() -> None:
     # "Defer is absence of the sampling field": the receiver decides. OpenTelemetry
     # makes the decision itself (1.45 reads it as accept); usvc keeps "defer", and
-    # its sampler (usvc.tracing.Decider) lets the root ratio decide.
+    # its sampler (usvc.tracing.HeadSampler) lets the root ratio decide.
     header = f"{TRACE}-{SPAN}"
     otel = span_context(B3SingleFormat().extract({"b3": header}))
     assert otel.trace_flags.sampled

@@ -44,6 +44,8 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 # Installed into the base image: the framework with its optional fast event loop.
 FRAMEWORK_EXTRAS = "fast"
+# The framework's runtime dependencies (with FRAMEWORK_EXTRAS), pinned: ./dev lock.
+FRAMEWORK_LOCK = "requirements/framework.txt"
 
 Output = Callable[[str], None]
 
@@ -104,8 +106,11 @@ def connect() -> docker.DockerClient:
 def build_wheelhouse(root: Path, out: Output = print) -> Path:
     """``pip wheel`` the framework and its dependencies into ``.run/images/wheelhouse``.
 
-    Skipped when the framework's sources are those the wheelhouse was made
-    from. The source is copied first (``pip wheel`` leaves ``build/`` and
+    The dependencies are exactly the lock's (``requirements/framework.txt``:
+    pinned, hash-checked, made by ``./dev lock``), so an image runs the versions
+    the tests ran; the framework's own wheel is built without resolving again.
+    Skipped when the lock and the framework's sources are those the wheelhouse
+    was made from. The source is copied first (``pip wheel`` leaves ``build/`` and
     ``*.egg-info`` in the tree it builds), and its wheel is reproducible
     (``SOURCE_DATE_EPOCH``), so an unchanged framework keeps the base image's
     build cache valid.
@@ -113,7 +118,12 @@ def build_wheelhouse(root: Path, out: Output = print) -> Path:
     wheelhouse = root / WHEELHOUSE
     sources = sorted(
         p
-        for p in [root / "setup.cfg", root / "pyproject.toml", *(root / "framework").rglob("*")]
+        for p in [
+            root / "setup.cfg",
+            root / "pyproject.toml",
+            root / FRAMEWORK_LOCK,
+            *(root / "framework").rglob("*"),
+        ]
         if p.is_file() and "__pycache__" not in p.parts
     )
     digest = hashlib.sha256(FRAMEWORK_EXTRAS.encode())
@@ -135,26 +145,30 @@ def build_wheelhouse(root: Path, out: Output = print) -> Path:
         shutil.copytree(
             root / "framework", source / "framework", ignore=shutil.ignore_patterns("__pycache__")
         )
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--only-binary=:all:",
-                "--wheel-dir",
-                str(wheelhouse),
-                f"{source}[{FRAMEWORK_EXTRAS}]",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
-        )
-    if result.returncode != 0:
-        raise ImageError(f"pip wheel failed: {_last_line(result.stderr)}")
+        wheel = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--wheel-dir",
+            str(wheelhouse),
+        ]
+        for args in (
+            ["--only-binary=:all:", "--require-hashes", "-r", str(root / FRAMEWORK_LOCK)],
+            [str(source)],
+        ):
+            result = subprocess.run(
+                [*wheel, *args],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
+            )
+            if result.returncode != 0:
+                raise ImageError(f"pip wheel failed: {_last_line(result.stderr)}")
     stamp.write_text(digest.hexdigest())
     wheels = sorted(p.name for p in wheelhouse.glob("*.whl"))
     out(f"wheelhouse: {len(wheels)} wheels in {WHEELHOUSE} in {time.monotonic() - started:.1f}s")
