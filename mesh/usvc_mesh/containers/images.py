@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import venv
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -103,6 +105,22 @@ def connect() -> docker.DockerClient:
     return client
 
 
+def pip_command(root: Path) -> list[str]:
+    """A pip to run ``pip wheel`` with: this interpreter's, or one in a scratch venv.
+
+    ``./dev`` makes its venv without pip (uv installs into it), so when this
+    interpreter has none, a venv with pip (the standard library's ensurepip:
+    no download) is made once under ``.run/images/`` and reused.
+    """
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    scratch = root / ".run" / "images" / "pip-venv"
+    python = scratch / "bin" / "python"
+    if not python.exists():
+        venv.create(scratch, with_pip=True, clear=True)
+    return [str(python), "-m", "pip"]
+
+
 def build_wheelhouse(root: Path, out: Output = print) -> Path:
     """``pip wheel`` the framework and its dependencies into ``.run/images/wheelhouse``.
 
@@ -146,9 +164,7 @@ def build_wheelhouse(root: Path, out: Output = print) -> Path:
             root / "framework", source / "framework", ignore=shutil.ignore_patterns("__pycache__")
         )
         wheel = [
-            sys.executable,
-            "-m",
-            "pip",
+            *pip_command(root),
             "wheel",
             "--quiet",
             "--disable-pip-version-check",
