@@ -15,7 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -29,6 +29,7 @@ DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
 class Engine:
     root: Path
     process: subprocess.Popen[bytes]
+    _client: docker.DockerClient | None = field(default=None, repr=False)
 
     @property
     def socket(self) -> Path:
@@ -52,7 +53,10 @@ class Engine:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.host, timeout=300)
+        """One SDK client for the whole tier, closed with the engine (its socket too)."""
+        if self._client is None:
+            self._client = docker.DockerClient(base_url=self.host, timeout=300)
+        return self._client
 
     def cli(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         result = subprocess.run(
@@ -68,6 +72,9 @@ class Engine:
         return result.stdout
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
