@@ -94,6 +94,12 @@ class Project:
 def connect() -> docker.DockerClient:
     """The engine ``DOCKER_HOST`` names (or the default socket), or an ImageError naming it."""
     where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if where.startswith("unix://") and not Path(where.removeprefix("unix://")).exists():
+        # Said before the SDK tries (its failed connect also leaks the socket object).
+        raise ImageError(
+            f"cannot reach the Docker engine at {where} (set DOCKER_HOST to another): "
+            "no such socket; is dockerd running?"
+        )
     try:
         client = docker.from_env(timeout=600)
         client.ping()
