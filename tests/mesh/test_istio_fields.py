@@ -8,14 +8,16 @@ fields are Istio's (istio.io/latest/docs/reference/config/networking/virtual-ser
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tools.istio_fields import DOC, main
 from usvc_mesh import istio_fields
 from usvc_mesh.istio_fields import APPLIED, NO_EFFECT, NOT_APPLIED, Row
-from usvc_mesh.spec import MESSAGES, Spec, UnsupportedField, message
+from usvc_mesh.spec import MESSAGES, Message, Spec, UnsupportedField, message
 from usvc_mesh.translation import translate
 
 
@@ -129,3 +131,165 @@ def test_a_message_read_where_it_is_not_declared_is_caught() -> None:
             istio_fields.rows()
     finally:
         MESSAGES.remove(declared)
+
+
+def _policy(consistent_hash: dict[str, Any], *, ports: bool) -> dict[str, Any]:
+    """A trafficPolicy with every section the translator reads, at the top and for port 80."""
+    policy: dict[str, Any] = {
+        "loadBalancer": {"consistentHash": {"httpCookie": {"name": "c"}, **consistent_hash}},
+        "connectionPool": {
+            "tcp": {"maxConnections": 5, "tcpKeepalive": {"time": "10s"}},
+            "http": {"http1MaxPendingRequests": 5},
+        },
+        "outlierDetection": {"consecutive5xxErrors": 3},
+        "tls": {"mode": "DISABLE"},
+    }
+    if ports:
+        port_policy = _policy(consistent_hash, ports=False)
+        policy["portLevelSettings"] = [{"port": {"number": 80}, **port_policy}]
+    return policy
+
+
+def _rule(name: str, host: str, consistent_hash: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": name},
+        "spec": {
+            "host": host,
+            "trafficPolicy": _policy(consistent_hash, ports=True),
+            "subsets": [
+                {
+                    "name": "v1",
+                    "labels": {"v": "1"},
+                    "trafficPolicy": _policy(consistent_hash, ports=True),
+                }
+            ],
+        },
+    }
+
+
+def _networking(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": kind,
+        "metadata": {"name": kind.lower()},
+        "spec": spec,
+    }
+
+
+CORE = {"host": "core", "port": {"number": 80}}
+EVERY_MESSAGE = [
+    {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "core"},
+        "spec": {"template": {"metadata": {"labels": {"app": "core", "v": "1"}}}},
+    },
+    {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "core"},
+        "spec": {"selector": {"app": "core"}, "ports": [{"port": 80, "name": "http"}]},
+    },
+    _networking(
+        "ServiceEntry",
+        {
+            "hosts": ["ext.example.com"],
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "resolution": "STATIC",
+            "endpoints": [{"address": "127.0.0.1", "labels": {"v": "1"}}],
+        },
+    ),
+    _rule("ring", "core", {"ringHash": {"minimumRingSize": 64}}),
+    _rule("maglev", "ext.example.com", {"maglev": {"tableSize": 7}}),
+    _networking(
+        "Gateway",
+        {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {
+                    "port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                    "hosts": ["*"],
+                    "tls": {"httpsRedirect": False},
+                }
+            ],
+        },
+    ),
+    _networking(
+        "Sidecar",
+        {"egress": [{"hosts": ["*/*"]}], "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}},
+    ),
+    _networking(
+        "VirtualService",
+        {
+            "hosts": ["core"],
+            "http": [
+                {
+                    "match": [
+                        {
+                            "uri": {"prefix": "/a"},
+                            "scheme": {"exact": "http"},
+                            "method": {"exact": "GET"},
+                            "authority": {"prefix": "core"},
+                            "headers": {"x": {"exact": "y"}},
+                            "withoutHeaders": {"z": {"prefix": "q"}},
+                            "queryParams": {"p": {"exact": "1"}},
+                        }
+                    ],
+                    "route": [
+                        {
+                            "destination": CORE,
+                            "headers": {
+                                "request": {"set": {"a": "b"}},
+                                "response": {"add": {"c": "d"}},
+                            },
+                        }
+                    ],
+                    "headers": {"request": {"remove": ["e"]}, "response": {"set": {"f": "g"}}},
+                    "mirror": CORE,
+                    "mirrorPercentage": {"value": 10},
+                    "rewrite": {"uriRegexRewrite": {"match": "^/a", "rewrite": "/"}},
+                    "retries": {"attempts": 2},
+                    "fault": {
+                        "delay": {"fixedDelay": "1s", "percentage": {"value": 1}},
+                        "abort": {"httpStatus": 503, "percentage": {"value": 1}},
+                    },
+                    "corsPolicy": {"allowOrigins": [{"exact": "http://x"}]},
+                },
+                {"match": [{"uri": {"prefix": "/r"}}], "redirect": {"uri": "/b"}},
+                {
+                    "match": [{"uri": {"prefix": "/d"}}],
+                    "directResponse": {"status": 200, "body": {"string": "ok"}},
+                },
+                {
+                    "route": [{"destination": {"host": "core"}}],
+                    "mirrors": [{"destination": CORE, "percentage": {"value": 5}}],
+                },
+            ],
+        },
+    ),
+]
+
+
+def test_every_declared_message_is_read_where_it_is_declared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Spec.only asserts each message is read at a declared path; this object set makes the
+    # translator read every declared message at every declared path, so none is untried.
+    read: set[tuple[str, str, str]] = set()
+    declared_at = Message.read_at
+
+    def recording(self: Message, where: str, path: str) -> bool:
+        found = declared_at(self, where, path)
+        read.update(
+            (self.kind, self.name, p)
+            for p in self.paths
+            if declared_at(replace(self, paths=(p,)), where, path)
+        )
+        return found
+
+    monkeypatch.setattr(Message, "read_at", recording)
+    translate(EVERY_MESSAGE, endpoints={"core": ("127.0.0.1", 9001)})
+    declared = {(m.kind, m.name, p) for m in MESSAGES for p in m.paths}
+    assert sorted(declared - read) == []
