@@ -30,6 +30,7 @@ from .registry import H2_PROTOCOLS, Endpoint, MeshHost, Port, Probe, Registry
 from .spec import (
     NANOS_PER_SECOND,
     Spec,
+    message,
     metadata_name,
     metadata_namespace,
     parse_duration,
@@ -83,6 +84,75 @@ _OUTLIER_FIELDS = {
     "minHealthPercent",
 }
 _OUTLIER_UNSUPPORTED = {"consecutiveErrors"}
+_DR = "DestinationRule"
+# Where a trafficPolicy sits, and the places that hold its sections (port-level ones too).
+_POLICIES = ("trafficPolicy", "subsets[].trafficPolicy")
+_SECTIONS = (*_POLICIES, *(f"{p}.portLevelSettings[]" for p in _POLICIES))
+_CONSISTENT_HASH = tuple(f"{s}.loadBalancer.consistentHash" for s in _SECTIONS)
+_DESTINATION_RULE = message(_DR, "DestinationRule", [""], _RULE_FIELDS, _RULE_UNSUPPORTED)
+_TRAFFIC_POLICY = message(_DR, "TrafficPolicy", _POLICIES, _POLICY_FIELDS, _POLICY_UNSUPPORTED)
+_PORT_TRAFFIC_POLICY = message(
+    _DR,
+    "PortTrafficPolicy",
+    [f"{p}.portLevelSettings[]" for p in _POLICIES],
+    {"port", *_POLICY_FIELDS} - {"portLevelSettings"},
+    _POLICY_UNSUPPORTED,
+)
+_PORT_SELECTOR = message(
+    _DR, "PortSelector", [f"{p}.portLevelSettings[].port" for p in _POLICIES], {"number"}
+)
+_SUBSET = message(_DR, "Subset", ["subsets[]"], _SUBSET_FIELDS)
+# The local mesh is plaintext between processes, which is what ISTIO_MUTUAL looks like to
+# the applications; MUTUAL needs client certificates from Kubernetes secrets (_tls).
+_NO_CLIENT_CERTIFICATES = "client certificates (MUTUAL) come from Kubernetes secrets"
+_CLIENT_TLS = message(
+    _DR,
+    "ClientTLSSettings",
+    [f"{s}.tls" for s in _SECTIONS],
+    {"mode", "sni", "caCertificates", "subjectAltNames", "insecureSkipVerify"},
+    dict.fromkeys(
+        ("clientCertificate", "privateKey", "credentialName", "caCrl"), _NO_CLIENT_CERTIFICATES
+    ),
+)
+_LOAD_BALANCER = message(
+    _DR,
+    "LoadBalancerSettings",
+    [f"{s}.loadBalancer" for s in _SECTIONS],
+    _LB_FIELDS,
+    _LB_UNSUPPORTED,
+)
+_CONSISTENT_HASH_LB = message(_DR, "ConsistentHashLB", _CONSISTENT_HASH, _HASH_FIELDS)
+_HTTP_COOKIE = message(
+    _DR, "HTTPCookie", [f"{c}.httpCookie" for c in _CONSISTENT_HASH], {"name", "path", "ttl"}
+)
+_MAGLEV = message(_DR, "MagLev", [f"{c}.maglev" for c in _CONSISTENT_HASH], {"tableSize"})
+_RING_HASH = message(
+    _DR, "RingHash", [f"{c}.ringHash" for c in _CONSISTENT_HASH], {"minimumRingSize"}
+)
+_CONNECTION_POOL = message(
+    _DR, "ConnectionPoolSettings", [f"{s}.connectionPool" for s in _SECTIONS], {"tcp", "http"}
+)
+_TCP = message(_DR, "TCPSettings", [f"{s}.connectionPool.tcp" for s in _SECTIONS], _TCP_FIELDS)
+_KEEPALIVE = message(
+    _DR,
+    "TcpKeepalive",
+    [f"{s}.connectionPool.tcp.tcpKeepalive" for s in _SECTIONS],
+    {"probes", "time", "interval"},
+)
+_HTTP = message(
+    _DR,
+    "HTTPSettings",
+    [f"{s}.connectionPool.http" for s in _SECTIONS],
+    _HTTP_FIELDS,
+    _HTTP_UNSUPPORTED,
+)
+_OUTLIER = message(
+    _DR,
+    "OutlierDetection",
+    [f"{s}.outlierDetection" for s in _SECTIONS],
+    _OUTLIER_FIELDS,
+    _OUTLIER_UNSUPPORTED,
+)
 _SIMPLE = {
     "UNSPECIFIED": "LEAST_REQUEST",
     "LEAST_REQUEST": "LEAST_REQUEST",
@@ -208,7 +278,7 @@ def read_destination_rules(
         name = metadata_name(obj)
         where = f"DestinationRule {name}"
         spec = Spec.of(where, "", obj.get("spec") or {})
-        spec.only("DestinationRule", _RULE_FIELDS, _RULE_UNSUPPORTED)
+        spec.only(_DESTINATION_RULE)
         host_name = spec.required_text("host")
         host = registry.resolve(host_name, metadata_namespace(obj, namespace))
         if host is None:
@@ -220,7 +290,7 @@ def read_destination_rules(
         policy = _policy(spec.child("trafficPolicy"), top=True)
         subsets: dict[str, Subset] = {}
         for subset_spec in spec.children("subsets"):
-            subset_spec.only("Subset", _SUBSET_FIELDS)
+            subset_spec.only(_SUBSET)
             subset_name = subset_spec.required_text("name")
             if subset_name in subsets:
                 raise subset_spec.error("name", f"{subset_name!r} is defined twice")
@@ -429,24 +499,18 @@ def _http_options(port: Port, pool: ConnectionPool) -> dict[str, Any]:
 def _policy(spec: Spec | None, *, top: bool) -> Policy:
     if spec is None:
         return Policy()
-    spec.only(
-        "TrafficPolicy",
-        _POLICY_FIELDS if top else _POLICY_FIELDS - {"portLevelSettings"},
-        _POLICY_UNSUPPORTED,
-    )
+    if top:
+        # A port-level policy was checked as a PortTrafficPolicy (the same fields and port).
+        spec.only(_TRAFFIC_POLICY)
     tls = _tls(spec.child("tls"))
     ports: dict[int, Policy] = {}
     for port_spec in spec.children("portLevelSettings"):
-        port_spec.only(
-            "PortTrafficPolicy",
-            {"port", *_POLICY_FIELDS} - {"portLevelSettings"},
-            _POLICY_UNSUPPORTED,
-        )
+        port_spec.only(_PORT_TRAFFIC_POLICY)
         selector = port_spec.child("port")
         number = selector.integer("number", minimum=1) if selector else None
         if selector is None or number is None:
             raise port_spec.error("port", "needs a number")
-        selector.only("PortSelector", {"number"})
+        selector.only(_PORT_SELECTOR)
         ports[number] = _policy(
             Spec(
                 port_spec.where,
@@ -475,11 +539,7 @@ def _tls(spec: Spec | None) -> OriginatedTls | None:
     # looks like to the applications. SIMPLE is real TLS from the proxy to an
     # upstream (istio.io: "Egress TLS Origination"); MUTUAL needs client
     # certificates from Kubernetes secrets, which are not there locally.
-    spec.only(
-        "ClientTLSSettings",
-        {"mode", "sni", "caCertificates", "subjectAltNames", "insecureSkipVerify"},
-        {"clientCertificate", "privateKey", "credentialName", "caCrl"},
-    )
+    spec.only(_CLIENT_TLS)
     mode = spec.text("mode", "DISABLE")
     if mode in {"DISABLE", "ISTIO_MUTUAL"}:
         return None
@@ -497,7 +557,7 @@ def _tls(spec: Spec | None) -> OriginatedTls | None:
 def _load_balancer(spec: Spec | None) -> LoadBalancer | None:
     if spec is None:
         return None
-    spec.only("LoadBalancerSettings", _LB_FIELDS, _LB_UNSUPPORTED)
+    spec.only(_LOAD_BALANCER)
     simple = spec.text("simple")
     consistent = spec.child("consistentHash")
     if simple is not None and consistent is not None:
@@ -513,7 +573,7 @@ def _load_balancer(spec: Spec | None) -> LoadBalancer | None:
 
 
 def _consistent_hash(spec: Spec) -> LoadBalancer:
-    spec.only("ConsistentHashLB", _HASH_FIELDS)
+    spec.only(_CONSISTENT_HASH_LB)
     keys = [
         key
         for key in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
@@ -535,7 +595,7 @@ def _consistent_hash(spec: Spec) -> LoadBalancer:
     else:
         cookie = spec.child(key)
         assert cookie is not None
-        cookie.only("HTTPCookie", {"name", "path", "ttl"})
+        cookie.only(_HTTP_COOKIE)
         policy = {"cookie": {"name": cookie.required_text("name")}}
         if cookie.has("path"):
             policy["cookie"]["path"] = cookie.text("path")
@@ -545,7 +605,7 @@ def _consistent_hash(spec: Spec) -> LoadBalancer:
     if maglev is not None:
         if spec.has("ringHash") or spec.has("minimumRingSize"):
             raise spec.error("maglev", "and ringHash are mutually exclusive")
-        maglev.only("MagLev", {"tableSize"})
+        maglev.only(_MAGLEV)
         extra: dict[str, Any] = {}
         table = maglev.integer("tableSize", minimum=1)
         if table is not None:
@@ -554,7 +614,7 @@ def _consistent_hash(spec: Spec) -> LoadBalancer:
     ring = spec.child("ringHash")
     minimum = spec.integer("minimumRingSize", minimum=1)
     if ring is not None:
-        ring.only("RingHash", {"minimumRingSize"})
+        ring.only(_RING_HASH)
         minimum = ring.integer("minimumRingSize", minimum=1) or minimum
     # istiod's ring size when none is given.
     return LoadBalancer(
@@ -565,7 +625,7 @@ def _consistent_hash(spec: Spec) -> LoadBalancer:
 def _connection_pool(spec: Spec | None) -> ConnectionPool | None:
     if spec is None:
         return None
-    spec.only("ConnectionPoolSettings", {"tcp", "http"})
+    spec.only(_CONNECTION_POOL)
     thresholds: dict[str, int] = {}
     common: dict[str, Any] = {}
     connect_timeout = None
@@ -574,7 +634,7 @@ def _connection_pool(spec: Spec | None) -> ConnectionPool | None:
     use_client = False
     tcp = spec.child("tcp")
     if tcp is not None:
-        tcp.only("TCPSettings", _TCP_FIELDS)
+        tcp.only(_TCP)
         if value := tcp.integer("maxConnections"):
             thresholds["max_connections"] = value
         connect_timeout = tcp.duration("connectTimeout", minimum_nanos=1_000_000)
@@ -585,7 +645,7 @@ def _connection_pool(spec: Spec | None) -> ConnectionPool | None:
         keepalive = _keepalive(tcp.child("tcpKeepalive"))
     http = spec.child("http")
     if http is not None:
-        http.only("HTTPSettings", _HTTP_FIELDS, _HTTP_UNSUPPORTED)
+        http.only(_HTTP)
         for field_name, threshold in (
             ("http1MaxPendingRequests", "max_pending_requests"),
             ("http2MaxRequests", "max_requests"),
@@ -610,7 +670,7 @@ def _connection_pool(spec: Spec | None) -> ConnectionPool | None:
 def _keepalive(spec: Spec | None) -> dict[str, Any] | None:
     if spec is None:
         return None
-    spec.only("TcpKeepalive", {"probes", "time", "interval"})
+    spec.only(_KEEPALIVE)
     out: dict[str, Any] = {}
     if (probes := spec.integer("probes")) is not None:
         out["keepalive_probes"] = probes
@@ -625,7 +685,7 @@ def _keepalive(spec: Spec | None) -> dict[str, Any] | None:
 def _outlier(spec: Spec | None) -> Outlier | None:
     if spec is None:
         return None
-    spec.only("OutlierDetection", _OUTLIER_FIELDS, _OUTLIER_UNSUPPORTED)
+    spec.only(_OUTLIER)
     out: dict[str, Any] = {"enforcing_success_rate": 0}
     for key, count, enforcing in (
         ("consecutive5xxErrors", "consecutive_5xx", "enforcing_consecutive_5xx"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .procs import is_ip_address
-from .spec import Spec, metadata_name, metadata_namespace
+from .spec import Spec, message, metadata_name, metadata_namespace
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
@@ -322,6 +322,24 @@ _SERVICE_ENTRY_UNSUPPORTED = {"workloadSelector", "subjectAltNames"}
 _SERVICE_PORT_FIELDS = {"number", "protocol", "name", "targetPort"}
 _WORKLOAD_ENTRY_FIELDS = {"address", "ports", "labels", "weight"}
 _WORKLOAD_ENTRY_UNSUPPORTED = {"network", "locality", "serviceAccount"}
+_SE = "ServiceEntry"
+_SERVICE_ENTRY = message(
+    _SE,
+    "ServiceEntry",
+    [""],
+    _SERVICE_ENTRY_FIELDS,
+    _SERVICE_ENTRY_UNSUPPORTED,
+    # addresses are VIPs for TCP capture, location only feeds telemetry: neither changes
+    # local routing (exportTo is checked by translation._check_export_to).
+    ignored={
+        "addresses": "virtual IPs for TCP capture; the local proxies route by host name",
+        "location": "checked (MESH_EXTERNAL or MESH_INTERNAL); it only feeds telemetry",
+    },
+)
+_SERVICE_PORT = message(_SE, "ServicePort", ["ports[]"], _SERVICE_PORT_FIELDS)
+_WORKLOAD_ENTRY = message(
+    _SE, "WorkloadEntry", ["endpoints[]"], _WORKLOAD_ENTRY_FIELDS, _WORKLOAD_ENTRY_UNSUPPORTED
+)
 
 
 def _service_entry(
@@ -331,9 +349,7 @@ def _service_entry(
     namespace = metadata_namespace(obj, default_namespace)
     where = f"ServiceEntry {name}"
     spec = Spec.of(where, "", obj.get("spec") or {})
-    # addresses are VIPs for TCP capture, location only feeds telemetry and
-    # exportTo only matters across namespaces: none changes local routing.
-    spec.only("ServiceEntry", _SERVICE_ENTRY_FIELDS, _SERVICE_ENTRY_UNSUPPORTED)
+    spec.only(_SERVICE_ENTRY)
     location = spec.text("location", "MESH_EXTERNAL")
     if location not in {"MESH_EXTERNAL", "MESH_INTERNAL"}:
         raise spec.error("location", f"must be MESH_EXTERNAL or MESH_INTERNAL, not {location!r}")
@@ -344,7 +360,7 @@ def _service_entry(
         )
     ports: list[tuple[Port, int]] = []
     for port_spec in spec.children("ports"):
-        port_spec.only("ServicePort", _SERVICE_PORT_FIELDS)
+        port_spec.only(_SERVICE_PORT)
         number = port_spec.integer("number", minimum=1)
         if number is None:
             raise port_spec.error("number", "is required")
@@ -414,7 +430,7 @@ class _Entry:
 
 
 def _workload_entry(spec: Spec) -> _Entry:
-    spec.only("WorkloadEntry", _WORKLOAD_ENTRY_FIELDS, _WORKLOAD_ENTRY_UNSUPPORTED)
+    spec.only(_WORKLOAD_ENTRY)
     ports_value = spec.data.get("ports") or {}
     if not isinstance(ports_value, Mapping) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in ports_value.values()

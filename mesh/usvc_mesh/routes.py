@@ -16,7 +16,7 @@ from typing import Any
 
 from .clusters import DestinationRule, cluster_name, hash_policy
 from .registry import MeshHost, Registry
-from .spec import Spec, parse_duration
+from .spec import Spec, message, parse_duration
 from .validation import RETRY_ON
 
 MESH = "mesh"
@@ -83,7 +83,6 @@ _HTTP_FIELDS = {
     "headers",
     "corsPolicy",
 }
-_HTTP_UNSUPPORTED = {"delegate", "mirror_percent"}
 _CORS_FIELDS = {
     "allowOrigins",
     "allowOrigin",
@@ -109,7 +108,106 @@ _MATCH_FIELDS = {
     "statPrefix",
 }
 _MATCH_UNSUPPORTED = {"sourceLabels", "sourceNamespace"}
-_STRING_MATCH = {"exact", "prefix", "regex"}
+_STRING_MATCH = ("exact", "prefix", "regex")
+
+_VS = "VirtualService"
+# Where a Destination (and its PortSelector) and HeaderOperations sit in a VirtualService.
+_DESTINATIONS = ("http[].route[].destination", "http[].mirror", "http[].mirrors[].destination")
+_HEADERS = ("http[].headers", "http[].route[].headers")
+_VIRTUAL_SERVICE = message(
+    _VS,
+    "VirtualService",
+    [""],
+    _VS_FIELDS,
+    dict.fromkeys(_VS_UNSUPPORTED, "the local mesh routes HTTP; other ports are tunnelled as is"),
+)
+_HTTP_ROUTE = message(
+    _VS,
+    "HTTPRoute",
+    ["http[]"],
+    _HTTP_FIELDS,
+    {"delegate": "delegate VirtualServices are not applied locally", "mirror_percent": ""},
+)
+_MATCH = message(
+    _VS,
+    "HTTPMatchRequest",
+    ["http[].match[]"],
+    _MATCH_FIELDS,
+    dict.fromkeys(_MATCH_UNSUPPORTED, "one outbound listener serves every workload"),
+)
+_STRING_MATCH_MESSAGE = message(
+    _VS,
+    "StringMatch",
+    [
+        *(f"http[].match[].{key}" for key in ("uri", "scheme", "method", "authority")),
+        *(f"http[].match[].{key}.<name>" for key in ("headers", "withoutHeaders", "queryParams")),
+        "http[].corsPolicy.allowOrigins[]",
+    ],
+    _STRING_MATCH,
+)
+_ROUTE_DESTINATION = message(
+    _VS, "HTTPRouteDestination", ["http[].route[]"], {"destination", "weight", "headers"}
+)
+_DESTINATION = message(_VS, "Destination", _DESTINATIONS, {"host", "subset", "port"})
+_PORT_SELECTOR = message(_VS, "PortSelector", [f"{d}.port" for d in _DESTINATIONS], {"number"})
+_HEADERS_MESSAGE = message(_VS, "Headers", _HEADERS, {"request", "response"})
+_HEADER_OPERATIONS = message(
+    _VS,
+    "HeaderOperations",
+    [f"{h}.{part}" for h in _HEADERS for part in ("request", "response")],
+    {"set", "add", "remove"},
+)
+_REWRITE = message(_VS, "HTTPRewrite", ["http[].rewrite"], {"uri", "authority", "uriRegexRewrite"})
+_REGEX_REWRITE = message(
+    _VS, "RegexRewrite", ["http[].rewrite.uriRegexRewrite"], {"match", "rewrite"}
+)
+_MIRROR_POLICY = message(
+    _VS, "HTTPMirrorPolicy", ["http[].mirrors[]"], {"destination", "percentage"}
+)
+_PERCENT = message(
+    _VS,
+    "Percent",
+    [
+        "http[].mirrorPercentage",
+        "http[].mirrors[].percentage",
+        "http[].fault.delay.percentage",
+        "http[].fault.abort.percentage",
+    ],
+    {"value"},
+)
+_CORS = message(_VS, "CorsPolicy", ["http[].corsPolicy"], _CORS_FIELDS)
+_RETRY = message(
+    _VS,
+    "HTTPRetry",
+    ["http[].retries"],
+    {
+        "attempts",
+        "perTryTimeout",
+        "retryOn",
+        "retryRemoteLocalities",
+        "retryIgnorePreviousHosts",
+        "backoff",
+    },
+)
+_FAULT = message(_VS, "HTTPFaultInjection", ["http[].fault"], {"delay", "abort"})
+_DELAY = message(
+    _VS,
+    "Delay",
+    ["http[].fault.delay"],
+    {"fixedDelay", "percentage", "percent"},
+    {"exponentialDelay"},
+)
+_ABORT = message(
+    _VS, "Abort", ["http[].fault.abort"], {"httpStatus", "grpcStatus", "percentage"}, {"http2Error"}
+)
+_REDIRECT = message(
+    _VS,
+    "HTTPRedirect",
+    ["http[].redirect"],
+    {"uri", "authority", "port", "derivePort", "scheme", "redirectCode"},
+)
+_DIRECT_RESPONSE = message(_VS, "HTTPDirectResponse", ["http[].directResponse"], {"status", "body"})
+_BODY = message(_VS, "HTTPBody", ["http[].directResponse.body"], {"string"}, {"bytes"})
 
 
 @dataclass(frozen=True)
@@ -134,7 +232,7 @@ def read_virtual_service(
 ) -> VirtualService:
     where = f"VirtualService {name}"
     spec = Spec.of(where, "", obj.get("spec") or {})
-    spec.only("VirtualService", _VS_FIELDS, _VS_UNSUPPORTED)
+    spec.only(_VIRTUAL_SERVICE)
     hosts = spec.strings("hosts")
     if not hosts:
         # Istio allows it only for a delegate: a VirtualService another one's
@@ -205,7 +303,7 @@ class RouteBuilder:
         self, vs: VirtualService, http: Spec, port: int | None, gateway: str | None
     ) -> tuple[list[dict[str, Any]], bool]:
         """The routes of one rule, and whether it catches all requests (istiod stops there)."""
-        http.only("HTTPRoute", _HTTP_FIELDS, _HTTP_UNSUPPORTED)
+        http.only(_HTTP_ROUTE)
         kinds = [key for key in ("route", "redirect", "directResponse") if http.has(key)]
         if len(kinds) != 1:
             raise ValueError(
@@ -266,7 +364,7 @@ class RouteBuilder:
     def _applies(
         self, vs: VirtualService, match: Spec, port: int | None, gateway: str | None
     ) -> bool:
-        match.only("HTTPMatchRequest", _MATCH_FIELDS, _MATCH_UNSUPPORTED)
+        match.only(_MATCH)
         wanted_port = match.integer("port", minimum=1)
         gateways = set()
         for index, name in enumerate(match.strings("gateways")):
@@ -296,7 +394,7 @@ class RouteBuilder:
         single: str | None = None
         if len(destinations) == 1:
             destination = destinations[0]
-            destination.only("HTTPRouteDestination", {"destination", "weight", "headers"})
+            destination.only(_ROUTE_DESTINATION)
             destination.integer("weight")
             single, host_port, subset, host = self._destination(
                 vs, destination, "destination", port
@@ -312,7 +410,7 @@ class RouteBuilder:
             weighted = []
             total = 0
             for destination in destinations:
-                destination.only("HTTPRouteDestination", {"destination", "weight", "headers"})
+                destination.only(_ROUTE_DESTINATION)
                 weight = destination.integer("weight", 0) or 0
                 name, host_port, subset, host = self._destination(
                     vs, destination, "destination", port
@@ -339,12 +437,12 @@ class RouteBuilder:
             action["hash_policy"] = [dict(h) for h in hashes]
         rewrite = http.child("rewrite")
         if rewrite is not None:
-            rewrite.only("HTTPRewrite", {"uri", "authority", "uriRegexRewrite"})
+            rewrite.only(_REWRITE)
             regex = rewrite.child("uriRegexRewrite")
             if regex is not None:
                 if rewrite.has("uri"):
                     raise rewrite.error("uri", "and uriRegexRewrite are mutually exclusive")
-                regex.only("RegexRewrite", {"match", "rewrite"})
+                regex.only(_REGEX_REWRITE)
                 action["regex_rewrite"] = {
                     "pattern": {"regex": regex.required_text("match")},
                     "substitution": regex.text("rewrite", "") or "",
@@ -369,7 +467,7 @@ class RouteBuilder:
         spec = parent.child(key)
         if spec is None:
             raise parent.error(key, "is required")
-        spec.only("Destination", {"host", "subset", "port"})
+        spec.only(_DESTINATION)
         host_name = spec.required_text("host")
         host = self.registry.resolve(host_name, vs.namespace)
         if host is None:
@@ -383,7 +481,7 @@ class RouteBuilder:
         port_spec = spec.child("port")
         number: int | None = None
         if port_spec is not None:
-            port_spec.only("PortSelector", {"number"})
+            port_spec.only(_PORT_SELECTOR)
             number = port_spec.integer("number", minimum=1)
             if number is None or host.port(number) is None:
                 raise port_spec.error("number", f"{number} is not a port of {host.fqdn}")
@@ -398,7 +496,7 @@ class RouteBuilder:
     def _mirrors(self, vs: VirtualService, http: Spec, port: int) -> list[dict[str, Any]]:
         out = []
         if http.has("mirror"):
-            percent = http.percent("mirrorPercentage")
+            percent = http.percent("mirrorPercentage", _PERCENT)
             if percent is None and http.has("mirrorPercent"):
                 legacy = http.integer("mirrorPercent")
                 percent = float(legacy or 0)
@@ -410,8 +508,8 @@ class RouteBuilder:
         elif http.has("mirrorPercentage") or http.has("mirrorPercent"):
             raise http.error("mirrorPercentage", "needs mirror")
         for policy in http.children("mirrors"):
-            policy.only("HTTPMirrorPolicy", {"destination", "percentage"})
-            percent = policy.percent("percentage")
+            policy.only(_MIRROR_POLICY)
+            percent = policy.percent("percentage", _PERCENT)
             cluster, _, _, _ = self._destination(vs, policy, "destination", port)
             if percent is None or percent > 0:
                 out.append(_mirror(cluster, 100.0 if percent is None else percent))
@@ -443,7 +541,7 @@ class _HeaderOperations:
 def _headers(spec: Spec | None) -> _HeaderOperations:
     if spec is None:
         return _HeaderOperations([], [], [], [], None)
-    spec.only("Headers", {"request", "response"})
+    spec.only(_HEADERS_MESSAGE)
     request = spec.child("request")
     response = spec.child("response")
     request_add, request_remove, set_authority, add_authority = _header_operations(request)
@@ -458,7 +556,7 @@ def _header_operations(
 ) -> tuple[list[dict[str, Any]], list[str], str | None, str | None]:
     if spec is None:
         return [], [], None, None
-    spec.only("HeaderOperations", {"set", "add", "remove"})
+    spec.only(_HEADER_OPERATIONS)
     added: list[dict[str, Any]] = []
     authorities: list[str | None] = []
     for key, action in (("set", "OVERWRITE_IF_EXISTS_OR_ADD"), ("add", "APPEND_IF_EXISTS_OR_ADD")):
@@ -482,10 +580,13 @@ def _header_operations(
 
 def _string_match(spec: Spec, key: str) -> dict[str, Any] | None:
     """An Istio StringMatch as an Envoy StringMatcher; None means "present"."""
-    match = spec.child(key)
+    return _string_matcher(spec.child(key))
+
+
+def _string_matcher(match: Spec | None) -> dict[str, Any] | None:
     if match is None:
         return None
-    match.only("StringMatch", _STRING_MATCH)
+    match.only(_STRING_MATCH_MESSAGE)
     kinds = [kind for kind in _STRING_MATCH if kind in match.data]
     if len(kinds) > 1:
         raise match.error("", f"sets {' and '.join(sorted(kinds))}; a StringMatch takes one")
@@ -505,7 +606,7 @@ def _cors(spec: Spec | None) -> dict[str, Any] | None:
     """istiod's TranslateCORSPolicy (pilot/pkg/networking/core/route/route.go)."""
     if spec is None:
         return None
-    spec.only("CorsPolicy", _CORS_FIELDS)
+    spec.only(_CORS)
     out: dict[str, Any] = {
         "@type": _CORS_TYPE,
         "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
@@ -517,7 +618,7 @@ def _cors(spec: Spec | None) -> dict[str, Any] | None:
     if spec.has("allowOrigins"):
         origins = []
         for item in spec.children("allowOrigins"):
-            matcher = _string_match(Spec(item.where, item.path, {"m": item.data}), "m")
+            matcher = _string_matcher(item)
             if matcher is None:
                 raise item.error("", "needs exact, prefix or regex")
             origins.append(matcher)
@@ -659,17 +760,7 @@ def _default_retry(*, consistent_hash: bool = False) -> dict[str, Any]:
 def _retry(spec: Spec | None, *, consistent_hash: bool) -> dict[str, Any] | None:
     if spec is None:
         return _default_retry(consistent_hash=consistent_hash)
-    spec.only(
-        "HTTPRetry",
-        {
-            "attempts",
-            "perTryTimeout",
-            "retryOn",
-            "retryRemoteLocalities",
-            "retryIgnorePreviousHosts",
-            "backoff",
-        },
-    )
+    spec.only(_RETRY)
     attempts = spec.integer("attempts", 0) or 0
     per_try = spec.duration("perTryTimeout", minimum_nanos=1_000_000)
     backoff = spec.duration("backoff", minimum_nanos=1_000_000)
@@ -720,18 +811,18 @@ def _retry(spec: Spec | None, *, consistent_hash: bool) -> dict[str, Any] | None
 def _fault(spec: Spec | None) -> dict[str, Any] | None:
     if spec is None:
         return None
-    spec.only("HTTPFaultInjection", {"delay", "abort"})
+    spec.only(_FAULT)
     out: dict[str, Any] = {"@type": _FAULT_TYPE}
     delay = spec.child("delay")
     if delay is not None:
-        delay.only("Delay", {"fixedDelay", "percentage", "percent"}, {"exponentialDelay"})
+        delay.only(_DELAY)
         fixed = delay.duration("fixedDelay", minimum_nanos=1_000_000)
         if fixed is None:
             raise delay.error("fixedDelay", "is required")
         out["delay"] = {"fixed_delay": fixed, "percentage": _fault_percentage(delay)}
     abort = spec.child("abort")
     if abort is not None:
-        abort.only("Abort", {"httpStatus", "grpcStatus", "percentage"}, {"http2Error"})
+        abort.only(_ABORT)
         entry: dict[str, Any] = {}
         if abort.has("httpStatus") == abort.has("grpcStatus"):
             raise abort.error("", "needs exactly one of httpStatus, grpcStatus")
@@ -754,7 +845,7 @@ def _fault(spec: Spec | None) -> dict[str, Any] | None:
 
 def _fault_percentage(spec: Spec) -> dict[str, Any]:
     # Istio: "If left unspecified, no request will be delayed/aborted."
-    percent = spec.percent("percentage")
+    percent = spec.percent("percentage", _PERCENT)
     if percent is not None:
         return _fraction(percent)
     legacy = spec.integer("percent", 0) or 0
@@ -765,7 +856,7 @@ def _fault_percentage(spec: Spec) -> dict[str, Any]:
 
 def _redirect(spec: Spec | None, port: int) -> dict[str, Any]:
     assert spec is not None
-    spec.only("HTTPRedirect", {"uri", "authority", "port", "derivePort", "scheme", "redirectCode"})
+    spec.only(_REDIRECT)
     out: dict[str, Any] = {}
     if spec.text("uri"):
         out["path_redirect"] = spec.text("uri")
@@ -800,13 +891,13 @@ def _redirect(spec: Spec | None, port: int) -> dict[str, Any]:
 
 def _direct_response(spec: Spec | None) -> dict[str, Any]:
     assert spec is not None
-    spec.only("HTTPDirectResponse", {"status", "body"})
+    spec.only(_DIRECT_RESPONSE)
     status = spec.integer("status")
     if status is None or not 200 <= status <= 599:
         raise spec.error("status", f"must be between 200 and 599, not {status}")
     out: dict[str, Any] = {"status": status}
     body = spec.child("body")
     if body is not None:
-        body.only("HTTPBody", {"string"}, {"bytes"})
+        body.only(_BODY)
         out["body"] = {"inline_string": body.text("string", "") or ""}
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NANOS_PER_SECOND = 1_000_000_000
@@ -38,6 +38,76 @@ class UnsupportedField(ValueError):
     ``VirtualService middleware-svc: http[0].corsPolicy is not supported by the
     local mesh``.
     """
+
+
+@dataclass(frozen=True)
+class Message:
+    """The fields of one Istio message type the translator reads, and where it reads them.
+
+    ``kind`` and ``paths`` say where the message sits (below ``spec``; ``[]`` stands for
+    a list index, ``<name>`` for a map key, e.g. ``http[].match[].headers.<name>``).
+    ``supported`` are the fields applied locally; of them, ``ignored`` are accepted with
+    no local effect (field -> why). ``unsupported`` are fields reported as not applied
+    (field -> why, or ""); any other Istio field is reported likewise (Istio's schema
+    tells it from a typo). Every message is registered in :data:`MESSAGES`, which
+    ``usvc_mesh.istio_fields`` turns into docs/istio-fields.md.
+    """
+
+    kind: str
+    name: str
+    paths: tuple[str, ...]
+    supported: frozenset[str]
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+    ignored: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not set(self.ignored) <= self.supported:
+            raise ValueError(f"{self.name}: ignored fields must be supported ones")
+
+    def read_at(self, where: str, path: str) -> bool:
+        """Whether ``path`` (``http[0].match[1]``) in object ``where`` is one of :attr:`paths`."""
+        return where.split(" ", 1)[0] == self.kind and any(
+            pattern.fullmatch(path) for pattern in _patterns(self.paths)
+        )
+
+
+# Every Message the translator declares, in declaration order.
+MESSAGES: list[Message] = []
+
+
+def message(
+    kind: str,
+    name: str,
+    paths: Iterable[str],
+    supported: Iterable[str],
+    unsupported: Mapping[str, str] | Iterable[str] = (),
+    ignored: Mapping[str, str] | None = None,
+) -> Message:
+    """Declare (and register) the fields the translator reads of one message type."""
+    declared = Message(
+        kind,
+        name,
+        tuple(paths),
+        frozenset(supported),
+        dict(unsupported) if isinstance(unsupported, Mapping) else dict.fromkeys(unsupported, ""),
+        dict(ignored or {}),
+    )
+    MESSAGES.append(declared)
+    return declared
+
+
+def _patterns(paths: tuple[str, ...]) -> list[re.Pattern[str]]:
+    return [_pattern(path) for path in paths]
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    if path not in _PATTERNS:
+        regex = re.escape(path).replace(r"\[\]", r"\[\d+\]").replace("<name>", ".+")
+        _PATTERNS[path] = re.compile(regex)
+    return _PATTERNS[path]
 
 
 @dataclass(frozen=True)
@@ -73,13 +143,15 @@ class Spec:
             f"{self.where}: {self.at(key)}{shown} is not supported by the local mesh{hint}"
         )
 
-    def only(self, message: str, supported: Iterable[str], unsupported: Iterable[str] = ()) -> None:
-        """Reject every key that is not in ``supported``.
+    def only(self, message: Message) -> None:
+        """Reject every key that is not in ``message.supported``.
 
-        ``message`` names the Istio message type, for the typo error.
+        ``message.name`` names the Istio message type, for the typo error.
         """
-        allowed = set(supported)
-        known = set(unsupported)
+        # A message read where it is not declared would be missing from docs/istio-fields.md.
+        assert message.read_at(self.where, self.path), f"{message.name} at {self.where} {self.path}"
+        allowed = message.supported
+        known = message.unsupported
         for key, value in self.data.items():
             # null is "unset" to Kubernetes too (kubectl drops it).
             if key in allowed or value is None:
@@ -87,7 +159,7 @@ class Spec:
             if key in known or self._is_istio_field(str(key)):
                 raise self.not_applied(str(key))
             raise UnsupportedField(
-                f"{self.where}: {self.at(key)} is not an Istio field of {message} (misspelt?)"
+                f"{self.where}: {self.at(key)} is not an Istio field of {message.name} (misspelt?)"
             )
 
     def not_applied(self, key: str) -> UnsupportedField:
@@ -199,12 +271,12 @@ class Spec:
             raise self.error(key, f"must be at least {envoy_duration(minimum_nanos)}: {value!r}")
         return envoy_duration(nanos)
 
-    def percent(self, key: str) -> float | None:
+    def percent(self, key: str, message: Message) -> float | None:
         """An Istio ``Percent`` message (``{value: 12.5}``) as a number in [0, 100]."""
         spec = self.child(key)
         if spec is None:
             return None
-        spec.only("Percent", {"value"})
+        spec.only(message)
         value = spec.number("value")
         value = 0.0 if value is None else value
         if not 0.0 <= value <= 100.0:

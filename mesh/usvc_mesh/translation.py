@@ -44,7 +44,7 @@ from .clusters import (
 )
 from .registry import HTTP_PROTOCOLS, Addresses, MeshHost, Port, Registry, build_registry
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
-from .spec import Spec, UnsupportedField, metadata_name, metadata_namespace
+from .spec import Spec, UnsupportedField, message, metadata_name, metadata_namespace
 
 GATEWAY_ROUTES = "gateway"
 OUTBOUND_ROUTES = "outbound"
@@ -57,6 +57,77 @@ _NO_ROUTE_BODY = "local mesh: no Service or ServiceEntry has this host (REGISTRY
 ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
+
+# Of a Sidecar, the local mesh reads a namespace-wide outboundTrafficPolicy (_outbound_mode).
+_SIDECAR = message(
+    "Sidecar",
+    "Sidecar",
+    [""],
+    {"egress", "outboundTrafficPolicy"},
+    dict.fromkeys(
+        ("workloadSelector", "ingress", "inboundConnectionPool"),
+        "one local Envoy is every workload's sidecar",
+    ),
+)
+_EGRESS_LISTENER = message(
+    "Sidecar", "IstioEgressListener", ["egress[]"], {"hosts"}, {"port", "bind", "captureMode"}
+)
+_OUTBOUND_POLICY = message(
+    "Sidecar", "OutboundTrafficPolicy", ["outboundTrafficPolicy"], {"mode"}, {"egressProxy"}
+)
+_GATEWAY = message(
+    "Gateway",
+    "Gateway",
+    [""],
+    {"selector", "servers"},
+    ignored={"selector": "picks the gateway pods in a cluster; locally there is one gateway"},
+)
+_SERVER = message(
+    "Gateway",
+    "Server",
+    ["servers[]"],
+    {"port", "hosts", "name", "tls"},
+    {"bind", "defaultEndpoint"},
+    # istio.io Gateway Server.name: "used for ... prefixing stats generated with this name".
+    ignored={"name": "names the server (stats in a cluster); routing does not use it"},
+)
+_PORT = message(
+    "Gateway",
+    "Port",
+    ["servers[].port"],
+    {"number", "protocol", "name", "targetPort"},
+    # istio.io Gateway Port.targetPort: "Applicable only when used with ServiceEntries".
+    ignored={
+        "name": "a label of the port; routing does not use it",
+        "targetPort": "Istio applies it only to ServiceEntries",
+    },
+)
+# HTTPS servers need certificates from Kubernetes secrets and their own listener (_server_tls).
+_SERVER_TLS = message(
+    "Gateway",
+    "ServerTLSSettings",
+    ["servers[].tls"],
+    {"httpsRedirect"},
+    dict.fromkeys(
+        (
+            "mode",
+            "serverCertificate",
+            "privateKey",
+            "caCertificates",
+            "credentialName",
+            "credentialNames",
+            "subjectAltNames",
+            "verifyCertificateSpki",
+            "verifyCertificateHash",
+            "minProtocolVersion",
+            "maxProtocolVersion",
+            "cipherSuites",
+            "caCrl",
+            "tlsCertificates",
+        ),
+        "HTTPS servers need certificates from Kubernetes secrets",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -260,13 +331,9 @@ def _outbound_mode(objects: Sequence[Mapping[str, Any]], namespace: str, default
             continue
         where = f"Sidecar {metadata_name(obj)}"
         spec = Spec.of(where, "", obj.get("spec") or {})
-        spec.only(
-            "Sidecar",
-            {"egress", "outboundTrafficPolicy"},
-            {"workloadSelector", "ingress", "inboundConnectionPool"},
-        )
+        spec.only(_SIDECAR)
         for index, egress in enumerate(spec.children("egress")):
-            egress.only("IstioEgressListener", {"hosts"}, {"port", "bind", "captureMode"})
+            egress.only(_EGRESS_LISTENER)
             if egress.strings("hosts") != ["*/*"]:
                 raise spec.unsupported(
                     f"egress[{index}].hosts", egress.strings("hosts"), "only the default */*"
@@ -274,7 +341,7 @@ def _outbound_mode(objects: Sequence[Mapping[str, Any]], namespace: str, default
         policy = spec.child("outboundTrafficPolicy")
         if policy is None:
             continue
-        policy.only("OutboundTrafficPolicy", {"mode"}, {"egressProxy"})
+        policy.only(_OUTBOUND_POLICY)
         mode = policy.text("mode", ALLOW_ANY) or ALLOW_ANY
         if mode not in (ALLOW_ANY, REGISTRY_ONLY):
             raise policy.error("mode", f"must be ALLOW_ANY or REGISTRY_ONLY, not {mode!r}")
@@ -387,16 +454,15 @@ def _read_gateways(objects: Sequence[Mapping[str, Any]], namespace: str) -> dict
         name = metadata_name(obj)
         where = f"Gateway {name}"
         spec = Spec.of(where, "", obj.get("spec") or {})
-        # selector picks the gateway pods in a cluster; locally there is one gateway.
-        spec.only("Gateway", {"selector", "servers"})
+        spec.only(_GATEWAY)
         servers = []
         for server in spec.children("servers"):
-            server.only("Server", {"port", "hosts", "name", "tls"}, {"bind", "defaultEndpoint"})
+            server.only(_SERVER)
             https_redirect = _server_tls(server)
             port = server.child("port")
             if port is None:
                 raise server.error("port", "is required")
-            port.only("Port", {"number", "protocol", "name", "targetPort"})
+            port.only(_PORT)
             number = port.integer("number", minimum=1)
             if number is None:
                 raise port.error("number", "is required")
@@ -431,26 +497,7 @@ def _server_tls(server: Spec) -> bool:
     tls = server.child("tls")
     if tls is None:
         return False
-    tls.only(
-        "ServerTLSSettings",
-        {"httpsRedirect"},
-        {
-            "mode",
-            "serverCertificate",
-            "privateKey",
-            "caCertificates",
-            "credentialName",
-            "credentialNames",
-            "subjectAltNames",
-            "verifyCertificateSpki",
-            "verifyCertificateHash",
-            "minProtocolVersion",
-            "maxProtocolVersion",
-            "cipherSuites",
-            "caCrl",
-            "tlsCertificates",
-        },
-    )
+    tls.only(_SERVER_TLS)
     return bool(tls.flag("httpsRedirect"))
 
 
