@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from . import report
 from .builds import SUITES, Pending
 from .procs import StartError
-from .runner import Options, run_suite, table
+from .runner import Options, SuiteResult, finish_run, results, run_suite, start_run
 from .wrk import WrkError
 
 
@@ -29,7 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--only", default="", help="comma-separated build names to run")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--results",
+        "--json",
+        metavar="FILE",
+        help="where to write the run's results (JSON, and its tables as FILE with .md); "
+        "default bench/results/latest.json for a full run (--suite all, no --only or --quick), "
+        "bench/results/partial.json otherwise",
+    )
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="run nothing: fill README.md's and bench/README.md's marked tables (and rewrite "
+        "the .md) from the results file (bench/results/latest.json unless --results); "
+        "the same as `python -m bench readme`",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the server logs")
     parser.add_argument(
         "--wait-idle",
@@ -74,9 +92,46 @@ def options_from(args: argparse.Namespace) -> Options:
     )
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    if args.results:
+        return Path(args.results)
+    full = args.suite == "all" and not args.only and not args.quick
+    return report.LATEST if full else report.RESULTS_DIR / "partial.json"
+
+
+def write_results(path: Path, data: dict[str, Any]) -> Path:
+    """The JSON and, beside it, its tables as Markdown; returns the Markdown's path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    md = path.with_suffix(".md")
+    md.write_text(report.markdown(data))
+    return md
+
+
+def update_readme(path: Path) -> int:
+    try:
+        data = json.loads(path.read_text())
+        md = write_results(path, data)  # re-rendered: the .md follows the renderer
+        changed = report.update_readmes(data)
+    except (OSError, ValueError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print(f"bench: {md} rewritten from {path}")
+    for readme in report.READMES:
+        print(f"bench: {readme}: {'updated' if readme in changed else 'already up to date'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["readme"]:
+        argv = ["--update-readme", *argv[1:]]
     args = build_parser().parse_args(argv)
+    if args.update_readme:
+        return update_readme(Path(args.results) if args.results else report.LATEST)
     options = options_from(args)
+    run = start_run(options, "python -m bench " + shlex.join(argv))
+    done: list[SuiteResult] = []
     try:
         if args.profile:
             from .profile import profile
@@ -87,17 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         suites = list(SUITES) if args.suite == "all" else [args.suite]
-        results = []
         for suite in suites:
-            result = run_suite(suite, options)
-            results.append(result)
-            print(table(result) + "\n", flush=True)
+            done.append(run_suite(suite, options))
+            print(report.render_suite(results(run, done)["suites"][-1], run) + "\n", flush=True)
     except (WrkError, StartError, Pending) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([r.as_json() for r in results], handle, indent=1)
+    finish_run(run)
+    data = results(run, done)
+    print(report.render_run(run) + "\n")
+    path = results_path(args)
+    md = write_results(path, data)
+    print(f"bench: results in {path} and {md}; `python -m bench readme` puts them in the READMEs")
     return 0
 
 

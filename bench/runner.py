@@ -1,4 +1,7 @@
-"""Run a suite: start every build, warm up, interleaved rounds under wrk, the table."""
+"""Run a suite: start every build, warm up, interleaved rounds under wrk; the run's header.
+
+The tables are rendered from the recorded samples by bench/report.py.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import wrk
 from .builds import SUITES, Build, Pending
 from .procs import ROOT, StartError, children_cpu_seconds, machine_busy_seconds
+from .report import NOISE_CORES
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Options:
 class Sample:
     """One wrk run against one build, with the CPU its processes used meanwhile."""
 
+    round: int  # 1-based: the round of the run it was measured in
+    started: float  # Unix time wrk started (inside the run's started/finished)
     rps: float
     p50_ms: float
     p99_ms: float
@@ -59,7 +66,6 @@ class Row:
     build: str
     description: str
     samples: list[Sample] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)  # req/s over bare's, same round
     pending: str | None = None
     # Runs at PROBE_CONNECTIONS: latency without queueing behind 31 other requests.
     probes: list[Sample] = field(default_factory=list)
@@ -79,10 +85,6 @@ class Row:
     @property
     def cpu_us(self) -> float:
         return statistics.median(s.cpu_us_per_request for s in self.samples)
-
-    @property
-    def ratio(self) -> float | None:
-        return statistics.median(self.ratios) if self.ratios else None
 
     @property
     def other_cores(self) -> float:
@@ -124,7 +126,6 @@ class SuiteResult:
                             "p50_ms": r.p50_ms,
                             "p99_ms": r.p99_ms,
                             "cpu_us_per_request": r.cpu_us,
-                            "ratio_to_bare": r.ratio,
                             "errors": r.errors,
                             "samples": [asdict(s) for s in r.samples],
                             "probes": [asdict(s) for s in r.probes],
@@ -168,25 +169,73 @@ def machine(loop: str) -> dict[str, str]:
     }
 
 
+# What the numbers depend on: a change here after the commit marks it "+dirty" (the results
+# file itself, written at the end of a run, does not count).
+CODE_PATHS = ("framework", "mesh", "services", "bench", ":(exclude)bench/results")
+
+
 def _commit() -> str:
-    """The repository's commit, marked when framework/ or services/ differ from it."""
+    """``git rev-parse --short HEAD``, with "+dirty" when the measured code differs from it."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "framework", "services"],
+            ["git", "status", "--porcelain", "--", *CODE_PATHS],
             cwd=ROOT,
             capture_output=True,
             text=True,
         ).stdout.strip()
     except OSError:
         return "?"
-    return f"{head or '?'}{' + local changes' if dirty else ''}"
+    return f"{head or '?'}{'+dirty' if dirty else ''}"
 
 
-def measure(build: Build, seconds: float, connections: int) -> Sample:
+def _utc(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def start_run(options: Options, command: str) -> dict[str, Any]:
+    """The results file's header, before the first suite: where, what, and how loaded."""
+    info = machine(options.loop)
+    now = time.time()
+    return {
+        "command": command,
+        "commit": info["commit"],
+        "started_unix": now,
+        "started": _utc(now),
+        "cores": os.cpu_count(),
+        "cpu_model": info["cpu"].split(" x ", 1)[-1],
+        "python": info["python"],
+        "aiohttp": info["aiohttp"],
+        "loop": info["loop"],
+        "load_before": list(os.getloadavg()),
+        "wrk": {
+            "threads": 1,
+            "connections": options.connections,
+            "duration_s": max(1, round(options.duration)),  # wrk runs whole seconds
+            "warmup_s": options.warmup,
+            "rounds": options.rounds,
+            "probe_connections": PROBE_CONNECTIONS,
+        },
+    }
+
+
+def finish_run(run: dict[str, Any]) -> None:
+    now = time.time()
+    run["finished_unix"] = now
+    run["finished"] = _utc(now)
+    run["load_after"] = list(os.getloadavg())
+
+
+def results(run: Mapping[str, Any], suites: Sequence[SuiteResult]) -> dict[str, Any]:
+    """What bench/results/*.json holds: one run's header and every suite's raw samples."""
+    return {"format": 1, "run": dict(run), "suites": [s.as_json() for s in suites]}
+
+
+def measure(build: Build, seconds: float, connections: int, round_no: int) -> Sample:
     before = build.cpu()
+    started = time.time()
     busy_before, wrk_before, wall_before = (
         machine_busy_seconds(),
         children_cpu_seconds(),
@@ -199,6 +248,8 @@ def measure(build: Build, seconds: float, connections: int) -> Sample:
     wall = time.monotonic() - wall_before
     cpu = {label: after[label] - before.get(label, 0.0) for label in after}
     return Sample(
+        round=round_no,
+        started=started,
         rps=result.rps,
         p50_ms=result.p50_ms,
         p99_ms=result.p99_ms,
@@ -210,7 +261,6 @@ def measure(build: Build, seconds: float, connections: int) -> Sample:
     )
 
 
-NOISE_CORES = 0.25
 # The chain's direct and Envoy builds are also run at one connection, where the
 # difference between them is Envoy's latency rather than queueing for the CPU.
 PROBED = {"chain": ("usvc", "usvc+envoy")}
@@ -228,17 +278,17 @@ def wait_until_idle(limit: float) -> None:
     log(f"machine still busy after {limit:g} s; measuring anyway")
 
 
-def sample(build: Build, options: Options, connections: int | None = None) -> Sample:
+def sample(build: Build, options: Options, round_no: int, connections: int | None = None) -> Sample:
     connections = connections or options.connections
     if options.wait_idle > 0:
         wait_until_idle(options.wait_idle)
-    result = measure(build, options.duration, connections)
+    result = measure(build, options.duration, connections, round_no)
     for _ in range(2 if options.wait_idle > 0 else 0):
         if result.other_cores < NOISE_CORES:
             break
         log(f"  {build.name}: other load {result.other_cores:.2f} cores, measuring again")
         wait_until_idle(options.wait_idle)
-        result = measure(build, options.duration, connections)
+        result = measure(build, options.duration, connections, round_no)
     return result
 
 
@@ -280,20 +330,14 @@ def run_suite(suite: str, options: Options) -> SuiteResult:
             log(f"[{suite}] warm-up {build.name} ({options.warmup:g} s)")
             wrk.run(build.url, options.warmup, options.connections, headers=build.headers)
         for round_no in range(1, options.rounds + 1):
-            bare_rps: float | None = None
             label = f"round {round_no}/{options.rounds}"
             for build in ready:
-                got = sample(build, options)
-                row = rows[build.name]
-                row.samples.append(got)
-                if build.name == "bare":
-                    bare_rps = got.rps
-                if bare_rps:
-                    row.ratios.append(got.rps / bare_rps)
+                got = sample(build, options, round_no)
+                rows[build.name].samples.append(got)
                 log(describe(suite, label, build, got))
             for build in ready:
                 if build.name in PROBED.get(suite, ()):
-                    got = sample(build, options, PROBE_CONNECTIONS)
+                    got = sample(build, options, round_no, PROBE_CONNECTIONS)
                     rows[build.name].probes.append(got)
                     log(describe(suite, f"{label} at {PROBE_CONNECTIONS} connection", build, got))
     finally:
@@ -303,113 +347,3 @@ def run_suite(suite: str, options: Options) -> SuiteResult:
         if not options.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     return result
-
-
-def table(result: SuiteResult) -> str:
-    """The result as a Markdown table, with the notes that explain it."""
-    lines = [
-        f"suite {result.suite}: wrk -t1 -c{result.options.connections} "
-        f"-d{result.options.duration:g}s after a {result.options.warmup:g} s warm-up; "
-        f"median of {result.options.rounds} interleaved round(s)",
-        "machine: " + "; ".join(f"{k} {v}" for k, v in result.machine.items()),
-        "",
-        "| build | req/s | p50 ms | p99 ms | CPU µs/req | × bare |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in result.rows:
-        if not row.samples:
-            lines.append(f"| {row.build} | pending | | | | |")
-            continue
-        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
-        lines.append(
-            f"| {row.build} | {row.rps:.0f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} "
-            f"| {row.cpu_us:.0f} | {ratio} |"
-        )
-    probed = [row for row in result.rows if row.probes]
-    if probed:
-        lines += [
-            "",
-            f"at {PROBE_CONNECTIONS} connection (no queueing; median of {len(probed[0].probes)}):",
-            "",
-            "| build | req/s | p50 ms | p99 ms | CPU µs/req |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for row in probed:
-            lines.append(
-                f"| {row.build} | {statistics.median(s.rps for s in row.probes):.0f} "
-                f"| {statistics.median(s.p50_ms for s in row.probes):.2f} "
-                f"| {statistics.median(s.p99_ms for s in row.probes):.2f} "
-                f"| {statistics.median(s.cpu_us_per_request for s in row.probes):.0f} |"
-            )
-    lines.append("")
-    for row in result.rows:
-        lines.append(f"- {row.build}: {row.description}")
-        if row.pending:
-            lines.append(f"  PENDING: {row.pending}")
-        if row.errors:
-            lines.append(f"  {row.errors} error answers or socket errors during the runs")
-        if row.samples and row.other_cores > NOISE_CORES:
-            lines.append(
-                f"  noisy: other processes used up to {row.other_cores:.2f} cores during a run"
-            )
-    lines.extend(_findings(result))
-    return "\n".join(lines)
-
-
-def _findings(result: SuiteResult) -> list[str]:
-    def ratio(a: str, b: str) -> str | None:
-        ra, rb = result.row(a), result.row(b)
-        if ra is None or rb is None or not ra.samples or not rb.samples:
-            return None
-        return f"{ra.rps / rb.rps:.2f}×"
-
-    lines = [""]
-    if result.suite == "single":
-        targets = [
-            ("usvc-100", "otel", "target ≥ 2×"),
-            ("usvc-100-batch", "otel", "same export path; target ≥ 2×"),
-            ("usvc-1", "bare", "target ≥ 0.6×"),
-        ]
-    else:
-        targets = [
-            ("usvc", "otel", "target ≥ 2×"),
-            ("usvc-batch", "otel", "same export path; target ≥ 2×"),
-            ("otel", "bare", "issue 3 measured 0.39×"),
-        ]
-    for a, b, note in targets:
-        value = ratio(a, b)
-        if value is not None:
-            lines.append(f"{a} / {b} req/s: {value} ({note})")
-    if result.suite == "chain":
-        lines.extend(_envoy_cost(result))
-    return lines
-
-
-def _envoy_cost(result: SuiteResult) -> list[str]:
-    direct, mesh = result.row("usvc"), result.row("usvc+envoy")
-    if direct is None or mesh is None or not direct.samples or not mesh.samples:
-        return ["Envoy's cost: pending (needs both the usvc and usvc+envoy rows)"]
-    # wrk -> gateway -> front, and front/middle/core -> outbound listener -> next hop.
-    traversals = 4
-    lines = []
-    for label, a, b in (
-        (f"at {result.options.connections} connections", direct.samples, mesh.samples),
-        (f"at {PROBE_CONNECTIONS} connection", direct.probes, mesh.probes),
-    ):
-        if not a or not b:
-            continue
-        p50 = statistics.median(s.p50_ms for s in b) - statistics.median(s.p50_ms for s in a)
-        p99 = statistics.median(s.p99_ms for s in b) - statistics.median(s.p99_ms for s in a)
-        rps = statistics.median(s.rps for s in b) / statistics.median(s.rps for s in a)
-        lines.append(
-            f"Envoy {label}: {p50:+.2f} ms at p50, {p99:+.2f} ms at p99 over direct usvc hops "
-            f"({p50 / traversals:+.2f} ms p50 per traversal, {traversals} per request); "
-            f"req/s {rps:.2f}× direct"
-        )
-    envoy_cpu = mesh.cpu_us_of("envoy")
-    lines.append(
-        f"Envoy's own CPU: {envoy_cpu:.0f} µs per request ({envoy_cpu / traversals:.0f} µs per "
-        f"traversal) of the mesh build's {mesh.cpu_us:.0f} µs; direct usvc hops use "
-        f"{direct.cpu_us:.0f} µs"
-    )
-    return lines
