@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update_readme:
         return update_readme(Path(args.results) if args.results else report.LATEST)
     options = options_from(args)
-    run = start_run(options, "python -m bench " + shlex.join(argv))
+    run = start_run(options, shlex.join(["python", "-m", "bench", *argv]))
     done: list[SuiteResult] = []
     try:
         if args.profile:
