@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finish_run(run)
     data = results(run, done)
-    print(report.render_run(run) + "\n")
+    print(report.render_run(run, data["suites"]) + "\n")
     path = results_path(args)
     md = write_results(path, data)
     print(f"bench: results in {path} and {md}; `python -m bench readme` puts them in the READMEs")

@@ -337,7 +337,11 @@ def _targets_table(name: str, suite: Suite) -> list[str]:
 RUN_COLUMNS = ("run", "")
 
 
-def render_run(run: Mapping[str, Any]) -> str:
+# What a full run uses unless told otherwise (bench/__main__.py's defaults).
+DEFAULT_WRK = {"connections": 32, "duration_s": 10, "warmup_s": 3.0, "rounds": 3}
+
+
+def render_run(run: Mapping[str, Any], suites: Sequence[Suite] = ()) -> str:
     wrk = run["wrk"]
     load_before = " ".join(f"{x:.2f}" for x in run["load_before"])
     load_after = " ".join(f"{x:.2f}" for x in run["load_after"])
@@ -355,13 +359,39 @@ def render_run(run: Mapping[str, Any]) -> str:
             f"the probe runs at {wrk['probe_connections']} connection",
         ),
     ]
+    defaults = DEFAULT_WRK.items() <= {k: wrk[k] for k in DEFAULT_WRK}.items()
+    rows.append(
+        (
+            "settings",
+            "the defaults"
+            if defaults
+            else "**not the defaults** ("
+            + ", ".join(f"{k} {v}" for k, v in DEFAULT_WRK.items())
+            + "): a shorter or different run",
+        )
+    )
+    other = [
+        float(sample.get("other_cores", 0.0))
+        for suite in suites
+        for row in suite["rows"]
+        for sample in row.get("samples", [])
+    ]
+    rows.append(
+        (
+            "other load",
+            f"up to {max(other):.2f} busy cores of other processes during a run"
+            + (" (**a shared, busy machine**)" if max(other) > NOISE_CORES else "")
+            if other
+            else "–",
+        )
+    )
     return "\n".join(_table(RUN_COLUMNS, _align("l", "l"), rows))
 
 
 def sections(results: Mapping[str, Any]) -> dict[str, str]:
     """The Markdown sections of one run: ``run`` (the header) and one per suite it ran."""
     run = results["run"]
-    out = {"run": render_run(run)}
+    out = {"run": render_run(run, results["suites"])}
     for suite in results["suites"]:
         out[suite["suite"]] = render_suite(suite, run)
     return out

@@ -47,7 +47,7 @@ def test_quick_single_suite_reports_throughput_and_its_own_ratios(tmp_path: Path
     md = out.with_suffix(".md").read_text()
     printed = report.extract(md, "single")
     assert printed in done.stdout
-    assert report.render_run(results["run"]) in done.stdout
+    assert report.render_run(results["run"], results["suites"]) in done.stdout
     check_suite(suite, printed)
 
     main = table_with(printed, "build", "× bare")
