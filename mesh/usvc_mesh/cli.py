@@ -112,6 +112,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     assert mesh.ports is not None
     gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
     print(f"envoy admin: http://127.0.0.1:{mesh.ports.admin}/   logs: {mesh.run_dir}")
+    for line in describe_gateway(mesh):
+        print(line)
     for line in telemetry.describe() if telemetry else []:
         print(line)
     choices = "|".join(mesh.layout.scenarios())
@@ -130,6 +132,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         if telemetry is not None:  # last: it receives the spans flushed on the way out
             telemetry.stop()
     return status
+
+
+def describe_gateway(mesh: LocalMesh) -> list[str]:
+    """The gateway's listeners when the Gateways have more than one port or TLS."""
+    made = mesh.gateway
+    if made is None or (len(made.listeners) < 2 and not any(g.https for g in made.listeners)):
+        return []
+    lines = [
+        f"gateway {listener.url:<26} Gateway port {listener.server_port}"
+        + (" (HTTPS)" if listener.https else "")
+        for listener in made.listeners
+    ]
+    if made.ca is not None:
+        https = next((g.url for g in made.listeners if g.https), "https://127.0.0.1/")
+        lines.append(f"gateway CA (made locally): {made.ca}   curl --cacert {made.ca} {https}")
+    if made.client is not None:
+        cert, key = made.client
+        lines.append(f"client certificate for MUTUAL servers: --cert {cert} --key {key}")
+    return lines
 
 
 def check_manifests(layout: Layout, scenario: str) -> list[Finding]:

@@ -19,18 +19,26 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .clusters import DNS_CACHE
+from .gateway_tls import LocalListener
 from .procs import is_ip_address
 from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
 BOOTSTRAP_FILE = "bootstrap.json"
 CDS_FILE = "cds.json"
 RDS_FILES = {GATEWAY_ROUTES: "rds-gateway.json", OUTBOUND_ROUTES: "rds-outbound.json"}
+
+
+def rds_file(name: str) -> str:
+    """The file route configuration ``name`` is read from (more gateway ports: their own)."""
+    return RDS_FILES.get(name) or f"rds-{name}.json"
+
+
 ZIPKIN_CLUSTER = "zipkin"
 # Seconds a client has to send its whole request head to the gateway.
 DEFAULT_REQUEST_HEADERS_TIMEOUT = 5.0
@@ -129,6 +137,7 @@ def bootstrap(
     outbound_host: str = "127.0.0.1",
     config_path: PurePosixPath | None = None,
     request_headers_timeout: float = DEFAULT_REQUEST_HEADERS_TIMEOUT,
+    gateways: Sequence[LocalListener] = (),
 ) -> dict[str, Any]:
     """The static Envoy bootstrap that reads routes and clusters from ``config_dir``.
 
@@ -152,6 +161,9 @@ def bootstrap(
     Neither listener shares its port (``enable_reuse_port: false``): a second
     Envoy on the same address fails to start instead of taking half the
     connections.
+
+    ``gateways`` replaces the one plain gateway listener by the Gateways' own, one
+    per server port (:mod:`usvc_mesh.gateway_tls`).
     """
     config_dir = Path(config_path) if config_path is not None else config_dir.absolute()
     if not 0.0 <= sampling <= 100.0:
@@ -191,16 +203,23 @@ def bootstrap(
         "admin": {"address": _address("127.0.0.1", ports.admin)},
         "static_resources": {
             "listeners": [
-                _listener(
-                    GATEWAY_ROUTES,
-                    ports.gateway_host,
-                    ports.gateway,
-                    config_dir,
-                    tracing,
-                    log,
-                    edge=True,
-                    request_headers_timeout=request_headers_timeout,
-                ),
+                *[
+                    _gateway_listener(gateway, config_dir, tracing, log, request_headers_timeout)
+                    for gateway in gateways
+                ],
+                *[
+                    _listener(
+                        GATEWAY_ROUTES,
+                        ports.gateway_host,
+                        ports.gateway,
+                        config_dir,
+                        tracing,
+                        log,
+                        edge=True,
+                        request_headers_timeout=request_headers_timeout,
+                    )
+                    for _ in ([] if gateways else [None])
+                ],
                 _listener(
                     OUTBOUND_ROUTES,
                     outbound_host,
@@ -240,6 +259,7 @@ def versions(translation: Translation) -> dict[str, str]:
         "cds": _digest(list(translation.clusters)),
         GATEWAY_ROUTES: _digest(translation.gateway_routes),
         OUTBOUND_ROUTES: _digest(translation.outbound_routes),
+        **{routes["name"]: _digest(routes) for routes in translation.extra_routes},
     }
 
 
@@ -267,9 +287,10 @@ def write(config_dir: Path, translation: Translation) -> None:
     for name, routes in (
         (GATEWAY_ROUTES, translation.gateway_routes),
         (OUTBOUND_ROUTES, translation.outbound_routes),
+        *((extra["name"], extra) for extra in translation.extra_routes),
     ):
         _atomic_write(
-            config_dir / RDS_FILES[name], _discovery(version[name], [routes], _ROUTES_TYPE)
+            config_dir / rds_file(name), _discovery(version[name], [routes], _ROUTES_TYPE)
         )
     if retired:
         _atomic_write(cds_path, _discovery(version["cds"], clusters, _CLUSTER_TYPE))
@@ -300,7 +321,7 @@ def static_config(config_dir: Path) -> dict[str, Any]:
                 name = hcm.pop("rds")["route_config_name"]
                 # The files beside the bootstrap, not the paths inside it: a
                 # copy of a configuration directory is checked as it stands.
-                document = json.loads((config_dir / RDS_FILES[name]).read_text())
+                document = json.loads((config_dir / rds_file(name)).read_text())
                 routes = _strip_type(document["resources"][0])
                 # Statically, a route to a missing cluster must be an error.
                 routes["validate_clusters"] = True
@@ -408,7 +429,7 @@ def _listener(
         "codec_type": "AUTO",
         "rds": {
             "route_config_name": name,
-            "config_source": _file_source(config_dir / RDS_FILES[name]),
+            "config_source": _file_source(config_dir / rds_file(name)),
         },
         "http_filters": [
             # Both empty here; routes switch them on through typed_per_filter_config.
@@ -454,6 +475,58 @@ def _listener(
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}],
     }
+
+
+def _gateway_listener(
+    gateway: LocalListener,
+    config_dir: Path,
+    tracing: Mapping[str, Any],
+    access_log: list[dict[str, Any]],
+    request_headers_timeout: float,
+) -> dict[str, Any]:
+    """One Gateway server port: a filter chain per server, by SNI on HTTPS ports.
+
+    istiod's shape (pilot/pkg/networking/core/gateway.go): each chain's connection
+    manager reads its server's route configuration; a TLS chain terminates with the
+    server's DownstreamTlsContext. The RequestAuthentication filters run first.
+    """
+    base = _listener(
+        gateway.name,
+        gateway.host,
+        gateway.port,
+        config_dir,
+        tracing,
+        access_log,
+        edge=True,
+        request_headers_timeout=request_headers_timeout,
+    )
+    template = base["filter_chains"][0]["filters"][0]["typed_config"]
+    chains = []
+    for server_names, routes, tls in gateway.chains:
+        hcm: dict[str, Any] = json.loads(json.dumps(template))
+        hcm["rds"] = {
+            "route_config_name": routes,
+            "config_source": _file_source(config_dir / rds_file(routes)),
+        }
+        hcm["http_filters"] = [*json.loads(json.dumps(gateway.http_filters)), *hcm["http_filters"]]
+        chain: dict[str, Any] = {"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}
+        if server_names:
+            chain["filter_chain_match"] = {"server_names": list(server_names)}
+        if tls is not None:
+            chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": tls}
+        chains.append(chain)
+    base["filter_chains"] = chains
+    if gateway.https:
+        base["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+                },
+            }
+        ]
+    return base
 
 
 def _passthrough_filter() -> dict[str, Any]:

@@ -10,10 +10,12 @@ cancelled and retriable-status-codes unless ``retries`` says otherwise
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .authn import JWT_FILTER, PAYLOAD
 from .clusters import DestinationRule, cluster_name, hash_policy
 from .registry import MeshHost, Registry
 from .spec import Spec, message, parse_duration
@@ -260,9 +262,18 @@ def gateway_key(name: str, namespace: str, known: set[str], spec: Spec, path: st
 class RouteBuilder:
     """Translates VirtualService rules for one proxy listener context."""
 
-    def __init__(self, registry: Registry, rules: Mapping[str, DestinationRule]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        rules: Mapping[str, DestinationRule],
+        *,
+        jwt_issuers: Sequence[str] = (),
+    ) -> None:
         self.registry = registry
         self.rules = rules
+        # The issuers the gateway's jwt_authn verifies: @request.auth.claims matches need one.
+        self.jwt_issuers = tuple(jwt_issuers)
+        self.warnings: list[str] = []
 
     def routes(
         self, vs: VirtualService, *, port: int | None, gateway: str | None
@@ -323,7 +334,7 @@ class RouteBuilder:
                 route_name = f"{name}.{match.text('name')}"
             route: dict[str, Any] = {
                 "name": route_name or f"{vs.name}.{http.path}",
-                "match": _match(match),
+                "match": self._claims_checked(_match(match), match, gateway),
             }
             if match is not None and match.has("statPrefix"):
                 route["stat_prefix"] = match.text("statPrefix")
@@ -353,6 +364,35 @@ class RouteBuilder:
                 if port is not None:
                     break
         return routes, catch_all
+
+    def _claims_checked(
+        self, route_match: dict[str, Any], match: Spec | None, gateway: str | None
+    ) -> dict[str, Any]:
+        """JWT claim matches: at a gateway only, as istio.io documents them."""
+        if match is None or "dynamic_metadata" not in route_match:
+            return route_match
+        if gateway == MESH:
+            # istio.io VirtualService HTTPMatchRequest.headers: "@request.auth.claims"
+            # matches are "supported only for gateway"; the sidecars' are not routed so.
+            name = next(
+                f"{key}.{n}"
+                for key in ("headers", "withoutHeaders")
+                for n in (match.data.get(key) or {})
+                if str(n).startswith(CLAIMS)
+            )
+            raise match.unsupported(
+                name,
+                hint="JWT claim routing is supported only for gateways (istio.io VirtualService "
+                "reference); this rule is bound to the mesh's sidecars",
+            )
+        if gateway is not None and not self.jwt_issuers:
+            warning = (
+                f"{match.where}: {match.path} matches JWT claims, but no RequestAuthentication "
+                "applies to the gateway: the route never matches (as in Istio)"
+            )
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+        return route_match
 
     def _any_port(self, vs: VirtualService) -> int:
         for host_name in vs.hosts:
@@ -654,6 +694,7 @@ def _match(spec: Spec | None) -> dict[str, Any]:
         return {"prefix": "/"}
     out: dict[str, Any] = {"prefix": "/"}
     headers: list[dict[str, Any]] = []
+    claims: list[dict[str, Any]] = []
     for key, invert in (("headers", False), ("withoutHeaders", True)):
         block = spec.child(key)
         if block is None:
@@ -661,12 +702,11 @@ def _match(spec: Spec | None) -> dict[str, Any]:
         for name in block.data:
             if not isinstance(name, str) or name != name.lower():
                 raise block.error(str(name), "header names must be lower-case")
-            if name.startswith("@request.auth.claims"):
+            if name.startswith(CLAIMS):
                 # Istio matches the claim of a JWT a RequestAuthentication validated
                 # (istio.io: "JWT claim based routing"), not a request header.
-                raise block.unsupported(
-                    name, hint="JWT claims need RequestAuthentication, not applied locally"
-                )
+                claims.append(_claim_matcher(block, name, _string_match(block, name), invert))
+                continue
             matcher = _header_matcher(name, _string_match(block, name))
             if invert:
                 matcher["invert_match"] = True
@@ -692,6 +732,8 @@ def _match(spec: Spec | None) -> dict[str, Any]:
             headers.append(_header_matcher(pseudo, _string_match(spec, key)))
     if headers:
         out["headers"] = headers
+    if claims:
+        out["dynamic_metadata"] = claims
     params = spec.child("queryParams")
     if params is not None:
         out["query_parameters"] = [
@@ -705,7 +747,61 @@ def _match(spec: Spec | None) -> dict[str, Any]:
 
 def _is_catch_all(match: Mapping[str, Any]) -> bool:
     path = match.get("prefix") == "/" or match.get("safe_regex", {}).get("regex") == ".*"
-    return path and not match.get("headers") and not match.get("query_parameters")
+    return (
+        path
+        and not match.get("headers")
+        and not match.get("query_parameters")
+        and not match.get("dynamic_metadata")
+    )
+
+
+CLAIMS = "@request.auth.claims"
+_BRACKETED = re.compile(r"\[([^\[\]]+)\]")
+
+
+def claim_path(name: str) -> list[str]:
+    """``@request.auth.claims.a.b`` or ``@request.auth.claims[a][b]`` -> ``["a", "b"]``."""
+    rest = name[len(CLAIMS) :]
+    if rest.startswith("."):
+        parts = rest[1:].split(".")
+    elif rest.startswith("[") and _BRACKETED.sub("", rest) == "":
+        parts = _BRACKETED.findall(rest)
+    else:
+        parts = []
+    return [part for part in parts if part] if all(parts) else []
+
+
+def _claim_matcher(
+    block: Spec, name: str, string_match: dict[str, Any] | None, invert: bool
+) -> dict[str, Any]:
+    """istiod's MetadataMatcherForJWTClaims: the claim in jwt_authn's ``payload`` metadata.
+
+    A claim is a string or a list of strings (``groups: [admin, dev]``); the match takes
+    either, as istiod's list matcher does. Nested claims are a path.
+    """
+    claims = claim_path(name)
+    if not claims:
+        raise block.error(name, "names no claim (@request.auth.claims.NAME or [NAME][SUB])")
+    value: dict[str, Any]
+    if string_match is None:
+        value = {"present_match": True}
+    else:
+        value = {
+            "or_match": {
+                "value_matchers": [
+                    {"string_match": string_match},
+                    {"list_match": {"one_of": {"string_match": string_match}}},
+                ]
+            }
+        }
+    matcher: dict[str, Any] = {
+        "filter": JWT_FILTER,
+        "path": [{"key": PAYLOAD}, *({"key": claim} for claim in claims)],
+        "value": value,
+    }
+    if invert:
+        matcher["invert"] = True
+    return matcher
 
 
 def _operation(match: Mapping[str, Any], cluster: str | None, vs_name: str, port: int) -> str:

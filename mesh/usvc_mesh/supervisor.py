@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import envoy
+from . import envoy, gateway_tls
 from .manifests import (
     Layout,
     MeshError,
@@ -228,6 +228,11 @@ class LocalMesh:
     backoff: Backoff = field(default_factory=Backoff)
     request_headers_timeout: float = envoy.DEFAULT_REQUEST_HEADERS_TIMEOUT
     report: Callable[[str], None] = _quiet  # one line per event (crash, restart, roll)
+    # Each Gateway server port -> the local port its listener has; the first is gateway_port.
+    gateway_ports: dict[int, int] = field(default_factory=dict)
+    # The gateway's listeners and certificates as started (a scenario may not change them).
+    gateway: gateway_tls.Materialized | None = None
+    _gateway_plan: tuple[Any, ...] = ()
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _stopping: bool = False
     _control: _ControlServer | None = None
@@ -324,7 +329,19 @@ class LocalMesh:
             endpoints=self.endpoints(),
             externals=externals,
             namespace=self.layout.namespace,
+            gateway_ports=self.gateway_ports,
         )
+
+    def _plan_gateway(self, translation: Translation) -> None:
+        """Local ports for the Gateway server ports: ``--gateway``, then free ones."""
+        self.gateway_ports = {}
+        for listener in translation.gateway_listeners:
+            first = not self.gateway_ports
+            self.gateway_ports[listener.port] = self.gateway_port if first else free_port()
+
+    @staticmethod
+    def _gateway_shape(translation: Translation) -> tuple[Any, ...]:
+        return (translation.gateway_listeners, translation.gateway_filters)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> float:
@@ -343,10 +360,20 @@ class LocalMesh:
         docs = self.documents(self.scenario)
         self.plan(docs)
         config_dir = self.run_dir / "envoy"
+        self._plan_gateway(self.translation(self.scenario))
         translation = self.translation(self.scenario)
-        self.warnings = list(translation.warnings)
+        self._gateway_plan = self._gateway_shape(translation)
+        self.gateway = gateway_tls.materialize(
+            translation.gateway_listeners,
+            self.gateway_ports,
+            self.gateway_host,
+            self.run_dir / "tls",
+            http_filters=translation.gateway_filters,
+        )
+        self.warnings = [*translation.warnings, *self.gateway.notes]
         # After the rules' own errors (more useful to hear first), before anything starts.
-        check_address_free(self.gateway_host, self.gateway_port)
+        for port in self.gateway_ports.values() or [self.gateway_port]:
+            check_address_free(self.gateway_host, port)
         for old in self.run_dir.glob("*.log"):  # "last log lines" must be this run's
             old.unlink()
         envoy.write(config_dir, translation)
@@ -356,6 +383,7 @@ class LocalMesh:
             access_log=self.run_dir / "envoy-access.log",
             zipkin=self.zipkin,
             request_headers_timeout=self.request_headers_timeout,
+            gateways=self.gateway.listeners,
         )
         envoy.validate(config_dir)
         (self.run_dir / "envoy-access.log").write_text("")
@@ -533,7 +561,15 @@ class LocalMesh:
             ]
             self.scenario = scenario
             try:
-                self._validate(self.translation(scenario))  # a bad rule set: nothing restarts
+                translation = self.translation(scenario)
+                if self._gateway_shape(translation) != self._gateway_plan:
+                    # The gateway's listeners are static in the bootstrap.
+                    raise MeshError(
+                        f"scenario {scenario} changes the gateway's servers (ports, TLS) or "
+                        "its RequestAuthentication, which the running mesh cannot switch; "
+                        f"restart with `usvc up --scenario {scenario}`"
+                    )
+                self._validate(translation)  # a bad rule set: nothing restarts
                 self._roll([self.workloads[name] for name in changed])
                 self.apply(validate=False)
             except BaseException:
@@ -675,6 +711,11 @@ class LocalMesh:
                 "admin": self.ports.admin,
                 "gateway_host": self.ports.gateway_host,
             },
+            "gateways": {
+                str(listener.server_port): listener.url
+                for listener in (self.gateway.listeners if self.gateway else [])
+            },
+            "gateway_ca": str(self.gateway.ca) if self.gateway and self.gateway.ca else None,
             "workloads": {n: [m.port for m in w.members] for n, w in self.workloads.items()},
             "stand_ins": {h: w.port for h, w in self.stand_ins.items()},
         }

@@ -36,12 +36,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .authn import gateway_authn
 from .clusters import (
     build_clusters,
     cluster_name,
     forward_proxy_cluster,
     read_destination_rules,
 )
+from .gateway_tls import FilterChain, GatewayListener, ServerTls, secrets_of, server_tls, sni_names
 from .registry import HTTP_PROTOCOLS, Addresses, MeshHost, Port, Registry, build_registry
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
 from .spec import Spec, UnsupportedField, message, metadata_name, metadata_namespace
@@ -102,31 +104,32 @@ _PORT = message(
         "targetPort": "Istio applies it only to ServiceEntries",
     },
 )
-# HTTPS servers need certificates from Kubernetes secrets and their own listener (_server_tls).
+# Of an HTTP server only httpsRedirect; an HTTPS server's settings: usvc_mesh.gateway_tls.
 _SERVER_TLS = message(
     "Gateway",
     "ServerTLSSettings",
     ["servers[].tls"],
-    {"httpsRedirect"},
-    dict.fromkeys(
-        (
-            "mode",
-            "serverCertificate",
-            "privateKey",
-            "caCertificates",
-            "credentialName",
-            "credentialNames",
-            "subjectAltNames",
-            "verifyCertificateSpki",
-            "verifyCertificateHash",
-            "minProtocolVersion",
-            "maxProtocolVersion",
-            "cipherSuites",
-            "caCrl",
-            "tlsCertificates",
-        ),
-        "HTTPS servers need certificates from Kubernetes secrets",
-    ),
+    {
+        "httpsRedirect",
+        "mode",
+        "serverCertificate",
+        "privateKey",
+        "caCertificates",
+        "caCertCredentialName",
+        "credentialName",
+        "credentialNames",
+        "subjectAltNames",
+        "verifyCertificateSpki",
+        "verifyCertificateHash",
+        "minProtocolVersion",
+        "maxProtocolVersion",
+        "cipherSuites",
+        "caCrl",
+    },
+    {
+        "tlsCertificates": "one certificate per server: credentialName or serverCertificate",
+        "insecureSkipVerify": "client certificates are verified whenever a server asks for them",
+    },
 )
 
 
@@ -145,6 +148,12 @@ class Translation:
     outbound_routes: dict[str, Any]
     clusters: tuple[dict[str, Any], ...]
     warnings: tuple[str, ...] = field(default=())
+    # The local gateway's listeners, one per Gateway server port (none: one plain
+    # listener on ``gateway_routes``), the route configurations of all but the first
+    # (``extra_routes``), and the HTTP filters before theirs (RequestAuthentication).
+    gateway_listeners: tuple[GatewayListener, ...] = field(default=())
+    extra_routes: tuple[dict[str, Any], ...] = field(default=())
+    gateway_filters: tuple[dict[str, Any], ...] = field(default=())
 
     def cluster(self, name: str) -> dict[str, Any]:
         for cluster in self.clusters:
@@ -154,8 +163,12 @@ class Translation:
 
     def virtual_host(self, routes: str, domain: str) -> dict[str, Any]:
         """The virtual host of route configuration ``routes`` that serves ``domain``."""
-        config = self.gateway_routes if routes == GATEWAY_ROUTES else self.outbound_routes
-        for virtual_host in config["virtual_hosts"]:
+        configs = {
+            GATEWAY_ROUTES: self.gateway_routes,
+            OUTBOUND_ROUTES: self.outbound_routes,
+            **{extra["name"]: extra for extra in self.extra_routes},
+        }
+        for virtual_host in configs[routes]["virtual_hosts"]:
             if domain in virtual_host["domains"]:
                 return dict(virtual_host)
         raise KeyError(f"{routes}: no virtual host for {domain}")
@@ -166,6 +179,8 @@ class _Server:
     hosts: tuple[str, ...]
     port: int
     https_redirect: bool = False
+    tls: ServerTls | None = None
+    port_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,7 @@ def translate(
     namespace: str = "default",
     outbound_traffic_policy: str = ALLOW_ANY,
     health_checks: bool = True,
+    gateway_ports: Mapping[int, int] | None = None,
 ) -> Translation:
     """Translate Kubernetes + Istio objects for the local mesh.
 
@@ -198,6 +214,9 @@ def translate(
     namespace has a Service of that name, else for ``namespace``'s.
     ``outbound_traffic_policy`` is the mesh config's mode (Istio's default
     ALLOW_ANY); a namespace-wide Sidecar in the objects overrides it.
+    ``gateway_ports`` maps each Gateway server port to the local port it listens
+    on (the supervisor's choice), so that ``httpsRedirect`` sends clients to the
+    local HTTPS port; without it the redirect is Istio's, to port 443.
     """
     objects = [obj for obj in objects if obj]
     for obj in objects:
@@ -207,6 +226,7 @@ def translate(
         objects, endpoints=endpoints, externals=externals or {}, namespace=namespace
     )
     gateways = _read_gateways(objects, namespace)
+    authn = gateway_authn(objects, _gateway_labels(objects), namespace)
     rules = read_destination_rules(objects, registry, namespace)
     services = [
         read_virtual_service(
@@ -215,22 +235,26 @@ def translate(
         for obj in objects
         if obj.get("kind") == "VirtualService"
     ]
-    builder = RouteBuilder(registry, rules)
+    builder = RouteBuilder(registry, rules, jwt_issuers=authn.issuers)
     for vs in services:
         builder.routes(vs, port=None, gateway=None)
+    listeners, gateway_routes = _gateway_listeners(
+        services, gateways, registry, builder, gateway_ports or {}
+    )
     clusters, warnings = build_clusters(registry, rules, health_checks=health_checks)
     mode = _outbound_mode(objects, namespace, outbound_traffic_policy)
     if mode == ALLOW_ANY:
         clusters.append(_passthrough_cluster())
     return Translation(
-        gateway_routes=_route_config(
-            GATEWAY_ROUTES, _gateway_hosts(services, gateways, registry, builder)
-        ),
+        gateway_routes=gateway_routes[0],
         outbound_routes=_route_config(
             OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder, mode)
         ),
         clusters=tuple(clusters),
-        warnings=tuple([*export_warnings, *warnings]),
+        warnings=tuple([*export_warnings, *warnings, *authn.warnings, *builder.warnings]),
+        gateway_listeners=tuple(listeners),
+        extra_routes=tuple(gateway_routes[1:]),
+        gateway_filters=authn.http_filters,
     )
 
 
@@ -447,18 +471,19 @@ def _tunnel(host: MeshHost, port: Port) -> dict[str, Any]:
 
 def _read_gateways(objects: Sequence[Mapping[str, Any]], namespace: str) -> dict[str, _Gateway]:
     gateways: dict[str, _Gateway] = {}
-    ports: dict[int, str] = {}
+    protocols: dict[int, tuple[bool, str]] = {}  # port -> (TLS?, which Gateway said so)
+    secrets = secrets_of(objects, namespace)
     for obj in objects:
         if obj.get("kind") != "Gateway":
             continue
         name = metadata_name(obj)
         where = f"Gateway {name}"
+        own = metadata_namespace(obj, namespace)
         spec = Spec.of(where, "", obj.get("spec") or {})
         spec.only(_GATEWAY)
         servers = []
         for server in spec.children("servers"):
             server.only(_SERVER)
-            https_redirect = _server_tls(server)
             port = server.child("port")
             if port is None:
                 raise server.error("port", "is required")
@@ -466,39 +491,180 @@ def _read_gateways(objects: Sequence[Mapping[str, Any]], namespace: str) -> dict
             number = port.integer("number", minimum=1)
             if number is None:
                 raise port.error("number", "is required")
-            protocol = (port.text("protocol") or "").upper()
-            if protocol not in HTTP_PROTOCOLS:
-                raise port.unsupported("protocol", protocol or "(none)", "HTTP only")
-            for other, owner in ports.items():
-                if other != number:
-                    raise UnsupportedField(
-                        f"{where}: {port.at('number')} {number}: the local mesh has one "
-                        f"gateway listener and {owner} already puts it on port {other}"
-                    )
-            ports.setdefault(number, where)
             hosts = tuple(host.split("/", 1)[-1] for host in server.strings("hosts"))
             if not hosts:
                 raise server.error("hosts", "is required")
-            servers.append(_Server(hosts, number, https_redirect))
-        key = f"{metadata_namespace(obj, namespace)}/{name}"
+            protocol = (port.text("protocol") or "").upper()
+            https_redirect, tls = _server_tls(server, protocol, hosts, secrets, own)
+            if protocol not in HTTP_PROTOCOLS and protocol != "HTTPS":
+                raise port.unsupported(
+                    "protocol", protocol or "(none)", "HTTP and HTTPS only: TCP routes are not"
+                )
+            secure = tls is not None
+            seen = protocols.setdefault(number, (secure, where))
+            if seen[0] != secure:
+                # istiod cannot serve both on one port either (gateway.go: a conflict).
+                raise port.error(
+                    "number",
+                    f"{number}: {seen[1]} already serves {'HTTPS' if seen[0] else 'HTTP'} "
+                    "on this port; one port serves one protocol",
+                )
+            servers.append(_Server(hosts, number, https_redirect, tls, port.text("name") or ""))
+        key = f"{own}/{name}"
         gateways[key] = _Gateway(key, where, tuple(servers))
     return gateways
 
 
-def _server_tls(server: Spec) -> bool:
-    """Whether an HTTP server redirects to HTTPS; any other TLS setting is refused.
+def _server_tls(
+    server: Spec,
+    protocol: str,
+    hosts: Sequence[str],
+    secrets: Mapping[str, Mapping[str, Any]],
+    namespace: str,
+) -> tuple[bool, ServerTls | None]:
+    """Whether an HTTP server redirects to HTTPS, and an HTTPS server's TLS settings.
 
     istio.io Gateway ServerTLSSettings.httpsRedirect: "the load balancer will
     send a 301 redirect for all http connections, asking the clients to use
-    HTTPS" (istiod sets the virtual host's require_tls: ALL). HTTPS servers
-    need certificates from Kubernetes secrets and their own listener, which
-    the one local gateway listener does not have.
+    HTTPS" (istiod sets the virtual host's require_tls: ALL). An HTTPS server
+    terminates TLS with the certificate its settings name
+    (:func:`usvc_mesh.gateway_tls.server_tls`).
     """
     tls = server.child("tls")
-    if tls is None:
-        return False
-    tls.only(_SERVER_TLS)
-    return bool(tls.flag("httpsRedirect"))
+    if tls is not None:
+        tls.only(_SERVER_TLS)
+    if protocol != "HTTPS":
+        if tls is not None and any(key != "httpsRedirect" for key in tls.data):
+            raise tls.error("", f"on a {protocol or 'plain'} port takes httpsRedirect only")
+        return (bool(tls.flag("httpsRedirect")) if tls is not None else False), None
+    if tls is None or not tls.text("mode"):
+        raise server.error("tls.mode", "is required on an HTTPS server")
+    if tls.flag("httpsRedirect"):
+        raise tls.error("httpsRedirect", "applies to HTTP servers, not HTTPS ones")
+    return False, server_tls(tls, tls.text("mode") or "", hosts, secrets, namespace)
+
+
+def _gateway_labels(objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The labels of the one local gateway: every Gateway's selector (istio: ingressgateway)."""
+    labels: dict[str, str] = {}
+    for obj in objects:
+        if obj.get("kind") == "Gateway":
+            selector = (obj.get("spec") or {}).get("selector") or {}
+            if isinstance(selector, Mapping):
+                labels.update({str(k): str(v) for k, v in selector.items()})
+    return labels
+
+
+def _gateway_listeners(
+    services: Sequence[VirtualService],
+    gateways: Mapping[str, _Gateway],
+    registry: Registry,
+    builder: RouteBuilder,
+    local_ports: Mapping[int, int],
+) -> tuple[list[GatewayListener], list[dict[str, Any]]]:
+    """One listener per distinct server port, the first named ``gateway``.
+
+    Route configurations as istiod names them (gateway.go gatewayRDSRouteName):
+    ``http.PORT`` for all HTTP servers of a port, ``https.PORT.PORTNAME.GATEWAY.NS`` per
+    HTTPS server; the first listener's first one is called ``gateway``
+    (``Translation.gateway_routes``). The first port is the first HTTP one in the objects,
+    else the first HTTPS one: it is the one ``--gateway`` names.
+    """
+    servers = [(key, server) for key, gw in gateways.items() for server in gw.servers]
+    _check_bound_hosts(services, gateways)
+    ports = list(dict.fromkeys(s.port for _, s in servers if s.tls is None))
+    ports += [p for p in dict.fromkeys(s.port for _, s in servers) if p not in ports]
+    names: dict[tuple[str, int], str] = {}  # (gateway, server index) -> route configuration
+    listeners: list[GatewayListener] = []
+    for number in ports:
+        chains: list[FilterChain] = []
+        listener = "gateway" if not listeners else f"gateway.{number}"
+        for key, gateway in gateways.items():
+            for index, server in enumerate(gateway.servers):
+                if server.port != number:
+                    continue
+                if server.tls is None:
+                    route = GATEWAY_ROUTES if not listeners else f"http.{number}"
+                    if not chains:
+                        chains.append(FilterChain((), route))
+                else:
+                    gw_namespace, _, gw_name = key.partition("/")
+                    port_name = server.port_name or "https"
+                    route = f"https.{number}.{port_name}.{gw_name}.{gw_namespace}"
+                    if not listeners and not chains:
+                        route = GATEWAY_ROUTES
+                    while route in {c.routes for c in chains}:
+                        route += f".{index}"
+                    sni = sni_names(server.hosts)
+                    clash = [
+                        c for c in chains if set(c.server_names) & set(sni) or c.server_names == sni
+                    ]
+                    if clash:
+                        raise UnsupportedField(
+                            f"{gateway.where}: servers[{index}] on port {number} has the hosts "
+                            f"(SNI) of another HTTPS server on that port: {list(sni) or ['*']}"
+                        )
+                    chains.append(FilterChain(sni, route, server.tls))
+                names[(key, index)] = route
+        listeners.append(GatewayListener(number, listener, tuple(chains)))
+    configs: list[dict[str, Any]] = []
+    routes = [c.routes for listener in listeners for c in listener.chains]
+    for route in routes or [GATEWAY_ROUTES]:
+        selected = {k for k, name in names.items() if name == route}
+        configs.append(
+            _route_config(
+                route,
+                _gateway_hosts(
+                    services,
+                    gateways,
+                    registry,
+                    builder,
+                    selected,
+                    _https_ports(gateways, local_ports),
+                ),
+            )
+        )
+    return listeners, configs
+
+
+def _https_ports(
+    gateways: Mapping[str, _Gateway], local_ports: Mapping[int, int]
+) -> dict[str, int]:
+    """Per Gateway, the local port its httpsRedirect sends clients to (443 first)."""
+    out: dict[str, int] = {}
+    every = sorted(
+        {s.port for g in gateways.values() for s in g.servers if s.tls is not None},
+        key=lambda port: (port != 443, port),
+    )
+    for key, gateway in gateways.items():
+        own = sorted(
+            {s.port for s in gateway.servers if s.tls is not None},
+            key=lambda port: (port != 443, port),
+        )
+        for port in [*own, *every]:
+            if port in local_ports:
+                out[key] = local_ports[port]
+                break
+    return out
+
+
+def _check_bound_hosts(
+    services: Sequence[VirtualService], gateways: Mapping[str, _Gateway]
+) -> None:
+    for vs in services:
+        for key in vs.gateways:
+            if key == MESH:
+                continue
+            gateway = gateways[key]
+            for index, vs_host in enumerate(vs.hosts):
+                if not any(
+                    _intersect(server_host, vs_host) is not None
+                    for server in gateway.servers
+                    for server_host in server.hosts
+                ):
+                    raise ValueError(
+                        f"{vs.where}: hosts[{index}] {vs_host!r} matches no host of {gateway.where}"
+                    )
 
 
 def _host_covers(pattern: str, host: str) -> bool:
@@ -523,38 +689,52 @@ def _gateway_hosts(
     gateways: Mapping[str, _Gateway],
     registry: Registry,
     builder: RouteBuilder,
+    selected: set[tuple[str, int]],
+    https_ports: Mapping[str, int],
 ) -> list[dict[str, Any]]:
+    """The virtual hosts of one gateway route configuration: the ``selected`` servers'."""
     by_host: dict[str, dict[str, Any]] = {}
     contributors: dict[str, int] = {}
+    redirects: dict[str, int | None] = {}
     for vs in services:
         for key in vs.gateways:
             if key == MESH:
                 continue
             gateway = gateways[key]
-            for index, vs_host in enumerate(vs.hosts):
-                matched = False
-                for server in gateway.servers:
+            for vs_host in vs.hosts:
+                for index, server in enumerate(gateway.servers):
+                    if (key, index) not in selected:
+                        continue
                     for server_host in server.hosts:
                         effective = _intersect(server_host, vs_host)
                         if effective is None:
                             continue
-                        matched = True
                         domains, name = _gateway_domains(effective, registry, vs.namespace)
                         entry = by_host.setdefault(
                             name, {"name": name, "domains": domains, "routes": []}
                         )
                         entry["routes"].extend(builder.routes(vs, port=server.port, gateway=key))
                         if server.https_redirect:
-                            entry["require_tls"] = "ALL"
+                            redirects[name] = https_ports.get(key)
                         contributors[name] = contributors.get(name, 0) + 1
-                if not matched:
-                    raise ValueError(
-                        f"{vs.where}: hosts[{index}] {vs_host!r} matches no host of {gateway.where}"
-                    )
     for name, entry in by_host.items():
         if contributors[name] > 1:
             # istiod moves catch-all routes of merged VirtualServices last.
             entry["routes"].sort(key=lambda route: _catch_all(route))
+        if name in redirects:
+            local = redirects[name]
+            if local is None:
+                entry["require_tls"] = "ALL"
+            else:
+                # require_tls would send the client to port 443 of this host; locally
+                # the HTTPS server listens on another port.
+                entry["routes"] = [
+                    {
+                        "name": "https_redirect",
+                        "match": {"prefix": "/"},
+                        "redirect": {"https_redirect": True, "port_redirect": local},
+                    }
+                ]
         entry["include_request_attempt_count"] = True
     return list(by_host.values())
 

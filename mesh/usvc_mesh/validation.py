@@ -52,7 +52,15 @@ MODEL_MODULES = {
 # The kinds the local mesh turns into Envoy configuration (usvc_mesh.translation; of a
 # Sidecar only a namespace-wide outboundTrafficPolicy, anything else it refuses).
 APPLIED_KINDS = frozenset(
-    {"Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "Sidecar"}
+    {
+        "Gateway",
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "Sidecar",
+        # at the gateway (usvc_mesh.authn); one that selects workloads is reported below
+        "RequestAuthentication",
+    }
 )
 # Istio kinds istiod applies and the local mesh does not, and what each changes in a
 # cluster (istio.io/latest/docs/reference/config/).
@@ -63,7 +71,6 @@ UNAPPLIED_KINDS = {
     "ProxyConfig": "proxy settings",
     "PeerAuthentication": "inbound mTLS mode",
     "AuthorizationPolicy": "which callers a workload accepts",
-    "RequestAuthentication": "JWT validation",
     "Telemetry": "tracing, metrics and access logs",
     "WasmPlugin": "Wasm filters",
     "TrafficExtension": "Wasm and Lua filters",
@@ -563,10 +570,35 @@ def _header_name_errors(where: str, name: str) -> Iterator[str]:
 
 
 def unapplied(objects: Iterable[Mapping[str, Any]]) -> list[Finding]:
-    """One finding per Istio object of a kind the local mesh does not apply."""
+    """One finding per Istio object of a kind the local mesh does not apply.
+
+    A RequestAuthentication is applied at the local gateway only; one that selects
+    the mesh's workloads (too) is reported, since their sidecars do not validate JWTs
+    locally.
+    """
+    from .authn import selects_gateway, selects_workloads
+
+    objects = list(objects)
+    gateway_labels: dict[str, str] = {}
+    for obj in objects:
+        selector = (obj.get("spec") or {}).get("selector") if obj.get("kind") == "Gateway" else None
+        if isinstance(selector, Mapping):
+            gateway_labels.update({str(k): str(v) for k, v in selector.items()})
     found = []
     for obj in objects:
         kind = str(obj.get("kind"))
+        if is_istio(obj) and kind == "RequestAuthentication":
+            if selects_workloads(obj, gateway_labels):
+                where = "at the local gateway; " if selects_gateway(obj, gateway_labels) else ""
+                message = (
+                    f"applied {where}not applied to the mesh's workloads locally (their "
+                    "sidecars validate no JWTs here); in a cluster it sets their JWT validation"
+                    if where
+                    else "not applied locally: it selects mesh workloads, whose sidecars "
+                    "validate no JWTs here; in a cluster it sets their JWT validation"
+                )
+                found.append(Finding(describe(obj), message, NOT_APPLIED))
+            continue
         if not is_istio(obj) or kind in APPLIED_KINDS:
             continue
         effect = UNAPPLIED_KINDS.get(kind, "what istiod makes of it")

@@ -64,12 +64,16 @@ def test_the_check_command_fails_on_a_stale_file(
         ("ServiceEntry", "endpoints[].locality", NOT_APPLIED),
         ("Gateway", "selector", NO_EFFECT),
         ("Gateway", "servers[].tls.httpsRedirect", APPLIED),
-        ("Gateway", "servers[].tls.credentialName", NOT_APPLIED),
+        ("Gateway", "servers[].tls.credentialName", APPLIED),
+        ("Gateway", "servers[].tls.mode", APPLIED),
+        ("Gateway", "servers[].tls.tlsCertificates", NOT_APPLIED),
         ("Sidecar", "outboundTrafficPolicy.mode", APPLIED),
         ("Sidecar", "ingress", NOT_APPLIED),
         ("AuthorizationPolicy", "rules[].from[].source.principals", NOT_APPLIED),
         ("PeerAuthentication", "mtls.mode", NOT_APPLIED),
-        ("RequestAuthentication", "jwtRules[].jwksUri", NOT_APPLIED),
+        ("RequestAuthentication", "jwtRules[].jwksUri", APPLIED),
+        ("RequestAuthentication", "jwtRules[].outputClaimToHeaders[].claim", APPLIED),
+        ("RequestAuthentication", "targetRef.name", NOT_APPLIED),
     ],
 )
 def test_known_classifications(
@@ -220,6 +224,22 @@ EVERY_MESSAGE = [
         "Sidecar",
         {"egress": [{"hosts": ["*/*"]}], "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}},
     ),
+    {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": "jwt"},
+        "spec": {
+            "selector": {"matchLabels": {"istio": "ingressgateway"}},
+            "jwtRules": [
+                {
+                    "issuer": "https://issuer.test",
+                    "jwks": '{"keys": []}',
+                    "fromHeaders": [{"name": "x-token", "prefix": "Bearer "}],
+                    "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+                }
+            ],
+        },
+    },
     _networking(
         "VirtualService",
         {

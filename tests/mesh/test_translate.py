@@ -785,18 +785,32 @@ def test_https_redirect_on_a_gateway_server_requires_tls_on_its_hosts() -> None:
     assert virtual_host["require_tls"] == "ALL"
 
 
-def test_server_certificates_on_a_gateway_are_refused_naming_the_field() -> None:
-    with_secret = gateway()
-    with_secret["spec"]["servers"][0]["tls"] = {"mode": "SIMPLE", "credentialName": "cert"}
-    with pytest.raises(tr.UnsupportedField, match=r"servers\[0\]\.tls\.mode"):
-        mesh_of(with_secret, front_vs(["*"]))
+def test_an_https_server_gets_a_listener_of_its_own_with_an_sni_filter_chain() -> None:
+    # pilot/pkg/networking/core/gateway.go: a listener per port, a chain per server.
+    https = gateway(hosts=("front.example.com",))
+    https["spec"]["servers"].append(
+        {
+            "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+            "hosts": ["front.example.com"],
+            "tls": {"mode": "SIMPLE", "credentialName": "front-cert"},
+        }
+    )
+    translation = mesh_of(https, front_vs(["front.example.com"]))
+    plain, secure = translation.gateway_listeners
+    assert (plain.port, plain.name, plain.https) == (80, "gateway", False)
+    assert (secure.port, secure.name, secure.https) == (443, "gateway.443", True)
+    (chain,) = secure.chains
+    assert chain.server_names == ("front.example.com",)
+    assert chain.routes == "https.443.https.front-gateway.default"
+    assert chain.tls is not None and chain.tls.certificate is None  # no Secret: made at start
+    assert translation.virtual_host(chain.routes, "front.example.com")["routes"]
 
 
-def test_an_https_gateway_server_is_not_supported() -> None:
+def test_an_https_gateway_server_needs_tls_settings() -> None:
     https = gateway()
     https["spec"]["servers"][0]["port"]["protocol"] = "HTTPS"
     with pytest.raises(
-        tr.UnsupportedField, match=r"Gateway front-gateway: servers\[0\].port.protocol HTTPS"
+        ValueError, match=r"Gateway front-gateway: servers\[0\].tls.mode is required"
     ):
         mesh_of(https)
 
@@ -810,11 +824,12 @@ def vs_with(**fields: Any) -> dict[str, Any]:
     return middle_vs({**copy.deepcopy(MIDDLE_RULE), **fields})
 
 
-def test_a_jwt_claim_match_is_refused_naming_request_authentication() -> None:
+def test_a_jwt_claim_match_in_a_mesh_route_is_refused_as_gateway_only() -> None:
+    # istio.io VirtualService HTTPMatchRequest.headers: claim matches are for gateways.
     vs = vs_with(match=[{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}])
     message = (
         "VirtualService middleware-svc: http[0].match[0].headers.@request.auth.claims.groups "
-        "is not supported by the local mesh (JWT claims need RequestAuthentication"
+        "is not supported by the local mesh (JWT claim routing is supported only for gateways"
     )
     with pytest.raises(tr.UnsupportedField, match=re.escape(message)):
         mesh_of(vs)
