@@ -25,6 +25,7 @@ internet.
 from __future__ import annotations
 
 import ipaddress
+import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -190,7 +191,9 @@ def _provider(rule: Spec) -> dict[str, Any]:
         "normalize_payload_in_metadata": {"space_delimited_claims": list(SPACE_DELIMITED)},
         # Claims may pick the route (@request.auth.claims.*): choose it after verification.
         "clear_route_cache": True,
-        "local_jwks": {"inline_string": _jwks(rule, (timeout_nanos or 5_000_000_000) / 1e9)},
+        "local_jwks": {
+            "inline_string": _checked(rule, _jwks(rule, (timeout_nanos or 5_000_000_000) / 1e9))
+        },
     }
     audiences = rule.strings("audiences")
     if audiences:
@@ -221,6 +224,17 @@ def _provider(rule: Spec) -> dict[str, Any]:
     if claims:
         provider["claim_to_headers"] = claims
     return provider
+
+
+def _checked(rule: Spec, jwks: str) -> str:
+    """Envoy refuses a listener whose JWKS holds no key: say it of the rule instead."""
+    try:
+        keys = json.loads(jwks).get("keys")
+    except (ValueError, AttributeError):
+        keys = None if "-----BEGIN" not in jwks else ["PEM"]
+    if not keys:
+        raise rule.error("jwks", "holds no public key (a JWKS {\"keys\": [...]} or a PEM key)")
+    return jwks
 
 
 def _jwks(rule: Spec, timeout: float) -> str:

@@ -26,8 +26,10 @@ registry does not know: passed through to the host itself (Istio's default
 or answered 502 (REGISTRY_ONLY). The mode is the mesh's default unless a
 namespace-wide ``Sidecar`` sets it. ``gateway`` stands in
 for the ingress gateway: the VirtualServices bound to Gateway objects, on the
-hosts their servers accept. All Gateways share the one local gateway listener,
-so their HTTP servers must agree on one port number.
+hosts their servers accept. The gateway has a listener per distinct server port
+(``Translation.gateway_listeners``; HTTPS servers: :mod:`usvc_mesh.gateway_tls`),
+each of the others' route configurations is in ``extra_routes``, and the
+RequestAuthentications that select it add ``jwt_authn`` (:mod:`usvc_mesh.authn`).
 """
 
 from __future__ import annotations
@@ -745,6 +747,7 @@ def _catch_all(route: Mapping[str, Any]) -> bool:
         match.get("prefix") == "/"
         and not match.get("headers")
         and not match.get("query_parameters")
+        and not match.get("dynamic_metadata")
     )
 
 

@@ -33,6 +33,8 @@ def https_get(
     cert: tuple[Path, Path] | None = None,
     headers: dict[str, str] | None = None,
     max_version: ssl.TLSVersion | None = None,
+    min_version: ssl.TLSVersion | None = None,
+    ciphers: str | None = None,
 ) -> Reply:
     """GET over TLS to 127.0.0.1:``port``, sending ``sni``, trusting only ``ca``.
 
@@ -47,6 +49,10 @@ def https_get(
         context.load_cert_chain(str(cert[0]), str(cert[1]))
     if max_version is not None:
         context.maximum_version = max_version
+    if min_version is not None:
+        context.minimum_version = min_version
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock = context.wrap_socket(raw, server_hostname=sni)
     try:

@@ -233,7 +233,7 @@ EVERY_MESSAGE = [
             "jwtRules": [
                 {
                     "issuer": "https://issuer.test",
-                    "jwks": '{"keys": []}',
+                    "jwks": "-----BEGIN PUBLIC KEY-----",
                     "fromHeaders": [{"name": "x-token", "prefix": "Bearer "}],
                     "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
                 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -302,6 +303,12 @@ def test_a_non_local_jwks_uri_is_refused() -> None:
         tr.translate(objects(rule), endpoints={})
 
 
+def test_a_jwks_without_keys_is_refused_before_envoy_would_be() -> None:
+    rule = {"issuer": ISSUER, "jwks": '{"keys": []}'}
+    with pytest.raises(ValueError, match=r"jwtRules\[0\]\.jwks holds no public key"):
+        tr.translate(objects(rule), endpoints={})
+
+
 def test_target_refs_are_reported_not_applied(signer: Signer) -> None:
     policy = request_authentication(
         "by-ref", [{"issuer": ISSUER, "jwks": signer.jwks()}], targetRef={"kind": "Gateway"}
@@ -331,3 +338,50 @@ def test_claims_at_a_gateway_without_request_authentication_warn(signer: Signer)
     ]
     translation = tr.translate(without, endpoints={})
     assert any("no RequestAuthentication applies to the gateway" in w for w in translation.warnings)
+
+
+def test_a_claims_route_merged_from_another_virtual_service_stays_before_a_catch_all(
+    signer: Signer,
+) -> None:
+    # istiod moves catch-all routes of merged VirtualServices last; a route that matches
+    # only claims is not one.
+    base = objects({**RULE, "jwks": signer.jwks()})
+    catch_all = virtual_service(
+        "first",
+        ["*"],
+        [{"route": [{"destination": {"host": "app", "subset": "b"}}]}],
+        gateways=["edge"],
+    )
+    claims = virtual_service(
+        "second",
+        ["*"],
+        [
+            {
+                "match": [{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}],
+                "route": [{"destination": {"host": "app", "subset": "a"}}],
+            }
+        ],
+        gateways=["edge"],
+    )
+    chosen = [o for o in base if o["kind"] != "VirtualService"] + [catch_all, claims]
+    translation = tr.translate(chosen, endpoints={})
+    routes = translation.virtual_host("gateway", "*")["routes"]
+    assert [bool(r["match"].get("dynamic_metadata")) for r in routes] == [True, False]
+
+
+def test_the_old_jwks_uri_spelling_reads_the_same_keys(tmp_path: Path, signer: Signer) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(signer.jwks())
+    translation = tr.translate(objects({"issuer": ISSUER, "jwks_uri": jwks.as_uri()}), endpoints={})
+    provider = translation.gateway_filters[0]["typed_config"]["providers"]["origins-0"]
+    assert provider["local_jwks"]["inline_string"] == signer.jwks()
+
+
+def test_the_rule_timeout_bounds_the_jwks_fetch() -> None:
+    # A loopback server that accepts connections and never answers.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}/jwks"
+        with pytest.raises(ValueError, match=r"jwtRules\[0\]\.jwksUri .* could not be fetched"):
+            tr.translate(
+                objects({"issuer": ISSUER, "jwksUri": uri, "timeout": "100ms"}), endpoints={}
+            )

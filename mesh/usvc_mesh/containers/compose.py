@@ -96,6 +96,13 @@ def plan(layout: Layout, scenario: str = "current") -> Plan:
     translation = _without_warming(
         translate(docs, endpoints=endpoints, externals=externals, namespace=layout.namespace)
     )
+    listeners = translation.gateway_listeners
+    if len(listeners) > 1 or any(g.https for g in listeners) or translation.gateway_filters:
+        # The compose gateway is one plain listener; say so rather than drop the rest.
+        raise MeshError(
+            f"scenario {scenario}: HTTPS Gateway servers, more than one gateway port and "
+            "RequestAuthentication at the gateway are applied by `usvc up` only, not in compose"
+        )
     return Plan(scenario, translation, env, (*warnings, *translation.warnings))
 
 
