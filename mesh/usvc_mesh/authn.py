@@ -233,7 +233,7 @@ def _checked(rule: Spec, jwks: str) -> str:
     except (ValueError, AttributeError):
         keys = None if "-----BEGIN" not in jwks else ["PEM"]
     if not keys:
-        raise rule.error("jwks", "holds no public key (a JWKS {\"keys\": [...]} or a PEM key)")
+        raise rule.error("jwks", 'holds no public key (a JWKS {"keys": [...]} or a PEM key)')
     return jwks
 
 
