@@ -95,7 +95,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return make_certificates(tmp_path_factory.mktemp("certs"))
 
 
-SERVERS = {
+SERVERS: dict[int, dict[str, Any]] = {
     1: {"mode": "OPTIONAL_MUTUAL"},
     2: {"mode": "MUTUAL", "verifyCertificateHash": ["00" * 32]},
     3: {"mode": "MUTUAL", "verifyCertificateHash": ["RIGHT"]},
