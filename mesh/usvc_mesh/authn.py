@@ -10,8 +10,9 @@ without a token passes, a request with a token that no provider verifies is refu
 (``requestPrincipals``), not this filter's.
 
 Scope (istio.io RequestAuthentication reference): a policy in the root namespace
-(``istio-system``) without ``selector`` applies to every proxy; with a ``selector``, to
-the workloads whose labels match. The local gateway's labels are the Gateways'
+(``istio-system``) without ``selector`` applies to every proxy, one in another namespace
+to that namespace's (the gateway's: ``istio-ingress``); with a ``selector``, to the
+workloads whose labels match. The local gateway's labels are the Gateways'
 ``selector`` (``istio: ingressgateway``). Policies (or parts) that select the mesh's own
 workloads are reported by :func:`usvc_mesh.validation.unapplied`: their sidecars'
 inbound listeners are not built from them locally.
@@ -40,6 +41,9 @@ JWT_FILTER = "envoy.filters.http.jwt_authn"
 # istiod's filters.EnvoyJwtFilterPayload: the metadata key of the verified payload.
 PAYLOAD = "payload"
 ROOT_NAMESPACE = "istio-system"
+# Where Istio's gateway chart installs the ingress gateway (and this project's chart says
+# it runs: values gateway.namespace); a policy there without selector is the gateway's.
+GATEWAY_NAMESPACE = "istio-ingress"
 _JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 _KIND = "RequestAuthentication"
 # istiod's buildSpaceDelimitedClaims default: claims whose space-separated strings are lists.
@@ -95,7 +99,7 @@ def selects_gateway(obj: Mapping[str, Any], gateway_labels: Mapping[str, str]) -
     selector = (obj.get("spec") or {}).get("selector") or {}
     labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
     if not labels:
-        return metadata_namespace(obj, "") == ROOT_NAMESPACE
+        return metadata_namespace(obj, "") in (ROOT_NAMESPACE, GATEWAY_NAMESPACE)
     return bool(gateway_labels) and all(
         gateway_labels.get(str(k)) == str(v) for k, v in labels.items()
     )
@@ -105,7 +109,9 @@ def selects_workloads(obj: Mapping[str, Any], gateway_labels: Mapping[str, str])
     """Whether it applies to mesh workloads (too): no selector, or not the gateway's."""
     selector = (obj.get("spec") or {}).get("selector") or {}
     labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
-    return not labels or not selects_gateway(obj, gateway_labels)
+    if not labels:
+        return metadata_namespace(obj, "") != GATEWAY_NAMESPACE
+    return not selects_gateway(obj, gateway_labels)
 
 
 def gateway_authn(
@@ -137,7 +143,7 @@ def gateway_authn(
         if not selects_gateway(obj, gateway_labels):
             continue
         ns = metadata_namespace(obj, namespace)
-        if selector is not None and ns not in (ROOT_NAMESPACE, "istio-ingress"):
+        if selector is not None and ns not in (ROOT_NAMESPACE, GATEWAY_NAMESPACE):
             warnings.append(
                 f"{where}: applied to the local gateway; in a cluster it applies only if the "
                 f"ingress gateway runs in namespace {ns}"

@@ -385,3 +385,19 @@ def test_the_rule_timeout_bounds_the_jwks_fetch() -> None:
             tr.translate(
                 objects({"issuer": ISSUER, "jwksUri": uri, "timeout": "100ms"}), endpoints={}
             )
+
+
+def test_a_policy_without_selector_in_the_gateways_namespace_is_the_gateways(
+    signer: Signer,
+) -> None:
+    edge = [o for o in objects(RULE) if o["kind"] != "RequestAuthentication"]
+    policy = request_authentication(
+        "ingress", [{"issuer": ISSUER, "jwks": signer.jwks()}], namespace="istio-ingress"
+    )
+    translation = tr.translate([*edge, policy], endpoints={})
+    assert translation.gateway_filters
+    assert not unapplied([*edge, policy])
+    elsewhere = request_authentication("ns", [{"issuer": ISSUER, "jwks": signer.jwks()}])
+    assert not tr.translate([*edge, elsewhere], endpoints={}).gateway_filters
+    (finding,) = unapplied([*edge, elsewhere])
+    assert "selects mesh workloads" in finding.message
