@@ -111,6 +111,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{name:<24} {url:<24} {labels}")
     assert mesh.ports is not None
     gateway = f"http://{mesh.ports.gateway_host}:{mesh.ports.gateway}/"
+    if mesh.gateway is not None and mesh.gateway.listeners:
+        gateway = mesh.gateway.listeners[0].url  # https:// when the first port is HTTPS
     print(f"envoy admin: http://127.0.0.1:{mesh.ports.admin}/   logs: {mesh.run_dir}")
     for line in describe_gateway(mesh):
         print(line)

@@ -9,8 +9,13 @@ Gateway reference, ServerTLSSettings; the "Secure Gateways" task).
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +30,7 @@ from usvc_mesh.procs import free_port
 from usvc_mesh.supervisor import STATE_FILE, LocalMesh
 
 GENERIC = Path(__file__).parent / "generic"
+USVC_MESH = "import sys; from usvc_mesh.cli import main; sys.exit(main())"  # usvc-mesh
 SECURE = """
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -110,3 +116,38 @@ def test_up_serves_https_with_a_ca_it_made_and_refuses_switching_the_gateway(
         assert mesh.scenario == "secure"
     finally:
         mesh.stop()
+
+
+@pytest.mark.slow
+def test_usvc_up_prints_each_gateway_port_and_the_ca_to_curl_with(tmp_path: Path) -> None:
+    root = secure_root(tmp_path)
+    port = free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-c", USVC_MESH, "up", "--root", str(root), "--scenario",
+         "secure", "--gateway", f"127.0.0.1:{port}", "--run-dir", str(tmp_path / "run")],
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        lines: list[str] = []
+        for line in up.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("ready in "):
+                break
+        printed = "\n".join(lines)
+        match = re.search(r"gateway CA \(made locally\): (\S+)   curl --cacert \S+ (\S+)", printed)
+        assert match, printed
+        ca, url = Path(match.group(1)), match.group(2)
+        assert f"gateway http://127.0.0.1:{port}/" in printed
+        assert re.search(rf"gateway {re.escape(url)} +Gateway port 443 \(HTTPS\)", printed)
+        https_port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert https_get(https_port, "localhost", ca).body == "alpha > beta-one"
+        assert "PRIVATE KEY" not in printed
+    finally:
+        up.send_signal(signal.SIGINT)
+        _, stderr = up.communicate(timeout=30)
+    assert up.returncode == 0, stderr
+    assert "shop-cert" in stderr and "made locally" in stderr  # the warning
