@@ -98,6 +98,16 @@ def objects(rule: dict[str, Any]) -> list[dict[str, Any]]:
             "match": [{"headers": {"@request.auth.claims.org.team": {"prefix": "plat"}}}],
             "route": [{"destination": {"host": "app", "subset": "a"}}],
         },
+        {
+            "name": "not-alice",
+            "match": [
+                {
+                    "headers": {"x-route": {"exact": "not-alice"}},
+                    "withoutHeaders": {"@request.auth.claims.sub": {"exact": "alice"}},
+                }
+            ],
+            "route": [{"destination": {"host": "app", "subset": "a"}}],
+        },
         {"name": "others", "route": [{"destination": {"host": "app", "subset": "b"}}]},
     ]
     return [
@@ -170,6 +180,14 @@ def test_other_tokens_and_no_token_go_to_subset_b(gateway: Gateway, signer: Sign
 def test_a_nested_claim_routes_by_its_path(gateway: Gateway, signer: Signer) -> None:
     token = signer.token(aud="usvc", org={"team": "platform"})
     assert call(gateway, token) == (200, "app-a")
+
+
+@pytest.mark.slow
+def test_without_headers_on_a_claim_inverts_the_match(gateway: Gateway, signer: Signer) -> None:
+    bob = signer.token(aud="usvc", sub="bob")
+    alice = signer.token(aud="usvc", sub="alice")
+    assert call(gateway, bob, **{"x-route": "not-alice"}) == (200, "app-a")
+    assert call(gateway, alice, **{"x-route": "not-alice"}) == (200, "app-b")
 
 
 @pytest.mark.slow
