@@ -610,22 +610,12 @@ def _gateway_listeners(
                 names[(key, index)] = route
         listeners.append(GatewayListener(number, listener, tuple(chains)))
     configs: list[dict[str, Any]] = []
+    https_ports = _https_ports(gateways, local_ports)
     routes = [c.routes for listener in listeners for c in listener.chains]
     for route in routes or [GATEWAY_ROUTES]:
         selected = {k for k, name in names.items() if name == route}
-        configs.append(
-            _route_config(
-                route,
-                _gateway_hosts(
-                    services,
-                    gateways,
-                    registry,
-                    builder,
-                    selected,
-                    _https_ports(gateways, local_ports),
-                ),
-            )
-        )
+        hosts = _gateway_hosts(services, gateways, registry, builder, selected, https_ports)
+        configs.append(_route_config(route, hosts))
     return listeners, configs
 
 
