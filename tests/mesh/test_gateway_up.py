@@ -138,6 +138,11 @@ def test_usvc_up_prints_each_gateway_port_and_the_ca_to_curl_with(tmp_path: Path
             if line.startswith("ready in "):
                 break
         printed = "\n".join(lines)
+        if not lines or not lines[-1].startswith("ready in "):
+            up.wait(30)
+            raise AssertionError(
+                f"usvc up ended: {printed}\n{up.stderr.read() if up.stderr else ''}"
+            )
         match = re.search(r"gateway CA \(made locally\): (\S+)   curl --cacert \S+ (\S+)", printed)
         assert match, printed
         ca, url = Path(match.group(1)), match.group(2)
