@@ -23,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Throughput, latency and CPU per request of usvc against bare aiohttp "
         "and OpenTelemetry's auto-instrumentation, under wrk.",
     )
-    parser.add_argument("--suite", choices=["single", "chain", "all"], default="all")
+    parser.add_argument(
+        "--suite",
+        choices=["single", "chain", "all", "envoy"],
+        default="all",
+        help="envoy: what each part of the mesh's Envoy costs (bench/envoy_parts.py)",
+    )
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per build (default 3)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
@@ -122,6 +127,23 @@ def update_readme(path: Path) -> int:
     return 0
 
 
+def envoy_parts_argv(args: argparse.Namespace) -> list[str]:
+    """``--suite envoy``'s options for bench/envoy_parts.py (its own shorter defaults)."""
+    argv = []
+    for flag, value in (
+        ("--duration", args.duration),
+        ("--warmup", args.warmup),
+        ("--rounds", args.rounds),
+    ):
+        if value is not None:
+            argv += [flag, f"{value:g}"]
+    if args.connections != 32:
+        argv += ["--connections", str(args.connections)]
+    if args.only:
+        argv += ["--only", args.only]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["readme"]:
@@ -129,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.update_readme:
         return update_readme(Path(args.results) if args.results else report.LATEST)
+    if args.suite == "envoy":
+        from . import envoy_parts
+
+        return envoy_parts.main(envoy_parts_argv(args))
     options = options_from(args)
     run = start_run(options, shlex.join(["python", "-m", "bench", *argv]))
     done: list[SuiteResult] = []

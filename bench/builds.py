@@ -18,6 +18,7 @@ from .procs import (
     StartError,
     clean_env,
     cpu_seconds,
+    fetch_text,
     free_port,
     http_ok,
     python_server,
@@ -74,6 +75,10 @@ class Build:
 
     def log_files(self) -> list[Path]:
         return []
+
+    def listener_requests(self) -> int | None:
+        """Requests Envoy's listeners have served so far (None: the build has no Envoy)."""
+        return None
 
 
 @dataclass
@@ -194,6 +199,17 @@ class MeshBuild(Build):
     def pid_of(self, label: str) -> int:
         return self._pids()[label]
 
+    def listener_requests(self) -> int | None:
+        """The sum of every HTTP connection manager's ``downstream_rq_total`` but admin's.
+
+        One request through one listener counts once, however the mesh's listeners are
+        laid out; its difference over a run divided by wrk's requests is the number of
+        listener traversals per request (bench/README.md: Method).
+        """
+        admin = self.mesh.ports.admin
+        url = f"http://127.0.0.1:{admin}/stats?filter=^http\\.[^.]+\\.downstream_rq_total$"
+        return listener_requests(fetch_text(url))
+
     def stop(self) -> None:
         if self.mesh is not None:
             self.mesh.stop()
@@ -202,6 +218,18 @@ class MeshBuild(Build):
         if self.mesh is None or self.mesh.run_dir is None:
             return []
         return sorted(Path(self.mesh.run_dir).glob("*.log"))
+
+
+def listener_requests(stats: str) -> int:
+    """From Envoy's admin ``/stats`` text: downstream requests of every HCM but the admin's."""
+    total = 0
+    for line in stats.splitlines():
+        name, _, value = line.partition(": ")
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "http" and parts[1] != "admin":
+            if parts[2] == "downstream_rq_total":
+                total += int(value)
+    return total
 
 
 def _header_dict(headers: tuple[str, ...]) -> dict[str, str]:

@@ -41,6 +41,12 @@ def http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
         return False
 
 
+def fetch_text(url: str, timeout: float = 5.0) -> str:
+    """The body of ``GET url``, without any proxy the environment names."""
+    with _DIRECT.open(url, timeout=timeout) as resp:
+        return str(resp.read().decode())
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as handle:

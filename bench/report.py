@@ -26,7 +26,12 @@ READMES: dict[Path, tuple[str, ...]] = {
     ROOT / "bench" / "README.md": ("run", "single", "chain"),
 }
 SUITE_ORDER = ("single", "chain")
-# wrk -> gateway -> front, and front/middle/core -> the outbound listener -> the next hop.
+# A hop is one call from one process to the next through the mesh: wrk -> front, front ->
+# middle, middle -> core, core -> clock. A traversal is one pass through one Envoy listener:
+# today a hop crosses one (the gateway, or the outbound listener); with a per-workload
+# outbound and a per-replica inbound listener it crosses two. The run counts traversals
+# (Envoy's downstream_rq_total, see traversals()); ENVOY_TRAVERSALS is for older results.
+ENVOY_HOPS = 4
 ENVOY_TRAVERSALS = 4
 DIRECT, MESH = "usvc", "usvc+envoy"
 # A run beside more than this many busy cores of other work is flagged noisy (and, with
@@ -93,30 +98,53 @@ def ratio(suite: Suite, a: str, b: str, key: str = "samples") -> Measured | None
     )
 
 
-def envoy_added(suite: Suite, key: str, value: Callable[[SampleData], float]) -> Measured | None:
-    """What the mesh build adds over the direct usvc hops (mesh - direct), round by round."""
+Per = Callable[[SampleData], float]
+
+
+def per_request(sample: SampleData) -> float:
+    return 1.0
+
+
+def traversals(sample: SampleData) -> float:
+    """Listener traversals per request in a mesh sample: Envoy's own count of the requests
+    its listeners served over the run, over wrk's requests; ENVOY_TRAVERSALS for a results
+    file from before that count was recorded."""
+    served = int(sample.get("listener_requests", 0))
+    return served / max(int(sample["requests"]), 1) if served else float(ENVOY_TRAVERSALS)
+
+
+def per_hop(sample: SampleData) -> float:
+    return float(ENVOY_HOPS)
+
+
+def counted(suite: Suite) -> bool:
+    """Whether the mesh row's samples carry Envoy's count of listener requests."""
+    row = rows_of(suite).get(MESH)
+    samples = [*row.get("samples", []), *row.get("probes", [])] if row else []
+    return bool(samples) and all(int(s.get("listener_requests", 0)) > 0 for s in samples)
+
+
+def envoy_added(
+    suite: Suite, key: str, value: Callable[[SampleData], float], per: Per = per_request
+) -> Measured | None:
+    """What the mesh build adds over the direct usvc hops (mesh - direct), round by round,
+    divided by ``per`` of the mesh's sample (per request, traversal or hop)."""
     rows = rows_of(suite)
     if DIRECT not in rows or MESH not in rows:
         return None
     return paired(
-        rows[MESH].get(key, []), rows[DIRECT].get(key, []), lambda m, d: value(m) - value(d)
+        rows[MESH].get(key, []),
+        rows[DIRECT].get(key, []),
+        lambda m, d: (value(m) - value(d)) / per(m),
     )
 
 
-def envoy_cpu(suite: Suite, key: str) -> Measured | None:
-    """Envoy's own CPU µs per request in the mesh build, by round."""
+def envoy_cpu(suite: Suite, key: str, per: Per = per_request) -> Measured | None:
+    """Envoy's own CPU µs per request in the mesh build (or per traversal, per hop), by round."""
     row = rows_of(suite).get(MESH)
-    samples = row.get(key, []) if row else []
-    values = tuple(cpu_us(by_round(samples)[r], "envoy") for r in sorted(by_round(samples)))
+    samples = by_round(row.get(key, []) if row else [])
+    values = tuple(cpu_us(samples[r], "envoy") / per(samples[r]) for r in sorted(samples))
     return Measured(statistics.median(values), values) if values else None
-
-
-def per_traversal(measured: Measured | None) -> Measured | None:
-    if measured is None:
-        return None
-    return Measured(
-        measured.value / ENVOY_TRAVERSALS, tuple(v / ENVOY_TRAVERSALS for v in measured.per_round)
-    )
 
 
 # --- the targets of issue 13 -------------------------------------------------------------
@@ -168,14 +196,14 @@ TARGETS: dict[str, tuple[Target, ...]] = {
             150.0,
             False,
             "µs",
-            lambda suite: per_traversal(envoy_cpu(suite, "samples")),
+            lambda suite: envoy_cpu(suite, "samples", traversals),
         ),
         Target(
             "p50 added per traversal, 1 connection",
             0.3,
             False,
             "+ms",
-            lambda suite: per_traversal(envoy_added(suite, "probes", lambda s: float(s["p50_ms"]))),
+            lambda suite: envoy_added(suite, "probes", lambda s: float(s["p50_ms"]), traversals),
         ),
     ),
 }
@@ -293,8 +321,13 @@ def _envoy_table(suite: Suite, run: Mapping[str, Any]) -> list[str]:
     def cell(measured: Measured | None, unit: str) -> str:
         return "–" if measured is None else fmt(measured.value, unit)
 
+    measured = counted(suite)
+    what = f"{ENVOY_TRAVERSALS} traversals"
+    if measured:
+        passes = statistics.median(traversals(s) for s in rows_of(suite)[MESH]["samples"])
+        what = f"{ENVOY_HOPS} hops, {passes:.2f} listener traversals per request"
     columns = (
-        f"Envoy: {MESH} over {DIRECT} ({ENVOY_TRAVERSALS} traversals)",
+        f"Envoy: {MESH} over {DIRECT} ({what})",
         f"{wrk['connections']} connections",
         f"{wrk['probe_connections']} connection",
     )
@@ -308,11 +341,16 @@ def _envoy_table(suite: Suite, run: Mapping[str, Any]) -> list[str]:
         row(
             "p50 added per traversal",
             "+ms",
-            lambda key: per_traversal(envoy_added(suite, key, p50)),
+            lambda key: envoy_added(suite, key, p50, traversals),
         ),
         row("Envoy CPU per request", "µs", lambda key: envoy_cpu(suite, key)),
-        row("Envoy CPU per traversal", "µs", lambda key: per_traversal(envoy_cpu(suite, key))),
+        row("Envoy CPU per traversal", "µs", lambda key: envoy_cpu(suite, key, traversals)),
     ]
+    if measured:
+        rows += [
+            row("p50 added per hop", "+ms", lambda key: envoy_added(suite, key, p50, per_hop)),
+            row("Envoy CPU per hop", "µs", lambda key: envoy_cpu(suite, key, per_hop)),
+        ]
     return _table(columns, _align("l", "r", "r"), rows)
 
 

@@ -55,6 +55,9 @@ class Sample:
     # CPU the rest of the machine used meanwhile (other people's work), in cores:
     # a noisy neighbour shows here, not silently in the numbers.
     other_cores: float = 0.0
+    # Requests Envoy's listeners served meanwhile (a mesh build; 0 otherwise): divided by
+    # ``requests``, the listener traversals per request.
+    listener_requests: int = 0
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -234,6 +237,7 @@ def results(run: Mapping[str, Any], suites: Sequence[SuiteResult]) -> dict[str, 
 
 
 def measure(build: Build, seconds: float, connections: int, round_no: int) -> Sample:
+    passes_before = build.listener_requests()
     before = build.cpu()
     started = time.time()
     busy_before, wrk_before, wall_before = (
@@ -243,6 +247,7 @@ def measure(build: Build, seconds: float, connections: int, round_no: int) -> Sa
     )
     result = wrk.run(build.url, seconds, connections, headers=build.headers)
     after = build.cpu()
+    passes_after = build.listener_requests()
     busy = machine_busy_seconds() - busy_before
     wrk_cpu = children_cpu_seconds() - wrk_before
     wall = time.monotonic() - wall_before
@@ -258,6 +263,7 @@ def measure(build: Build, seconds: float, connections: int, round_no: int) -> Sa
         cpu_s=cpu,
         wrk_cpu_s=wrk_cpu,
         other_cores=max(0.0, busy - wrk_cpu - sum(cpu.values())) / wall,
+        listener_requests=(passes_after or 0) - (passes_before or 0),
     )
 
 

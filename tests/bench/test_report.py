@@ -155,6 +155,36 @@ def test_chain_states_envoy_cost_and_every_chain_target() -> None:
     check_suite(suite, text)
 
 
+def test_per_traversal_divides_by_the_listener_passes_the_run_counted() -> None:
+    # With a per-workload outbound and a per-replica inbound listener a hop crosses two:
+    # Envoy counted 8 listener requests per wrk request, the chain still has 4 hops.
+    suite = chain()
+    mesh = suite["rows"][-1]
+    for s in [*mesh["samples"], *mesh["probes"]]:
+        s["listener_requests"] = 8 * s["requests"]
+    text = report.render_suite(suite, RUN)
+    envoy = next(t for t in report.tables(text) if t.columns[0].startswith("Envoy"))
+    assert envoy.columns[0] == (
+        "Envoy: usvc+envoy over usvc (4 hops, 8.00 listener traversals per request)"
+    )
+    loaded = envoy.column("32 connections")
+    assert loaded["Envoy CPU per request"] == "562 µs"
+    assert loaded["Envoy CPU per traversal"] == "70 µs"  # 562 / 8
+    assert loaded["Envoy CPU per hop"] == "140 µs"  # 562 / 4
+    assert envoy.column("1 connection")["p50 added per hop"] == "+0.65 ms"
+    assert envoy.column("1 connection")["p50 added per traversal"] == "+0.33 ms"
+    targets = next(t for t in report.tables(text) if t.columns[0] == "target (issue 13)")
+    assert targets.column("measured")["Envoy CPU per traversal"] == "70 µs"
+    check_suite(suite, text)
+
+
+def test_results_without_the_listener_count_keep_four_traversals_and_no_hop_rows() -> None:
+    text = report.render_suite(chain(), RUN)
+    envoy = next(t for t in report.tables(text) if t.columns[0].startswith("Envoy"))
+    assert envoy.columns[0] == "Envoy: usvc+envoy over usvc (4 traversals)"
+    assert "Envoy CPU per hop" not in envoy.column("32 connections")
+
+
 def test_one_run_check_rejects_a_sample_from_another_run() -> None:
     results: dict[str, Any] = {"format": 1, "run": RUN, "suites": [single((250,) * 3, (700,) * 3)]}
     check_one_run(results)

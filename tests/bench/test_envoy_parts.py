@@ -1,0 +1,51 @@
+"""bench/envoy_parts.py: every variant is a configuration Envoy accepts, built from the mesh's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import envoy_parts
+from usvc_mesh import envoy
+
+
+def context(tmp_path: Path) -> envoy_parts.Context:
+    return envoy_parts.Context(tmp_path, upstream_port=18080, collector_port=19411)
+
+
+@pytest.mark.slow  # one `envoy --mode validate` per variant
+def test_every_variant_is_a_configuration_envoy_accepts(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    for variant in envoy_parts.variants():
+        path = tmp_path / "variant.json"
+        path.write_text(json.dumps(variant.bootstrap(ctx, 18001, 18002)))
+        done = subprocess.run(
+            [envoy.envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"{variant.name}: {done.stderr}{done.stdout}"
+
+
+def test_the_mesh_variant_is_the_outbound_listener_the_mesh_writes(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    mesh = next(v for v in envoy_parts.variants() if v.name == "mesh")
+    (listener,) = mesh.bootstrap(ctx, 18001, 18002)["static_resources"]["listeners"]
+    ports = envoy.MeshPorts(gateway=1, outbound=2, admin=3)
+    written = envoy.bootstrap(tmp_path, ports, zipkin=("127.0.0.1", ctx.collector_port))
+    outbound = next(x for x in written["static_resources"]["listeners"] if x["name"] == "outbound")
+    ours, theirs = (
+        x["filter_chains"][0]["filters"][0]["typed_config"] for x in (listener, outbound)
+    )
+    assert ours["http_filters"] == theirs["http_filters"]
+    assert ours["tracing"] == theirs["tracing"]
+    assert (
+        ours["access_log"][0]["typed_config"]["log_format"]
+        == (theirs["access_log"][0]["typed_config"]["log_format"])
+    )
+    # Only the routes differ: inline, one virtual host for the upstream.
+    assert {k for k in ours if ours[k] != theirs.get(k)} == {"route_config", "access_log"}
