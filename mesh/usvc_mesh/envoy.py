@@ -40,6 +40,12 @@ def rds_file(name: str) -> str:
 
 
 ZIPKIN_CLUSTER = "zipkin"
+# Worker threads of the mesh's one Envoy. One worker serves a laptop's mesh (every
+# listener's connections share its event loop, so under load one wakeup handles several
+# requests' events) and costs less CPU per request than two on a 2-core machine that also
+# runs the workloads: bench/README.md, "What Envoy's parts cost". Istio's sidecars run 2
+# (proxy.istio.io/config concurrency); here one Envoy serves every workload.
+MESH_CONCURRENCY = 1
 # Seconds a client has to send its whole request head to the gateway.
 DEFAULT_REQUEST_HEADERS_TIMEOUT = 5.0
 _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -101,7 +107,7 @@ def envoy_binary() -> str:
 def envoy_command(
     bootstrap_path: Path,
     *,
-    concurrency: int = 1,
+    concurrency: int = MESH_CONCURRENCY,
     log_level: str = "warning",
     log_flush_ms: int = 1000,
 ) -> list[str]:

@@ -416,7 +416,7 @@ class LocalMesh:
         assert self.run_dir is not None
         log = (self.run_dir / "envoy.log").open("w")
         self.proxy = subprocess.Popen(
-            envoy.envoy_command(bootstrap, concurrency=2),
+            envoy.envoy_command(bootstrap),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1226,6 +1226,12 @@ def test_the_bootstrap_listens_where_the_caller_says() -> None:
     }
 
 
+def test_the_mesh_envoy_runs_one_worker_thread_by_default() -> None:
+    # Cheaper per request than two on a 2-core laptop (bench/README.md: Envoy's parts).
+    command = tr.envoy_command(Path("/run/mesh/bootstrap.json"))
+    assert command[command.index("--concurrency") + 1] == "1"
+
+
 def test_routes_and_clusters_come_from_files_in_the_config_dir() -> None:
     config = tr.bootstrap(CONFIG_DIR, PORTS)
     rds = hcm(config, "outbound")["rds"]
