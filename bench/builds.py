@@ -207,7 +207,7 @@ class MeshBuild(Build):
         listener traversals per request (bench/README.md: Method).
         """
         admin = self.mesh.ports.admin
-        url = f"http://127.0.0.1:{admin}/stats?filter=^http\\.[^.]+\\.downstream_rq_total$"
+        url = f"http://127.0.0.1:{admin}/stats?filter=^http\\..+\\.downstream_rq_total$"
         return listener_requests(fetch_text(url))
 
     def stop(self) -> None:
@@ -225,10 +225,9 @@ def listener_requests(stats: str) -> int:
     total = 0
     for line in stats.splitlines():
         name, _, value = line.partition(": ")
-        parts = name.split(".")
-        if len(parts) == 3 and parts[0] == "http" and parts[1] != "admin":
-            if parts[2] == "downstream_rq_total":
-                total += int(value)
+        hcm = name.startswith("http.") and not name.startswith("http.admin.")
+        if hcm and name.endswith(".downstream_rq_total"):
+            total += int(value)
     return total
 
 

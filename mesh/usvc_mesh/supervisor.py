@@ -227,6 +227,7 @@ class LocalMesh:
     warnings: list[str] = field(default_factory=list)
     backoff: Backoff = field(default_factory=Backoff)
     request_headers_timeout: float = envoy.DEFAULT_REQUEST_HEADERS_TIMEOUT
+    envoy_concurrency: int = envoy.MESH_CONCURRENCY  # Envoy's worker threads
     report: Callable[[str], None] = _quiet  # one line per event (crash, restart, roll)
     # Each Gateway server port -> the local port its listener has; the first is gateway_port.
     gateway_ports: dict[int, int] = field(default_factory=dict)
@@ -416,7 +417,7 @@ class LocalMesh:
         assert self.run_dir is not None
         log = (self.run_dir / "envoy.log").open("w")
         self.proxy = subprocess.Popen(
-            envoy.envoy_command(bootstrap),
+            envoy.envoy_command(bootstrap, concurrency=self.envoy_concurrency),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.builds import listener_requests
 
 from .checks import check_one_run, check_suite
 
@@ -209,3 +210,17 @@ def test_shape_ignores_numbers_but_not_builds_or_columns() -> None:
     assert report.shape(report.render_suite(suite, RUN)) == report.shape(a)
     del suite["rows"][3]
     assert report.shape(report.render_suite(suite, RUN)) != report.shape(a)
+
+
+def test_listener_requests_sum_every_connection_manager_but_the_admins() -> None:
+    stats = "\n".join(
+        [
+            "http.admin.downstream_rq_total: 7",
+            "http.gateway.downstream_rq_total: 10",
+            "http.outbound.downstream_rq_total: 30",
+            "http.inbound_front.v1.downstream_rq_total: 10",
+            "http.outbound.downstream_rq_2xx: 30",
+            "listener.127.0.0.1_8080.http.gateway.downstream_rq_total: 10",
+        ]
+    )
+    assert listener_requests(stats) == 50
