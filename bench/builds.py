@@ -200,14 +200,14 @@ class MeshBuild(Build):
         return self._pids()[label]
 
     def listener_requests(self) -> int | None:
-        """The sum of every HTTP connection manager's ``downstream_rq_total`` but admin's.
+        """The sum of every HTTP connection manager's ``downstream_rq_completed`` but admin's.
 
         One request through one listener counts once, however the mesh's listeners are
         laid out; its difference over a run divided by wrk's requests is the number of
         listener traversals per request (bench/README.md: Method).
         """
         admin = self.mesh.ports.admin
-        url = f"http://127.0.0.1:{admin}/stats?filter=^http\\..+\\.downstream_rq_total$"
+        url = f"http://127.0.0.1:{admin}/stats?filter=^http\\..+\\.downstream_rq_completed$"
         return listener_requests(fetch_text(url))
 
     def stop(self) -> None:
@@ -226,7 +226,7 @@ def listener_requests(stats: str) -> int:
     for line in stats.splitlines():
         name, _, value = line.partition(": ")
         hcm = name.startswith("http.") and not name.startswith("http.admin.")
-        if hcm and name.endswith(".downstream_rq_total"):
+        if hcm and name.endswith(".downstream_rq_completed"):
             total += int(value)
     return total
 

@@ -30,7 +30,7 @@ SUITE_ORDER = ("single", "chain")
 # middle, middle -> core, core -> clock. A traversal is one pass through one Envoy listener:
 # today a hop crosses one (the gateway, or the outbound listener); with a per-workload
 # outbound and a per-replica inbound listener it crosses two. The run counts traversals
-# (Envoy's downstream_rq_total, see traversals()); ENVOY_TRAVERSALS is for older results.
+# (Envoy's downstream_rq_completed, see traversals()); ENVOY_TRAVERSALS is for older results.
 ENVOY_HOPS = 4
 ENVOY_TRAVERSALS = 4
 DIRECT, MESH = "usvc", "usvc+envoy"
