@@ -16,14 +16,10 @@ process serving crafted series in the shape Istio's sidecars emit
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +28,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from load.prometheus import PrometheusError
+from load.prometheus import query as prometheus_query
 from tests.procs import ROOT, free_port
 from usvc_mesh.manifests import Layout
 from usvc_mesh.procs import terminate
@@ -64,21 +62,12 @@ class Observed:
 
 
 def query(url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-    """The result vector of an instant query; fails with Prometheus's own message."""
-    params = {"query": expr, **({} if at is None else {"time": f"{at:.3f}"})}
-    request = f"{url}/api/v1/query?{urllib.parse.urlencode(params)}"
+    """The result vector of an instant query (load.prometheus.query); a query Prometheus
+    refuses (its status is not "success") fails the test with Prometheus's own message."""
     try:
-        with NO_PROXY.open(request, timeout=10) as resp:
-            body = json.load(resp)
-    except urllib.error.HTTPError as error:
-        body = json.load(error)
-    assert body["status"] == "success", f"{expr}\n-> {body.get('error')}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
-# Loopback only: a proxy named by the environment must not get the queries.
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        return prometheus_query(url, expr, at)
+    except PrometheusError as error:
+        raise AssertionError(str(error)) from None
 
 
 def prometheus_config(mesh: LocalMesh, rules: Path, istio_port: int) -> dict[str, Any]:

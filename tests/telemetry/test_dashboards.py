@@ -127,6 +127,12 @@ def test_prometheus_scrapes_every_workload_envoy_and_the_istio_stand_in(
     assert up == dict.fromkeys([*observed.mesh.workloads, "envoy", "istio"], "1")
 
 
+def test_a_query_prometheus_refuses_fails_with_its_own_message(observed: Observed) -> None:
+    # A panel query with a typo must fail its test, not pass as "no data".
+    with pytest.raises(AssertionError, match=r"sum\(up\n-> .*parse error"):
+        observed.query("sum(up")
+
+
 @pytest.mark.parametrize(
     ("name", "target"),
     [(name, t) for name, _, t in EVERY_TARGET],
