@@ -207,34 +207,15 @@ async def test_a_failing_upstream_is_a_fast_502_or_504_naming_the_hop_and_counte
     assert (attempts[-1].attributes or {}).get("error.type") == outcome
 
 
-async def test_a_refused_call_straight_through_the_session_is_a_502_naming_the_hop(
-    make_service: ServiceFactory, serve: Serve
-) -> None:
-    port = free_port()
-    svc = make_service("front")
-
-    @svc.get("/direct")
-    async def direct(request: web.Request) -> web.Response:
-        async with svc.egress.session.get(f"http://127.0.0.1:{port}/") as upstream:
-            return web.Response(text=await upstream.text())
-
-    front = await serve(svc.app)
-    async with aiohttp.ClientSession() as client:
-        async with client.get(front.make_url("/direct")) as resp:
-            body = await resp.json(content_type=None)
-            assert resp.status == 502
-        async with client.get(front.make_url("/metrics")) as resp:
-            metrics = await resp.text()
-    assert body["upstream"] == f"127.0.0.1:{port}"
-    assert outcome_count(metrics, f"127.0.0.1:{port}", "connect_error") == 1
-
-
-async def test_a_body_cut_short_on_a_call_straight_through_the_session_is_a_502_naming_the_hop(
+@pytest.mark.parametrize("mode", ["refused", "chunked_encoding_cut"])
+async def test_a_failing_call_straight_through_the_session_is_a_502_naming_the_hop(
+    mode: str,
     make_service: ServiceFactory,
     serve: Serve,
     raw_upstream: Callable[[Behaviour | None], Awaitable[int]],
 ) -> None:
-    behaviour, _, _, _ = FAILURES["chunked_encoding_cut"]
+    # A connection refused, and a body cut short after the head (so after the call returned).
+    behaviour, _, outcome, _ = FAILURES[mode]
     port = await raw_upstream(behaviour)
     svc = make_service("front")
 
@@ -251,5 +232,5 @@ async def test_a_body_cut_short_on_a_call_straight_through_the_session_is_a_502_
         async with client.get(front.make_url("/metrics")) as resp:
             metrics = await resp.text()
     assert body["upstream"] == f"127.0.0.1:{port}"
-    assert outcome_count(metrics, f"127.0.0.1:{port}", "body_error") == 1
+    assert outcome_count(metrics, f"127.0.0.1:{port}", outcome) == 1
     assert outcome_count(metrics, f"127.0.0.1:{port}", "200") == 0
