@@ -154,112 +154,130 @@ def test_a_zero_tcp_idle_timeout_is_allowed() -> None:
     assert messages(rule(trafficPolicy={"connectionPool": {"tcp": {"idleTimeout": "0s"}}})) == []
 
 
-def test_a_negative_weight_is_rejected() -> None:
-    # pkg/config/validation/validation.go validateWeight
-    assert messages(vs_with(split(-20, 120))) == [
-        "VirtualService x: http[0].route[0].weight: -20 is negative"
-    ]
+def redirect(match: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    obj = vs_with(redirect=fields, **({"match": match} if match else {}))
+    del obj["spec"]["http"][0]["route"]
+    return obj
 
 
-def test_weights_that_add_up_to_zero_are_rejected() -> None:
-    # validation.go validateHTTPRouteDestinations: "total destination weight = 0"
-    assert messages(vs_with(split(0, 0))) == [
-        "VirtualService x: http[0].route: the weights add up to 0 (total destination weight = 0)"
-    ]
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        # pkg/config/validation/validation.go validateWeight
+        pytest.param(
+            vs_with(split(-20, 120)),
+            "VirtualService x: http[0].route[0].weight: -20 is negative",
+            id="a-negative-weight",
+        ),
+        # validation.go validateHTTPRouteDestinations: "total destination weight = 0"
+        pytest.param(
+            vs_with(split(0, 0)),
+            "VirtualService x: http[0].route: the weights add up to 0 "
+            "(total destination weight = 0)",
+            id="weights-that-add-up-to-zero",
+        ),
+        # pkg/config/validation/agent/validation.go ValidateHTTPRetry, supportedRetryOnPolicies
+        pytest.param(
+            vs_with(retries={"attempts": 2, "retryOn": "5xx,gateway-eror"}),
+            "VirtualService x: http[0].retries.retryOn: 'gateway-eror' is not a retry condition "
+            "or HTTP status code",
+            id="an-unknown-retry-condition",
+        ),
+        # agent/validation.go ValidateHTTPRetry: "http retry policy configured when attempts
+        # are set to 0 (disabled)"
+        pytest.param(
+            vs_with(retries={"attempts": 0, "perTryTimeout": "1s"}),
+            "VirtualService x: http[0].retries: a retry policy with attempts 0 (retries disabled)",
+            id="a-retry-policy-with-zero-attempts",
+        ),
+        # istio/api networking/v1alpha3/virtual_service.proto: "The header keys must be lowercase"
+        pytest.param(
+            vs_with(match=[{"headers": {"X-Dev-User": {"exact": "betaUser"}}}]),
+            "VirtualService x: http[0].match[0].headers: 'X-Dev-User' must be lower case",
+            id="an-upper-case-header-match",
+        ),
+        # validation.go ValidateHTTPHeaderNameOrJwtClaimRoute (RFC 7230 token characters)
+        pytest.param(
+            vs_with(match=[{"headers": {"x user": {"exact": "a"}}}]),
+            "VirtualService x: http[0].match[0].headers: 'x user' is not a valid header name",
+            id="a-header-name-that-is-no-token",
+        ),
+        # validation.go validatePercentage
+        pytest.param(
+            vs_with(fault={"abort": {"httpStatus": 503, "percentage": {"value": 150}}}),
+            "VirtualService x: http[0].fault.abort.percentage.value: 150 is neither 0 nor within "
+            "0.0001-100",
+            id="a-fault-percentage-above-100",
+        ),
+        # validation.go validatePercentage: "neither 0.0, nor in range [0.0001, 100.0]"
+        pytest.param(
+            vs_with(fault={"delay": {"fixedDelay": "1s", "percentage": {"value": 0.00001}}}),
+            "VirtualService x: http[0].fault.delay.percentage.value: 1e-05 is neither 0 nor within "
+            "0.0001-100",
+            id="a-fault-percentage-below-one-in-a-million",
+        ),
+        # virtualservice.go validateHTTPRoute: "mirror_percentage must have a max value of 100"
+        pytest.param(
+            vs_with(mirror={"host": "y"}, mirrorPercentage={"value": 101}),
+            "VirtualService x: http[0].mirrorPercentage.value: 101 is not within 0-100",
+            id="a-mirror-percentage-above-100",
+        ),
+        # validation.go validateHTTPStatus
+        pytest.param(
+            vs_with(fault={"abort": {"httpStatus": 100, "percentage": {"value": 1}}}),
+            "VirtualService x: http[0].fault.abort.httpStatus: 100 is not within 200-599",
+            id="a-fault-abort-status-outside-200-599",
+        ),
+        # virtualservice.go validateHTTPRouteConflict: "HTTP route cannot contain both mirror
+        # and mirrors"
+        pytest.param(
+            vs_with(mirror={"host": "y"}, mirrors=[{"destination": {"host": "z"}}]),
+            "VirtualService x: http[0]: mirror and mirrors cannot both be set",
+            id="mirror-and-mirrors-together",
+        ),
+        # validation.go validateHTTPRedirect
+        pytest.param(
+            redirect(uri="/new", redirectCode=200),
+            "VirtualService x: http[0].redirect.redirectCode: 200 is not a 3xx code",
+            id="a-redirect-code-that-is-not-3xx",
+        ),
+        # agent/validation.go ValidateHTTPRetry: "attempts cannot be negative"
+        pytest.param(
+            vs_with(retries={"attempts": -1}),
+            "VirtualService x: http[0].retries.attempts: -1 is negative",
+            id="a-negative-retry-count",
+        ),
+        # CRD CEL `0 < self && self <= 65535`
+        pytest.param(
+            vs_with(match=[{"port": 70000}]),
+            "VirtualService x: http[0].match[0].port: 70000 is not within 1-65535",
+            id="a-match-port-out-of-range",
+        ),
+        # pkg/config/validation/validation.go validateSubsetName (labels.IsDNS1123Label)
+        pytest.param(
+            rule(subsets=[{"name": "Canary_1", "labels": {"v": "1"}}]),
+            "DestinationRule x: subsets[0].name: 'Canary_1' is not a DNS-1123 label "
+            "(lower case, digits, -)",
+            id="a-subset-name-that-is-no-dns-label",
+        ),
+        # validation.go validateTrafficPolicy: "traffic policy must have at least one field"
+        pytest.param(
+            rule(trafficPolicy={}),
+            "DestinationRule x: trafficPolicy: a traffic policy needs at least one field",
+            id="an-empty-traffic-policy",
+        ),
+    ],
+)
+def test_a_value_istio_rejects_is_one_finding_naming_its_path(
+    obj: dict[str, Any], expected: str
+) -> None:
+    assert messages(obj) == [expected]
 
 
 def test_weights_need_not_add_up_to_100() -> None:
     # validation.go validateHTTPRouteDestinations checks only negative and all-zero
     # weights; istiod passes the weights on to Envoy as they are.
     assert messages(vs_with(split(20, 70))) == []
-
-
-def test_an_unknown_retry_condition_is_rejected() -> None:
-    # pkg/config/validation/agent/validation.go ValidateHTTPRetry, supportedRetryOnPolicies
-    assert messages(vs_with(retries={"attempts": 2, "retryOn": "5xx,gateway-eror"})) == [
-        "VirtualService x: http[0].retries.retryOn: 'gateway-eror' is not a retry condition "
-        "or HTTP status code"
-    ]
-
-
-def test_a_retry_policy_with_zero_attempts_is_rejected() -> None:
-    # agent/validation.go ValidateHTTPRetry: "http retry policy configured when attempts
-    # are set to 0 (disabled)"
-    assert messages(vs_with(retries={"attempts": 0, "perTryTimeout": "1s"})) == [
-        "VirtualService x: http[0].retries: a retry policy with attempts 0 (retries disabled)"
-    ]
-
-
-def test_an_upper_case_header_match_is_rejected() -> None:
-    # istio/api networking/v1alpha3/virtual_service.proto: "The header keys must be lowercase"
-    obj = vs_with(match=[{"headers": {"X-Dev-User": {"exact": "betaUser"}}}])
-    assert messages(obj) == [
-        "VirtualService x: http[0].match[0].headers: 'X-Dev-User' must be lower case"
-    ]
-
-
-def test_a_header_name_that_is_no_token_is_rejected() -> None:
-    # validation.go ValidateHTTPHeaderNameOrJwtClaimRoute (RFC 7230 token characters)
-    obj = vs_with(match=[{"headers": {"x user": {"exact": "a"}}}])
-    assert messages(obj) == [
-        "VirtualService x: http[0].match[0].headers: 'x user' is not a valid header name"
-    ]
-
-
-def test_a_fault_percentage_above_100_is_rejected() -> None:
-    # validation.go validatePercentage
-    obj = vs_with(fault={"abort": {"httpStatus": 503, "percentage": {"value": 150}}})
-    assert messages(obj) == [
-        "VirtualService x: http[0].fault.abort.percentage.value: 150 is neither 0 nor within "
-        "0.0001-100"
-    ]
-
-
-def test_a_fault_percentage_below_one_in_a_million_is_rejected() -> None:
-    # validation.go validatePercentage: "neither 0.0, nor in range [0.0001, 100.0]"
-    obj = vs_with(fault={"delay": {"fixedDelay": "1s", "percentage": {"value": 0.00001}}})
-    assert messages(obj) == [
-        "VirtualService x: http[0].fault.delay.percentage.value: 1e-05 is neither 0 nor within "
-        "0.0001-100"
-    ]
-
-
-def test_a_mirror_percentage_above_100_is_rejected() -> None:
-    # virtualservice.go validateHTTPRoute: "mirror_percentage must have a max value of 100"
-    obj = vs_with(mirror={"host": "y"}, mirrorPercentage={"value": 101})
-    assert messages(obj) == [
-        "VirtualService x: http[0].mirrorPercentage.value: 101 is not within 0-100"
-    ]
-
-
-def test_a_fault_abort_status_outside_200_599_is_rejected() -> None:
-    # validation.go validateHTTPStatus
-    obj = vs_with(fault={"abort": {"httpStatus": 100, "percentage": {"value": 1}}})
-    assert messages(obj) == [
-        "VirtualService x: http[0].fault.abort.httpStatus: 100 is not within 200-599"
-    ]
-
-
-def test_mirror_and_mirrors_together_are_rejected() -> None:
-    # virtualservice.go validateHTTPRouteConflict: "HTTP route cannot contain both mirror
-    # and mirrors"
-    obj = vs_with(mirror={"host": "y"}, mirrors=[{"destination": {"host": "z"}}])
-    assert messages(obj) == ["VirtualService x: http[0]: mirror and mirrors cannot both be set"]
-
-
-def test_a_redirect_code_that_is_not_3xx_is_rejected() -> None:
-    # validation.go validateHTTPRedirect
-    obj = vs_with(route=[], redirect={"uri": "/new", "redirectCode": 200})
-    del obj["spec"]["http"][0]["route"]
-    assert messages(obj) == [
-        "VirtualService x: http[0].redirect.redirectCode: 200 is not a 3xx code"
-    ]
-
-
-def redirect(match: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
-    obj = vs_with(redirect=fields, **({"match": match} if match else {}))
-    del obj["spec"]["http"][0]["route"]
-    return obj
 
 
 @pytest.mark.parametrize(
@@ -278,35 +296,6 @@ def test_a_redirect_istio_rejects_is_rejected(obj: dict[str, Any], expected: str
     # pkg/config/validation/validation.go validateHTTPRedirect
     (finding,) = validation.validate_object(obj)
     assert finding.message.startswith(expected)
-
-
-def test_a_negative_retry_count_is_rejected() -> None:
-    # agent/validation.go ValidateHTTPRetry: "attempts cannot be negative"
-    assert messages(vs_with(retries={"attempts": -1})) == [
-        "VirtualService x: http[0].retries.attempts: -1 is negative"
-    ]
-
-
-def test_a_match_port_out_of_range_is_rejected() -> None:
-    # CRD CEL `0 < self && self <= 65535`
-    assert messages(vs_with(match=[{"port": 70000}])) == [
-        "VirtualService x: http[0].match[0].port: 70000 is not within 1-65535"
-    ]
-
-
-def test_a_subset_name_that_is_no_dns_label_is_rejected() -> None:
-    # pkg/config/validation/validation.go validateSubsetName (labels.IsDNS1123Label)
-    assert messages(rule(subsets=[{"name": "Canary_1", "labels": {"v": "1"}}])) == [
-        "DestinationRule x: subsets[0].name: 'Canary_1' is not a DNS-1123 label "
-        "(lower case, digits, -)"
-    ]
-
-
-def test_an_empty_traffic_policy_is_rejected() -> None:
-    # validation.go validateTrafficPolicy: "traffic policy must have at least one field"
-    assert messages(rule(trafficPolicy={})) == [
-        "DestinationRule x: trafficPolicy: a traffic policy needs at least one field"
-    ]
 
 
 def test_a_valid_object_has_no_findings() -> None:
