@@ -161,6 +161,18 @@ class WorkloadProcess:
         except OSError:
             return []
 
+    def death(self, what: str | None = None, consequence: str = "") -> MeshError:
+        """The error for a process that ended unasked: who, how, what follows, its last lines.
+
+        ``what`` names it (default: the instance), ``consequence`` is said before the lines.
+        """
+        assert self.process is not None and self.process.returncode is not None
+        tail = "\n    ".join(self.last_lines())
+        return MeshError(
+            f"{what or self.name} {exit_status(self.process.returncode)}; "
+            f"{consequence + '; ' if consequence else ''}its last log lines:\n    {tail}"
+        )
+
 
 @dataclass
 class Workload:
@@ -448,12 +460,7 @@ class LocalMesh:
         """Raise MeshError naming a dead process (or Envoy) with its last log lines."""
         for process in self.processes():
             if process.exited():
-                assert process.process is not None
-                tail = "\n    ".join(process.last_lines())
-                raise MeshError(
-                    f"{process.name} {exit_status(process.process.returncode)}; "
-                    f"its last log lines:\n    {tail}"
-                )
+                raise process.death()
         self.check_envoy()
 
     def check_envoy(self) -> None:
@@ -661,12 +668,7 @@ class LocalMesh:
             if self._stopping:
                 raise MeshError("the mesh is stopping")
             if process.exited():
-                assert process.process is not None
-                tail = "\n    ".join(process.last_lines())
-                raise MeshError(
-                    f"{what} {exit_status(process.process.returncode)}; the old one "
-                    f"keeps running; its last log lines:\n    {tail}"
-                )
+                raise process.death(what, "the old one keeps running")
             self.check_envoy()
             if time.monotonic() > deadline:
                 raise MeshError(f"{what} not ready within 30s; the old one keeps running")

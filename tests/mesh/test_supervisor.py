@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import pytest
 from tests.procs import ROOT, free_port
 from usvc_mesh.envoy import MeshPorts, bootstrap
 from usvc_mesh.manifests import Layout, MeshError
-from usvc_mesh.supervisor import STATE_FILE, Backoff, LocalMesh, exit_status, find_run_dir
+from usvc_mesh.supervisor import (
+    STATE_FILE,
+    Backoff,
+    LocalMesh,
+    WorkloadProcess,
+    exit_status,
+    find_run_dir,
+)
 
 
 def test_backoff_doubles_from_one_second_to_a_thirty_second_cap() -> None:
@@ -78,6 +86,47 @@ def test_the_gateway_listener_times_out_slow_request_heads_and_shares_no_port() 
     assert hcm["request_headers_timeout"] == "2.5s"
     assert gateway["enable_reuse_port"] is False
     assert outbound["enable_reuse_port"] is False
+
+
+def crashed_replica(mesh: LocalMesh, code: str) -> WorkloadProcess:
+    """front-1, run as a real process that runs ``code`` and ends."""
+    replica = mesh.workloads["front"].members[0]
+    replica.argv = [sys.executable, "-c", code]
+    replica.start(ROOT)
+    assert replica.process is not None
+    replica.process.wait()
+    assert replica.log_handle is not None
+    replica.log_handle.close()  # not stop(): that would mark it as asked to end
+    replica.log_handle = None
+    return replica
+
+
+def test_a_replica_that_dies_while_the_mesh_starts_is_named_with_its_last_lines(
+    tmp_path: Path,
+) -> None:
+    mesh = planned(tmp_path)
+    crashed_replica(mesh, "print('first'); print('last'); raise SystemExit(2)")
+    with pytest.raises(MeshError) as raised:
+        mesh.check_alive()
+    assert (
+        str(raised.value)
+        == "front-1 exited with status 2; its last log lines:\n    first\n    last"
+    )
+
+
+def test_a_new_replica_that_dies_in_a_rolling_restart_says_the_old_one_keeps_running(
+    tmp_path: Path,
+) -> None:
+    mesh = planned(tmp_path)
+    replica = crashed_replica(
+        mesh, "import os, signal; print('bye', flush=True); os.kill(os.getpid(), 9)"
+    )
+    with pytest.raises(MeshError) as raised:
+        mesh._await(replica.ready, "front-1 (new)", replica)
+    assert str(raised.value) == (
+        "front-1 (new) was killed by SIGKILL; the old one keeps running; "
+        "its last log lines:\n    bye"
+    )
 
 
 def test_a_gateway_address_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
