@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from usvc_mesh.procs import terminate
+from usvc_mesh.procs import free_port as free_port  # the one free_port (builds.py uses it)
+from usvc_mesh.procs import port_taken, port_taken_message, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -24,12 +24,6 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class StartError(RuntimeError):
     """A server did not come up; the message carries its last log lines."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
@@ -151,6 +145,8 @@ def wait_ready(
     while pending:
         for name, server in list(pending.items()):
             if not server.alive():
+                if port_taken(server.last_lines().splitlines(), [server.port]) is not None:
+                    raise StartError(port_taken_message(name, server.port))
                 raise StartError(f"{name} exited; its last log lines:\n    {server.last_lines()}")
             if http_ok(f"http://127.0.0.1:{server.port}{path}", headers):
                 del pending[name]

@@ -7,26 +7,109 @@ their own handle, never by name.
 
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
+import itertools
+import random
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 # Loopback checks must not go through a proxy the user's environment names.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# Where free_port() picks: below Linux's default ephemeral range (32768-60999), so
+# an outgoing connection (wrk's, a client's) is never given a port a child has
+# yet to bind; the kernel's actual range is left out too, wherever it is set.
+LISTEN_PORTS = range(20000, 32768)
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# A port handed out stays reserved this long (a child binds its port within
+# seconds), so two callers in one process never get the same one.
+RESERVATION_SECONDS = 600.0
+_reserved: dict[int, float] = {}  # port -> when it was handed out (time.monotonic)
+_reserving = threading.Lock()
+
+
+def ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unknown)."""
+    try:
+        low, high = (int(n) for n in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+@functools.cache
+def _outside(ephemeral: range) -> tuple[int, ...]:
+    return tuple(p for p in LISTEN_PORTS if p not in ephemeral)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the kernel's pick for port 0)."""
+    """A port for a child to listen on: free now, outside the ephemeral range, not reserved.
+
+    The kernel's pick for port 0 comes from the ephemeral range, from which it
+    also picks the local port of every outgoing connection: between the pick
+    and the child's bind, any connection may take it ("address already in
+    use"). Ports outside that range are taken only by an explicit bind.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    ephemeral = ephemeral_ports()
+    with _reserving:
+        now = time.monotonic()
+        for port, since in list(_reserved.items()):
+            if now - since > RESERVATION_SECONDS:
+                del _reserved[port]
+        candidates = _outside(ephemeral)
+        start = random.randrange(len(candidates)) if candidates else 0
+        for port in itertools.chain(candidates[start:], candidates[:start]):
+            if port in _reserved:
+                continue
+            with socket.socket(family) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue  # something holds it
+            _reserved[port] = now
+            return port
+    raise OSError(
+        errno.EADDRNOTAVAIL,
+        f"no free port on {host} in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1} outside the "
+        f"ephemeral range {ephemeral.start}-{ephemeral.stop - 1}",
+    )
+
+
+def port_taken(lines: Iterable[str], ports: Iterable[int]) -> int | None:
+    """Which of ``ports`` a child's log says it could not bind: another process had it.
+
+    Both the services' ``address already in use`` (OSError 98, as aiohttp and
+    usvc's start-up check word it) and Envoy's ``cannot bind '127.0.0.1:PORT':
+    Address already in use`` name the port on the same line.
+    """
+    wanted = set(ports)
+    for line in lines:
+        if "address already in use" in line.lower():
+            for number in re.findall(r"\d+", line):
+                if int(number) in wanted:
+                    return int(number)
+    return None
+
+
+def port_taken_message(name: str, port: int) -> str:
+    """The one line that says a child lost the race for its port."""
+    return (
+        f"{name} could not listen on port {port}: another process took it after it was "
+        "picked as free (address already in use)"
+    )
 
 
 def is_ip_address(host: str) -> bool:

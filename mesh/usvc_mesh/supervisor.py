@@ -53,7 +53,7 @@ from .manifests import (
     stand_ins,
     workload_command,
 )
-from .procs import free_port, http_ok, reap, terminate
+from .procs import free_port, http_ok, port_taken, port_taken_message, reap, terminate
 from .translation import Translation, translate
 
 STATE_FILE = "mesh.json"
@@ -167,7 +167,11 @@ class WorkloadProcess:
         ``what`` names it (default: the instance), ``consequence`` is said before the lines.
         """
         assert self.process is not None and self.process.returncode is not None
-        tail = "\n    ".join(self.last_lines())
+        lines = self.last_lines()
+        if port_taken(lines, [self.port]) is not None:
+            lost = port_taken_message(what or self.name, self.port)
+            return MeshError(f"{lost}; {consequence}" if consequence else lost)
+        tail = "\n    ".join(lines)
         return MeshError(
             f"{what or self.name} {exit_status(self.process.returncode)}; "
             f"{consequence + '; ' if consequence else ''}its last log lines:\n    {tail}"
@@ -465,6 +469,11 @@ class LocalMesh:
 
     def check_envoy(self) -> None:
         if self.proxy is not None and self.proxy.poll() is not None:
+            ports = self.ports
+            mine = [ports.gateway, ports.outbound, ports.admin] if ports is not None else []
+            lost = port_taken(self.envoy_last_lines(), mine)
+            if lost is not None:
+                raise MeshError(port_taken_message("envoy", lost))
             raise MeshError(
                 f"envoy {exit_status(self.proxy.returncode)}; its last lines:\n    "
                 + "\n    ".join(self.envoy_last_lines())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -15,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Span, SpanKind
 
 import usvc
+from tests.procs import free_port
 
 from .conftest import Serve, ServiceFactory
 
@@ -54,12 +54,6 @@ def caller(make_service: ServiceFactory, upstream: str, **env: str) -> usvc.Serv
             return web.Response(status=upstream.status, text=await upstream.text())
 
     return svc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_trace_context_and_allow_listed_headers_reach_the_upstream(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import ROOT, free_port
-from usvc_mesh.envoy import MeshPorts, bootstrap
+from usvc_mesh.envoy import MeshPorts, bootstrap, write_bootstrap
 from usvc_mesh.manifests import Layout, MeshError
 from usvc_mesh.supervisor import (
     STATE_FILE,
@@ -126,6 +126,52 @@ def test_a_new_replica_that_dies_in_a_rolling_restart_says_the_old_one_keeps_run
     assert str(raised.value) == (
         "front-1 (new) was killed by SIGKILL; the old one keeps running; "
         "its last log lines:\n    bye"
+    )
+
+
+@pytest.mark.slow  # starts a real service / Envoy
+def test_a_replica_whose_port_another_process_took_is_reported_in_one_line(
+    tmp_path: Path,
+) -> None:
+    mesh = planned(tmp_path)
+    replica = mesh.workloads["front"].members[0]
+    with socket.socket() as taken:  # what wrk's connection did to a port from the old free_port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        replica.port = taken.getsockname()[1]
+        replica.env["PORT"] = str(replica.port)
+        replica.start(ROOT)  # the real front service
+        assert replica.process is not None
+        replica.process.wait(timeout=60)
+    assert replica.log_handle is not None
+    replica.log_handle.close()
+    replica.log_handle = None
+    with pytest.raises(MeshError) as raised:
+        mesh.check_alive()
+    assert str(raised.value) == (
+        f"front-1 could not listen on port {replica.port}: another process took it after it "
+        "was picked as free (address already in use)"
+    )
+
+
+@pytest.mark.slow  # starts a real service / Envoy
+def test_an_envoy_whose_port_another_process_took_is_reported_in_one_line(
+    tmp_path: Path,
+) -> None:
+    mesh = planned(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        mesh.ports = MeshPorts(gateway=free_port(), outbound=port, admin=free_port())
+        mesh._start_envoy(write_bootstrap(tmp_path / "envoy", mesh.ports))  # the real Envoy
+        assert mesh.proxy is not None
+        mesh.proxy.wait(timeout=60)
+    with pytest.raises(MeshError) as raised:
+        mesh.check_envoy()
+    assert str(raised.value) == (
+        f"envoy could not listen on port {port}: another process took it after it was picked "
+        "as free (address already in use)"
     )
 
 

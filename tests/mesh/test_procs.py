@@ -1,0 +1,69 @@
+"""free_port: ports for children to listen on, which no outgoing connection can take first."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from usvc_mesh.procs import LISTEN_PORTS, ephemeral_ports, free_port, port_taken
+
+# How usvc's start-up check and Envoy say it (the first from a benchmark run that lost the race).
+USVC_LINE = (
+    "usvc: configuration error: PORT='37273' is invalid: cannot listen on 127.0.0.1:37273 "
+    "(error while attempting to bind on address ('127.0.0.1', 37273): address already in use)"
+)
+ENVOY_LINE = "cannot bind '127.0.0.1:51627': Address already in use"
+
+
+def test_a_port_handed_out_is_outside_the_ephemeral_range_and_bindable() -> None:
+    ephemeral = ephemeral_ports()  # /proc/sys/net/ipv4/ip_local_port_range
+    for _ in range(50):
+        port = free_port()
+        assert port in LISTEN_PORTS and port not in ephemeral, port
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # raises if something holds it
+
+
+def test_concurrent_free_port_calls_never_return_the_same_port() -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ports = list(pool.map(lambda _: free_port(), range(800)))
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_port_something_listens_on_is_never_handed_out() -> None:
+    held = []
+    try:
+        for port in LISTEN_PORTS[:1000]:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            sock.listen()
+            held.append(sock)
+        taken = {s.getsockname()[1] for s in held}
+        assert not taken & {free_port() for _ in range(100)}
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_free_port_works_on_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        port = free_port("::1")
+    except OSError as exc:
+        pytest.skip(f"no ::1 here: {exc}")
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", port))
+
+
+@pytest.mark.parametrize(("line", "port"), [(USVC_LINE, 37273), (ENVOY_LINE, 51627)])
+def test_a_log_line_saying_a_port_was_in_use_names_that_port(line: str, port: int) -> None:
+    assert port_taken(["starting", line], [port, 9901]) == port
+    assert port_taken(["starting", line], [9901]) is None  # another port's trouble
+    assert port_taken(["exited with status 2"], [port]) is None
