@@ -24,6 +24,8 @@ from tests.procs import ROOT, free_port, http_ok
 from usvc_mesh.procs import terminate
 from usvc_mesh.telemetry.waterfall import Span, read_spans, spans_files, trace
 
+from .conftest import MISSING, PROMETHEUS
+
 pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
 
 USVC = str(Path(sys.executable).with_name("usvc"))
@@ -73,6 +75,8 @@ def wait_for_spans(run_dir: Path, trace_id: str, envoy_spans: int, timeout: floa
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    if PROMETHEUS is None:  # `usvc up --telemetry` starts one
+        pytest.skip(MISSING)
     tmp = tmp_path_factory.mktemp("traces")
     gateway = free_port()
     out = tmp / "usvc-up.out"
