@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,12 @@ def deployment_names() -> set[str]:
     return set(compose.plan(Layout(ROOT)).env)
 
 
+def container_names() -> dict[str, str]:
+    """Every workload container (compose service) -> its Deployment."""
+    plan = compose.plan(Layout(ROOT))
+    return {c: name for name, containers in plan.containers.items() for c in containers}
+
+
 def test_committed_compose_files_match_the_manifests() -> None:
     assert compose.drift(Layout(ROOT), ROOT / compose.COMPOSE_DIR) == []
 
@@ -51,9 +58,33 @@ def test_drift_is_reported_by_file(tmp_path: Path) -> None:
 def test_compose_file_runs_every_deployment_with_its_generated_env() -> None:
     services = compose_file()["services"]
     runs = {name for name, s in services.items() if "env_file" in s}
-    assert runs == deployment_names()
-    for name in runs:
-        assert services[name]["env_file"] == f"compose/env/{name}.env"
+    assert runs == set(container_names())
+    for name, deployment in container_names().items():
+        assert services[name]["env_file"] == f"compose/env/{deployment}.env"
+
+
+def test_compose_runs_as_many_front_containers_as_the_chart_has_replicas() -> None:
+    services = compose_file()["services"]
+    assert compose.plan(Layout(ROOT)).containers["front"] == ["front-1", "front-2", "front-3"]
+    # The hostname is SERVICE_INSTANCE's default: the instance each reply names.
+    assert [services[f"front-{i}"]["hostname"] for i in (1, 2, 3)] == [
+        "front-1",
+        "front-2",
+        "front-3",
+    ]
+    depends = services["envoy"]["depends_on"]
+    assert set(container_names()) <= set(depends)
+
+
+def test_every_front_container_is_an_endpoint_of_its_envoy_cluster() -> None:
+    translation = compose.plan(Layout(ROOT)).translation
+    cluster = translation.cluster("outbound|80||front-svc.usvc.svc.cluster.local")
+    assert cluster["type"] == "STRICT_DNS"
+    addresses = [
+        e["endpoint"]["address"]["socket_address"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert addresses == [{"address": f"front-{i}", "port_value": 8080} for i in (1, 2, 3)]
 
 
 def test_compose_file_has_no_version_and_publishes_on_loopback_only() -> None:
@@ -124,6 +155,17 @@ class Running:
         )
         return {c.labels["com.docker.compose.service"]: c for c in found}
 
+    def unhealthy_logs(self, lines: int = 30) -> str:
+        """The last log lines of every container that is not healthy, for a failed start."""
+        out = []
+        for name, container in sorted(self.containers().items()):
+            state = container.attrs["State"]
+            health = (state.get("Health") or {}).get("Status")
+            if health != "healthy":
+                tail = container.logs(tail=lines).decode(errors="replace")
+                out.append(f"\n--- {name} ({health or state['Status']}):\n{tail}")
+        return "".join(out)
+
 
 @pytest.fixture(scope="module")
 def chain(
@@ -145,7 +187,7 @@ def chain(
     try:
         with timed("compose up -d"):
             result = running.compose("up", "-d")
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, result.stderr + running.unhealthy_logs()
         TIMINGS["compose chain healthy"] = compose.wait_healthy(running.containers(), timeout=120)
         yield running
     finally:
@@ -156,7 +198,7 @@ def chain(
 
 def test_compose_chain_is_healthy_with_every_deployment_and_the_stand_in(chain: Running) -> None:
     containers = chain.containers()
-    assert set(containers) == deployment_names() | {"envoy", "worldtime"}
+    assert set(containers) == set(container_names()) | {"envoy", "worldtime"}
     for name, container in containers.items():
         container.reload()
         assert container.attrs["State"]["Health"]["Status"] == "healthy", name
@@ -190,6 +232,17 @@ async def test_canary_share_is_20_percent_within_5_points_over_1000_requests(
     assert abs(share - 0.20) <= 0.05
     # no header: core prod, which asks worldtimeapi (the stand-in)
     assert {path_of(body)[2] for _, body in results} == {"core/prod"}
+
+
+async def test_300_requests_are_spread_over_the_three_front_containers(chain: Running) -> None:
+    # The DestinationRule's LEAST_REQUEST (Istio's default), as the chart sets it.
+    results = await fetch_many(chain.gateway + "/", 300, concurrency=4)
+    assert [status for status, _ in results] == [200] * 300
+    spread = Counter(body["instance"] for _, body in results)
+    FIGURES["compose front spread (300 requests)"] = str(dict(sorted(spread.items())))
+    assert set(spread) == {"front-1", "front-2", "front-3"}
+    # issue #12's bound, 100 +- 30 each: every container gets a fair share
+    assert all(70 <= count <= 130 for count in spread.values()), spread
 
 
 def test_one_trace_id_across_every_hop(chain: Running) -> None:
@@ -250,7 +303,7 @@ def fetch_from(container: Any, url: str) -> str:
 
 
 def test_envoy_stats_reach_the_network_but_its_admin_does_not(chain: Running) -> None:
-    front = chain.containers()["front"]
+    front = chain.containers()["front-1"]
     assert fetch_from(front, f"http://envoy:{compose.STATS_PORT}/stats/prometheus") == "200"
     assert fetch_from(front, f"http://envoy:{compose.STATS_PORT}/config_dump") == "HTTPError"
     assert fetch_from(front, f"http://envoy:{compose.PORTS.admin}/ready") == "URLError"
@@ -284,5 +337,5 @@ def test_prometheus_scrapes_every_deployment_and_envoys_stats() -> None:
     config = yaml.safe_load((ROOT / "compose/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = set(jobs["usvc"]["static_configs"][0]["targets"])
-    assert targets == {f"{name}:8080" for name in deployment_names()}
+    assert targets == {f"{name}:8080" for name in container_names()}
     assert jobs["envoy"]["static_configs"][0]["targets"] == [f"envoy:{compose.STATS_PORT}"]

@@ -5,14 +5,17 @@ images, which networks, which ports are published. What must not differ from
 the manifests is generated from them, by the same translator as ``usvc up``:
 
 - ``compose/envoy/``: the one Envoy's bootstrap, clusters and routes. Every
-  Deployment is a container named after it, so its endpoint is that name
-  (``STRICT_DNS`` clusters, resolved by Docker's DNS); the gateway and
+  Deployment is a container named after it, or with ``replicas`` N > 1, N
+  containers ``<name>-1`` … ``<name>-N`` (as the local mesh names its
+  replicas), so its endpoints are those names (``STRICT_DNS`` clusters,
+  resolved by Docker's DNS, one Envoy host per name); the gateway and
   outbound listeners bind all interfaces inside the Envoy container; the
   paths inside the bootstrap are the container's (``/etc/usvc/envoy``);
-- ``compose/env/<deployment>.env``: each Deployment's literal environment,
+- ``compose/env/<deployment>.env``: each Deployment's literal environment
+  (shared by its replicas' containers),
   plus what compose changes: the outbound proxy that stands in for the
   sidecar (``EGRESS_PROXY=http://envoy:15001``);
-- ``compose/prometheus/prometheus.yml``: a scrape target per Deployment, and
+- ``compose/prometheus/prometheus.yml``: a scrape target per container, and
   Envoy's stats, which the bootstrap serves on ``:15090/stats/prometheus``
   (Istio's port) while the admin port stays on the container's loopback.
 
@@ -63,8 +66,20 @@ class Plan:
 
     scenario: str
     translation: Translation
-    env: dict[str, dict[str, str]]
+    env: dict[str, dict[str, str]]  # by Deployment
     warnings: tuple[str, ...] = field(default=())
+    # Deployment -> its containers (compose services), one per replica.
+    containers: dict[str, list[str]] = field(default_factory=dict)
+
+
+def container_names(deployment: str, count: int) -> list[str]:
+    """The compose services of a Deployment: itself, or ``<name>-1`` … for its replicas.
+
+    Named services rather than ``deploy.replicas``: compose v1 and v2 both run
+    them the same way, and each container's hostname (the instance a reply
+    names, ``SERVICE_INSTANCE``'s default) is its service name.
+    """
+    return [deployment] if count == 1 else [f"{deployment}-{i}" for i in range(1, count + 1)]
 
 
 def plan(layout: Layout, scenario: str = "current") -> Plan:
@@ -72,15 +87,16 @@ def plan(layout: Layout, scenario: str = "current") -> Plan:
     deployments = [d for d in docs if d.get("kind") == "Deployment"]
     if not deployments:
         raise MeshError("the manifests define no Deployment")
-    warnings: list[str] = []
-    endpoints: dict[str, tuple[str, int]] = {}
+    endpoints: dict[str, list[tuple[str, int]]] = {}
     env: dict[str, dict[str, str]] = {}
+    containers: dict[str, list[str]] = {}
     extra = layout.scenario_env(scenario)
     for doc in deployments:
         name = str(doc["metadata"]["name"])
         own = container_env(doc)
         port = int(own.get("PORT") or _container_port(doc) or 8080)
-        endpoints[name] = (name, port)
+        containers[name] = container_names(name, replicas(doc))
+        endpoints[name] = [(container, port) for container in containers[name]]
         env[name] = {
             **own,
             **extra.get(name, {}),
@@ -88,10 +104,6 @@ def plan(layout: Layout, scenario: str = "current") -> Plan:
             "PORT": str(port),
             "EGRESS_PROXY": f"http://{PROXY_SERVICE}:{PORTS.outbound}",
         }
-        if replicas(doc) != 1:
-            warnings.append(
-                f"Deployment {name}: replicas {replicas(doc)}; compose runs one container"
-            )
     externals = {s.host: (stand_in_alias(s.host), STAND_IN_PORT) for s in stand_ins(docs)}
     translation = _without_warming(
         translate(docs, endpoints=endpoints, externals=externals, namespace=layout.namespace)
@@ -103,7 +115,7 @@ def plan(layout: Layout, scenario: str = "current") -> Plan:
             f"scenario {scenario}: HTTPS Gateway servers, more than one gateway port and "
             "RequestAuthentication at the gateway are applied by `usvc up` only, not in compose"
         )
-    return Plan(scenario, translation, env, (*warnings, *translation.warnings))
+    return Plan(scenario, translation, env, translation.warnings, containers)
 
 
 def _without_warming(translation: Translation) -> Translation:
@@ -208,7 +220,7 @@ def use(layout: Layout, out: Path, scenario: str, container: Any, timeout: float
             f"running containers keep theirs; `usvc compose generate --scenario {scenario}` "
             "then `docker compose up -d` recreates them"
         )
-    return Plan(chosen.scenario, chosen.translation, chosen.env, tuple(warnings))
+    return Plan(chosen.scenario, chosen.translation, chosen.env, tuple(warnings), chosen.containers)
 
 
 def applied(container: Any, translation: Translation) -> bool:
@@ -394,7 +406,12 @@ def _stats_listener() -> dict[str, Any]:
 
 def _prometheus_config(chosen: Plan) -> str:
     targets = "".join(
-        f"          - {name}:{values['PORT']}\n" for name, values in sorted(chosen.env.items())
+        f"          - {container}:{port}\n"
+        for container, port in sorted(
+            (container, values["PORT"])
+            for name, values in chosen.env.items()
+            for container in chosen.containers[name]
+        )
     )
     return (
         "global:\n"
