@@ -7,6 +7,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -88,17 +90,30 @@ def test_the_gateway_listener_times_out_slow_request_heads_and_shares_no_port() 
     assert outbound["enable_reuse_port"] is False
 
 
+def ended(replica: WorkloadProcess) -> WorkloadProcess:
+    """Start ``replica`` and wait until it ends by itself."""
+    replica.start(ROOT)
+    assert replica.process is not None and replica.log_handle is not None
+    replica.process.wait(timeout=60)
+    replica.log_handle.close()  # not stop(): that would mark it as asked to end
+    replica.log_handle = None
+    return replica
+
+
 def crashed_replica(mesh: LocalMesh, code: str) -> WorkloadProcess:
     """front-1, run as a real process that runs ``code`` and ends."""
     replica = mesh.workloads["front"].members[0]
     replica.argv = [sys.executable, "-c", code]
-    replica.start(ROOT)
-    assert replica.process is not None
-    replica.process.wait()
-    assert replica.log_handle is not None
-    replica.log_handle.close()  # not stop(): that would mark it as asked to end
-    replica.log_handle = None
-    return replica
+    return ended(replica)
+
+
+@contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port another process listens on, as when a connection took a picked port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
 
 
 def test_a_replica_that_dies_while_the_mesh_starts_is_named_with_its_last_lines(
@@ -135,17 +150,10 @@ def test_a_replica_whose_port_another_process_took_is_reported_in_one_line(
 ) -> None:
     mesh = planned(tmp_path)
     replica = mesh.workloads["front"].members[0]
-    with socket.socket() as taken:  # what wrk's connection did to a port from the old free_port
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        replica.port = taken.getsockname()[1]
-        replica.env["PORT"] = str(replica.port)
-        replica.start(ROOT)  # the real front service
-        assert replica.process is not None
-        replica.process.wait(timeout=60)
-    assert replica.log_handle is not None
-    replica.log_handle.close()
-    replica.log_handle = None
+    with held_port() as port:
+        replica.port = port
+        replica.env["PORT"] = str(port)
+        ended(replica)  # the real front service
     with pytest.raises(MeshError) as raised:
         mesh.check_alive()
     assert str(raised.value) == (
@@ -159,10 +167,7 @@ def test_an_envoy_whose_port_another_process_took_is_reported_in_one_line(
     tmp_path: Path,
 ) -> None:
     mesh = planned(tmp_path)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with held_port() as port:
         mesh.ports = MeshPorts(gateway=free_port(), outbound=port, admin=free_port())
         mesh._start_envoy(write_bootstrap(tmp_path / "envoy", mesh.ports))  # the real Envoy
         assert mesh.proxy is not None
