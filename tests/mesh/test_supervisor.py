@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,10 +185,8 @@ def test_a_gateway_address_in_use_is_refused_before_anything_starts(tmp_path: Pa
         taken.listen()
         port = taken.getsockname()[1]
         mesh = LocalMesh(Layout(ROOT), gateway_port=port, run_dir=tmp_path)
-        started = time.monotonic()
         with pytest.raises(MeshError, match=f"gateway address 127.0.0.1:{port} is already in use"):
             mesh.start()
-        assert time.monotonic() - started < 2
         assert all(p.process is None for p in mesh.processes())  # nothing was started
 
 
