@@ -234,6 +234,33 @@ def test_the_service_cluster_holds_every_running_workload_the_selector_selects()
     assert sorted(_ports(cluster_of(mesh_of(endpoints=endpoints)))) == [9002, 9003]
 
 
+def test_a_selector_takes_every_label_in_its_own_namespace_in_deployment_order() -> None:
+    """Services select through a label index (O(n) for n Services): the same endpoints."""
+    other = deployment("other-ns", app="middle", env="prod")
+    other["metadata"]["namespace"] = "elsewhere"
+    objects = [
+        deployment("b-prod", app="middle", env="prod", tier="x"),
+        deployment("a-dev", app="middle", env="dev"),
+        other,
+        deployment("c-prod", app="middle", env="prod"),
+        deployment("front", app="front", env="prod"),
+        service("prod-svc", {"app": "middle", "env": "prod"}),
+        service("all-svc", {"app": "middle"}),
+        service("none-svc", {"app": "middle", "env": "absent"}),
+        service("empty-svc", {}),
+    ]
+    ports = {"b-prod": 9001, "a-dev": 9002, "other-ns": 9003, "c-prod": 9004, "front": 9005}
+    translation = tr.translate(objects, endpoints={k: ("127.0.0.1", p) for k, p in ports.items()})
+
+    def selected(name: str) -> list[int]:
+        return _ports(translation.cluster(f"outbound|80||{name}.default.svc.cluster.local"))
+
+    assert selected("prod-svc") == [9001, 9004]
+    assert selected("all-svc") == [9001, 9002, 9004]
+    assert selected("none-svc") == []
+    assert selected("empty-svc") == []
+
+
 def test_a_subset_cluster_holds_only_workloads_with_the_subset_labels() -> None:
     assert _ports(cluster_of(mesh_of(), "canary")) == [9002]
 
