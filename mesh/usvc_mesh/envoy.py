@@ -281,9 +281,8 @@ def write(config_dir: Path, translation: Translation) -> None:
     version = versions(translation)
     clusters = list(translation.clusters)
     cds_path = config_dir / CDS_FILE
-    retired = [
-        c for c in _current_clusters(cds_path) if c["name"] not in {n["name"] for n in clusters}
-    ]
+    names = {c["name"] for c in clusters}
+    retired = [c for c in _current_clusters(cds_path) if c["name"] not in names]
     if retired:
         _atomic_write(
             cds_path, _discovery(version["cds"] + "+retiring", [*clusters, *retired], _CLUSTER_TYPE)
@@ -368,20 +367,35 @@ def validate(config_dir: Path) -> None:
 
 
 def applied(admin: tuple[str, int], translation: Translation) -> bool:
-    """Whether the Envoy with admin ``admin`` runs exactly ``translation``."""
-    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/config_dump", timeout=5) as response:
-        dump = json.loads(response.read())
-    seen: dict[str, str] = {}
-    for section in dump["configs"]:
-        if section["@type"].endswith("ClustersConfigDump"):
-            # A cluster still warming (e.g. before its first health check) is not in use yet.
-            if section.get("dynamic_warming_clusters"):
-                return False
-            seen["cds"] = section.get("version_info", "")
-        elif section["@type"].endswith("RoutesConfigDump"):
-            for dynamic in section.get("dynamic_route_configs", []):
-                seen[dynamic["route_config"]["name"]] = dynamic.get("version_info", "")
-    return seen == versions(translation)
+    """Whether the Envoy with admin ``admin`` runs exactly ``translation``.
+
+    Read from the xDS subscriptions' ``version_text`` readouts (envoyproxy.io: admin
+    ``/stats?type=TextReadouts``; CDS ``cluster_manager.cds.version_text``, RDS
+    ``http.PREFIX.rds.NAME.version_text``) and the warming clusters alone, not the whole
+    ``/config_dump``: for a mesh of 1,000 services that dump is 8 MB and takes Envoy seconds.
+    """
+    base = f"http://{admin[0]}:{admin[1]}"
+    with urllib.request.urlopen(
+        f"{base}/stats?type=TextReadouts&filter=version_text", timeout=5
+    ) as response:
+        readouts = response.read().decode()
+    seen: dict[str, set[str]] = {}
+    for line in readouts.splitlines():
+        name, _, value = line.partition(": ")
+        version = value.strip().strip('"')
+        if name == "cluster_manager.cds.version_text":
+            seen.setdefault("cds", set()).add(version)
+        elif name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
+            route = name[: -len(".version_text")].rsplit(".rds.", 1)[1]
+            seen.setdefault(route, set()).add(version)
+    want = versions(translation)
+    if seen != {name: {version} for name, version in want.items()}:
+        return False
+    # A cluster still warming (e.g. before its first health check) is not in use yet.
+    with urllib.request.urlopen(
+        f"{base}/config_dump?resource=dynamic_warming_clusters", timeout=5
+    ) as response:
+        return not json.loads(response.read()).get("configs")
 
 
 def unhealthy_hosts(admin: tuple[str, int]) -> set[tuple[str, str]]:
@@ -626,7 +640,9 @@ def _atomic_write(path: Path, content: Mapping[str, Any]) -> None:
         # user (a container's), which mkstemp's 0600 would deny.
         os.fchmod(descriptor, 0o644)
         with os.fdopen(descriptor, "w") as handle:
-            json.dump(content, handle, indent=1)
+            # One line: json's C encoder (indent or json.dump's streaming would take the
+            # pure-Python one, several times slower for a mesh of 1,000 services).
+            handle.write(json.dumps(content))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

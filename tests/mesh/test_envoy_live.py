@@ -14,6 +14,7 @@ import math
 import re
 import socket
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -678,6 +679,32 @@ async def test_a_hot_switch_takes_effect_without_restart_and_drops_no_request_in
     assert "outbound|80|slow|switch-svc.default.svc.cluster.local" not in {
         c["name"] for c in json.loads((envoy.config_dir / tr.CDS_FILE).read_text())["resources"]
     }
+
+
+def test_applied_tells_the_running_translation_from_any_other(envoy: Envoy, mesh: Mesh) -> None:
+    """applied() reads the xDS versions Envoy reports, not the whole /config_dump."""
+    quick, slow = mesh.translate(*switch_rules("quick")), mesh.translate(*switch_rules("slow"))
+    envoy.apply(quick)
+    assert tr.applied(envoy.admin, quick)
+    assert not tr.applied(envoy.admin, slow)  # other routes and clusters
+    tr.write(envoy.config_dir, slow)
+    tr.wait_applied(envoy.admin, slow)
+    assert not tr.applied(envoy.admin, quick)
+    dump = _config_dump(envoy)
+    seen = {}
+    for section in dump["configs"]:
+        if section["@type"].endswith("ClustersConfigDump"):
+            seen["cds"] = section["version_info"]
+        for dynamic in section.get("dynamic_route_configs", []):
+            seen[dynamic["route_config"]["name"]] = dynamic["version_info"]
+    assert seen == tr.versions(slow)  # what the whole dump says, too
+
+
+def _config_dump(envoy: Envoy) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{envoy.ports.admin}/config_dump"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        dump: dict[str, Any] = json.loads(response.read())
+    return dump
 
 
 # -- validation -------------------------------------------------------------------------------
