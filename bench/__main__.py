@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import report, scale
 from .builds import SUITES, Pending
 from .procs import StartError
 from .runner import Options, SuiteResult, finish_run, results, run_suite, start_run
@@ -25,9 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--suite",
-        choices=["single", "chain", "all", "envoy"],
+        choices=["single", "chain", "all", "envoy", "scale"],
         default="all",
-        help="envoy: what each part of the mesh's Envoy costs (bench/envoy_parts.py)",
+        help="all = single and chain; envoy: what each part of the mesh's Envoy costs "
+        "(bench/envoy_parts.py); scale (meshes of --sizes services) runs alone",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(n) for n in scale.SIZES),
+        help="with --suite scale: mesh sizes in services (10,100,1000)",
     )
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per build (default 3)")
@@ -85,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace) -> Options:
     quick = args.quick
+    # The scale suite's wrk runs are shorter: it compares two Envoys, not builds.
+    duration, warmup = (5.0, 2.0) if args.suite == "scale" else (10.0, 3.0)
     return Options(
-        duration=args.duration if args.duration is not None else (2.0 if quick else 10.0),
-        warmup=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
+        duration=args.duration if args.duration is not None else (2.0 if quick else duration),
+        warmup=args.warmup if args.warmup is not None else (1.0 if quick else warmup),
         connections=args.connections,
         rounds=args.rounds if args.rounds is not None else (1 if quick else 3),
         loop=args.loop,
@@ -113,15 +121,25 @@ def write_results(path: Path, data: dict[str, Any]) -> Path:
     return md
 
 
-def update_readme(path: Path) -> int:
+def update_readme(path: Path, scale_path: Path | None = scale.SCALE_JSON) -> int:
+    """Re-render ``path`` (a suites' or a scale results file) and fill the READMEs from it.
+
+    From the default latest.json, bench/results/scale.json (if there) fills the scale section.
+    """
+    changed: set[Path] = set()
     try:
-        data = json.loads(path.read_text())
-        md = write_results(path, data)  # re-rendered: the .md follows the renderer
-        changed = report.update_readmes(data)
+        for source in [path, *([scale_path] if scale_path and scale_path.exists() else [])]:
+            data = json.loads(source.read_text())
+            if "scale" in data:  # the scale suite's own file
+                md = scale.write_results(source, data)
+                changed.update(scale.update_readmes(data))
+            else:
+                md = write_results(source, data)  # re-rendered: the .md follows the renderer
+                changed.update(report.update_readmes(data))
+            print(f"bench: {md} rewritten from {source}")
     except (OSError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    print(f"bench: {md} rewritten from {path}")
     for readme in report.READMES:
         print(f"bench: {readme}: {'updated' if readme in changed else 'already up to date'}")
     return 0
@@ -150,12 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["--update-readme", *argv[1:]]
     args = build_parser().parse_args(argv)
     if args.update_readme:
-        return update_readme(Path(args.results) if args.results else report.LATEST)
+        if args.results:
+            return update_readme(Path(args.results), None)
+        return update_readme(report.LATEST)
     if args.suite == "envoy":
         from . import envoy_parts
 
         return envoy_parts.main(envoy_parts_argv(args))
     options = options_from(args)
+    if args.suite == "scale" and not args.profile:
+        sizes = [int(n) for n in args.sizes.split(",") if n]
+        command = shlex.join(["python", "-m", "bench", *argv])
+        return scale.main(options, sizes, command, Path(args.results) if args.results else None)
     run = start_run(options, shlex.join(["python", "-m", "bench", *argv]))
     done: list[SuiteResult] = []
     try:

@@ -1,0 +1,641 @@
+"""``python -m bench --suite scale``: how the local mesh's cost grows with the mesh (issue 13, 4).
+
+For each size N (10, 100, 1,000 services of bench/meshgen.py), in one run:
+
+- **translate + write**: :func:`usvc_mesh.translate` of the whole mesh, then
+  :func:`usvc_mesh.write` of its xDS files (wall time of each, median of the rounds);
+- **validate**: ``envoy --mode validate`` of that directory (:func:`usvc_mesh.validate`);
+- **apply**: a hot switch of a running Envoy, as ``usvc up`` does it: Envoy runs mesh N, the
+  xDS files are rewritten with every split flipped (80/20 → 20/80, then back), and the time is
+  from the first file written until the admin endpoint's ``/config_dump`` shows the new
+  versions (:func:`usvc_mesh.wait_applied`, which polls every 20 ms);
+- **memory** after the switches: Envoy's RSS (``/proc/PID/status``) and its heap in use
+  (admin ``/stats``: ``server.memory_allocated``);
+- **route lookup**, at the smallest and the largest N, both Envoys up at once: wrk through the
+  outbound listener to the first and to the last virtual host (``Host: svc-0…`` /
+  ``svc-{N-1}…``, no ``x-canary``: the header match fails, the 80/20 split picks), upstream one
+  bare aiohttp server; Envoy's CPU per request (``/proc`` utime + stime over the run, divided
+  by wrk's request count) and wrk's p50, in interleaved rounds.
+
+Growth: the exponent of a least-squares fit of log(value) on log(N), and the nearest of
+∝ 1, ∝ n, ∝ n log n (its own exponent over the run's sizes: 1.24 for 10–1,000) and ∝ n².
+The suite writes its own results file (bench/results/scale.json and .md) and README section
+(``<!-- bench:scale:start -->``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import usvc_mesh as mesh
+from usvc_mesh.procs import terminate
+
+from . import meshgen, report
+from .builds import Build
+from .procs import Server, StartError, cpu_seconds, free_port, python_server, wait_ready
+from .runner import Options, Sample, _commit, _utc, log, sample
+
+SIZES = (10, 100, 1000)
+SCALE_JSON = report.RESULTS_DIR / "scale.json"
+SECTION = "scale"
+# Defaults of this suite when the command line does not say (shorter than the others').
+DURATION, WARMUP, ROUNDS = 5.0, 2.0, 3
+# Envoy as the local mesh runs it (usvc_mesh.supervisor: two workers).
+CONCURRENCY = 2
+COST_GOAL = 1.10  # per-request cost at the largest N over the smallest
+TRANSLATE_GOAL, APPLY_GOAL = 2.0, 1.0  # seconds, at 1,000 services
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def _seconds(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _translate(count: int, address: tuple[str, int], *, flipped: bool = False) -> mesh.Translation:
+    return mesh.translate(
+        meshgen.generate(count, flipped=flipped),
+        endpoints=meshgen.endpoints(count, address),
+        namespace=meshgen.NAMESPACE,
+    )
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def admin_stat(admin: tuple[str, int], name: str) -> float:
+    url = f"http://{admin[0]}:{admin[1]}/stats?filter=^{name}$"
+    with _DIRECT.open(url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return float(value)
+    raise ValueError(f"envoy at {admin[0]}:{admin[1]} has no stat {name}")
+
+
+@dataclass
+class RunningEnvoy:
+    services: int
+    process: subprocess.Popen[bytes]
+    admin: tuple[str, int]
+    outbound: int
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+@contextmanager
+def envoy_for(
+    count: int, config_dir: Path, run_dir: Path, translation: mesh.Translation
+) -> Iterator[RunningEnvoy]:
+    """Envoy running mesh ``count`` from ``config_dir`` (already written), as ``usvc up`` does."""
+    ports = mesh.MeshPorts(gateway=free_port(), outbound=free_port(), admin=free_port())
+    bootstrap = mesh.write_bootstrap(
+        config_dir, ports, access_log=run_dir / f"envoy-{count}-access.log"
+    )
+    with (run_dir / f"envoy-{count}.log").open("ab") as out:
+        process = subprocess.Popen(
+            mesh.envoy_command(bootstrap, concurrency=CONCURRENCY),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = RunningEnvoy(count, process, ("127.0.0.1", ports.admin), ports.outbound)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                tail = (run_dir / f"envoy-{count}.log").read_text(errors="replace")[-2000:]
+                raise StartError(f"envoy for {count} services exited:\n{tail}")
+            try:
+                if mesh.applied(running.admin, translation):
+                    break
+            except OSError:
+                pass  # the admin port is not up yet
+            if time.monotonic() > deadline:
+                raise StartError(f"envoy for {count} services did not load its mesh in 120 s")
+            time.sleep(0.05)
+        yield running
+    finally:
+        terminate(process)
+
+
+def measure_size(
+    count: int,
+    rounds: int,
+    upstream: tuple[str, int],
+    run_dir: Path,
+    stack: ExitStack,
+    keep_running: bool,
+) -> tuple[dict[str, Any], RunningEnvoy | None]:
+    """Translate, validate, start, hot-switch and weigh mesh ``count``; its figures."""
+    config_dir = run_dir / f"mesh-{count}"
+    translate_s, write_s, validate_s, apply_s = [], [], [], []
+    objects = meshgen.generate(count)
+    endpoints = meshgen.endpoints(count, upstream)
+    translation = None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        translation = mesh.translate(objects, endpoints=endpoints, namespace=meshgen.NAMESPACE)
+        translated = time.perf_counter()
+        mesh.write(config_dir, translation)
+        translate_s.append(translated - started)
+        write_s.append(time.perf_counter() - translated)
+    assert translation is not None
+    for _ in range(rounds):
+        validate_s.append(_seconds(lambda: mesh.validate(config_dir)))
+    flipped = _translate(count, upstream, flipped=True)
+    log(f"[scale] {count} services: starting Envoy")
+    inner = ExitStack()
+    started = time.perf_counter()
+    envoy = inner.enter_context(envoy_for(count, config_dir, run_dir, translation))
+    start_s = time.perf_counter() - started
+    try:
+        for round_no in range(rounds):
+            target = flipped if round_no % 2 == 0 else translation
+
+            def switch(target: mesh.Translation = target) -> None:
+                mesh.write(config_dir, target)
+                mesh.wait_applied(envoy.admin, target, timeout=60)
+
+            apply_s.append(_seconds(switch))
+        figures = {
+            "services": count,
+            "objects": len(objects),
+            "clusters": len(translation.clusters),
+            "virtual_hosts": len(translation.outbound_routes["virtual_hosts"]),
+            "xds_bytes": sum(
+                (config_dir / name).stat().st_size
+                for name in (mesh.CDS_FILE, *mesh.RDS_FILES.values())
+            ),
+            "translate_s": translate_s,
+            "write_s": write_s,
+            "validate_s": validate_s,
+            "start_s": start_s,
+            "apply_s": apply_s,
+            "rss_mb": rss_mb(envoy.process.pid),
+            "allocated_mb": admin_stat(envoy.admin, "server.memory_allocated") / 2**20,
+        }
+    except BaseException:
+        inner.close()
+        raise
+    if keep_running:
+        stack.push(inner)
+        return figures, envoy
+    inner.close()
+    return figures, None
+
+
+@dataclass
+class Lookup(Build):
+    """Requests through one Envoy's outbound listener to one virtual host."""
+
+    name: str
+    description: str
+    envoy: RunningEnvoy
+    upstream: Server
+    host: str
+    headers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.headers = (f"Host: {self.host}",)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy.outbound}/"
+
+    def cpu(self) -> dict[str, float]:
+        return {"envoy": self.envoy.cpu(), "upstream": self.upstream.cpu()}
+
+
+def lookups(envoys: Sequence[RunningEnvoy], upstream: Server) -> list[Lookup]:
+    builds = []
+    for envoy in envoys:
+        for which, index in (("first", 0), ("last", envoy.services - 1)):
+            builds.append(
+                Lookup(
+                    f"{envoy.services}/{which}",
+                    f"{envoy.services} services, the {which} virtual host",
+                    envoy,
+                    upstream,
+                    meshgen.host(index),
+                )
+            )
+    return builds
+
+
+def idle_cores(envoys: Sequence[RunningEnvoy], seconds: float) -> dict[str, float]:
+    """Each Envoy's CPU without requests (its main thread's timers: stats flush, ...), in cores."""
+    before = {e.services: e.cpu() for e in envoys}
+    started = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - started
+    return {str(e.services): (e.cpu() - before[e.services]) / wall for e in envoys}
+
+
+def measure_lookups(builds: Sequence[Lookup], options: Options) -> dict[str, list[Sample]]:
+    from . import wrk
+
+    for build in builds:
+        log(f"[scale] warm-up {build.name} ({options.warmup:g} s)")
+        wrk.run(build.url, options.warmup, options.connections, headers=build.headers)
+    samples: dict[str, list[Sample]] = {b.name: [] for b in builds}
+    for round_no in range(1, options.rounds + 1):
+        for build in builds:
+            got = sample(build, options, round_no)
+            samples[build.name].append(got)
+            log(
+                f"[scale] round {round_no}/{options.rounds} {build.name:<10}"
+                f" {got.rps:8.0f} req/s  p50 {got.p50_ms:6.2f} ms"
+                f"  Envoy {got.cpu_s['envoy'] / max(got.requests, 1) * 1e6:5.0f} µs/req"
+                f"  other load {got.other_cores:.2f} cores"
+                + (f"  ERRORS {got.errors}" if got.errors else "")
+            )
+    return samples
+
+
+def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str, Any]:
+    """One run of the scale suite: its header, every size's figures, the lookup samples."""
+    sizes = sorted(set(sizes))
+    if len(sizes) < 2 or sizes[0] < 2:
+        raise ValueError(f"--sizes needs two or more sizes of 2 services or more, not {sizes}")
+    now = time.time()
+    run: dict[str, Any] = {
+        "command": command,
+        "commit": _commit(),
+        "started_unix": now,
+        "started": _utc(now),
+        "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "envoy": _envoy_version(),
+        "load_before": list(os.getloadavg()),
+        "sizes": sizes,
+        "rounds": options.rounds,
+        "wrk": {
+            "threads": 1,
+            "connections": options.connections,
+            "duration_s": max(1, round(options.duration)),
+            "warmup_s": options.warmup,
+        },
+        "concurrency": CONCURRENCY,
+    }
+    run_dir = Path(tempfile.mkdtemp(prefix="usvc-bench-scale-"))
+    log(f"[scale] logs and configurations in {run_dir}")
+    figures = []
+    samples: dict[str, list[Sample]] = {}
+    idle: dict[str, float] = {}
+    try:
+        with ExitStack() as stack:
+            upstream = python_server("upstream", ["-m", "bench.server", "bare"], {}, run_dir)
+            upstream.start()
+            stack.callback(upstream.stop)
+            wait_ready([upstream])
+            kept = []
+            for count in sizes:
+                got, envoy = measure_size(
+                    count,
+                    options.rounds,
+                    ("127.0.0.1", upstream.port),
+                    run_dir,
+                    stack,
+                    keep_running=count in (sizes[0], sizes[-1]),
+                )
+                figures.append(got)
+                medians = {k: statistics.median(got[f"{k}_s"]) for k in ("translate", "apply")}
+                log(
+                    f"[scale] {count} services: translate {medians['translate']:.3f} s"
+                    f"  validate {statistics.median(got['validate_s']):.3f} s"
+                    f"  apply {medians['apply']:.3f} s  RSS {got['rss_mb']:.0f} MB"
+                )
+                if envoy is not None:
+                    kept.append(envoy)
+            log(f"[scale] Envoy's CPU without requests ({options.duration:g} s)")
+            idle = idle_cores(kept, options.duration)
+            samples = measure_lookups(lookups(kept, upstream), options)
+    finally:
+        if options.keep:
+            log(f"[scale] kept {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    finished = time.time()
+    run.update(finished_unix=finished, finished=_utc(finished), load_after=list(os.getloadavg()))
+    return {
+        "format": 1,
+        "run": run,
+        "scale": {
+            "sizes": figures,
+            "lookups": {name: [asdict(s) for s in got] for name, got in samples.items()},
+            "idle_cores": idle,
+        },
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def _envoy_version() -> str:
+    done = subprocess.run(
+        [mesh.envoy_binary(), "--version"], capture_output=True, text=True, check=False
+    )
+    # "envoy  version: HASH/1.40.0/Clean/RELEASE/BoringSSL"
+    parts = done.stdout.split("version:", 1)[-1].strip().split("/")
+    return parts[1] if len(parts) > 1 else done.stdout.strip()
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+SIZE_COLUMNS = (
+    "services",
+    "clusters",
+    "virtual hosts",
+    "xDS MB",
+    "translate s",
+    "write s",
+    "validate s",
+    "apply s",
+    "Envoy RSS MB",
+    "heap MB",
+)
+LOOKUP_COLUMNS = (
+    "services",
+    "virtual host",
+    "req/s",
+    "p50 ms",
+    "Envoy CPU µs/req",
+    "of it idle µs/req",
+    "errors",
+)
+GROWTH_COLUMNS = ("measure", "exponent", "last two sizes", "growth")
+# What the growth table fits: (row, value of one size's figures).
+GROWTH: tuple[tuple[str, Callable[[Mapping[str, Any]], float]], ...] = (
+    ("translate", lambda f: statistics.median(f["translate_s"])),
+    ("validate", lambda f: statistics.median(f["validate_s"])),
+    ("apply", lambda f: statistics.median(f["apply_s"])),
+    ("Envoy RSS", lambda f: float(f["rss_mb"])),
+    ("Envoy heap", lambda f: float(f["allocated_mb"])),
+)
+
+
+def exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
+    """The slope of the least-squares line through (log n, log value)."""
+    xs = [math.log(n) for n in sizes]
+    ys = [math.log(max(v, 1e-9)) for v in values]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+
+
+def growth(sizes: Sequence[float], slope: float) -> str:
+    """The nearest of ∝ 1, ∝ n, ∝ n log n and ∝ n² (each's own exponent over ``sizes``)."""
+    models = {
+        "∝ 1": 0.0,
+        "∝ n": 1.0,
+        "∝ n log n": exponent(sizes, [n * math.log(n) for n in sizes]),
+        "∝ n²": 2.0,
+    }
+    return min(models, key=lambda name: abs(models[name] - slope))
+
+
+def _lookup_cpu(sample_data: Mapping[str, Any]) -> float:
+    return report.cpu_us(sample_data, "envoy")
+
+
+def cost_ratio(scale: Mapping[str, Any], sizes: Sequence[int]) -> report.Measured | None:
+    """Envoy CPU per request to the last virtual host, largest N over smallest, per round."""
+    looked = scale["lookups"]
+    big, small = looked.get(f"{sizes[-1]}/last"), looked.get(f"{sizes[0]}/last")
+    if not big or not small:
+        return None
+    return report.paired(big, small, lambda a, b: _lookup_cpu(a) / _lookup_cpu(b))
+
+
+def _idle_cell(scale: Mapping[str, Any], count: str, got: Sequence[Mapping[str, Any]]) -> str:
+    cores = scale.get("idle_cores", {}).get(count)
+    if cores is None:
+        return "–"
+    # Per round: idle cores × the run's seconds (requests ÷ req/s) over its requests = 1 / req/s.
+    return f"{report.median_of(got, lambda s: cores / float(s['rps']) * 1e6):.0f}"
+
+
+def targets(results: Mapping[str, Any]) -> list[list[str]]:
+    scale = results["scale"]
+    sizes = [int(f["services"]) for f in scale["sizes"]]
+    largest = scale["sizes"][-1]
+    n = f"{sizes[-1]:,}"
+    rows: list[tuple[str, report.Target, report.Measured | None]] = []
+    for label, key, goal in (
+        (f"{n} services: translate + write", "translate_s", TRANSLATE_GOAL),
+        (f"{n} services: apply (hot switch)", "apply_s", APPLY_GOAL),
+    ):
+        values = tuple(float(v) for v in largest[key])
+        if key == "translate_s":
+            values = tuple(a + float(b) for a, b in zip(values, largest["write_s"], strict=True))
+        rows.append(
+            (
+                label,
+                report.Target(label, goal, False, "s", lambda _: None),
+                report.Measured(statistics.median(values), values),
+            )
+        )
+    label = f"Envoy CPU per request, {n} ÷ {sizes[0]:,} services"
+    rows.append(
+        (
+            label,
+            report.Target(label, COST_GOAL, False, "×", lambda _: None),
+            cost_ratio(scale, sizes),
+        )
+    )
+    return [
+        [
+            name,
+            target.goal_text,
+            "–" if measured is None else report.fmt(measured.value, target.unit),
+            "–"
+            if measured is None
+            else " ".join(report.plain(v, target.unit) for v in measured.per_round),
+            report.verdict(target, measured),
+        ]
+        for name, target, measured in rows
+    ]
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """The ``scale`` section: the run's header, per size, route lookup, growth, targets."""
+    run, scale = results["run"], results["scale"]
+    figures = scale["sizes"]
+    sizes = [int(f["services"]) for f in figures]
+    wrk = run["wrk"]
+    other = [float(s.get("other_cores", 0.0)) for got in scale["lookups"].values() for s in got]
+    header = [
+        ("command", f"`{run['command']}`"),
+        ("commit", run["commit"]),
+        ("date (UTC)", f"{run['started']} – {run['finished']}"),
+        ("machine", f"{run['cores']} cores ({run['cpu_model']})"),
+        (
+            "load average (1, 5, 15 min)",
+            "before "
+            + " ".join(f"{x:.2f}" for x in run["load_before"])
+            + "; after "
+            + " ".join(f"{x:.2f}" for x in run["load_after"]),
+        ),
+        (
+            "software",
+            f"Python {run['python']}, Envoy {run['envoy']} (`--concurrency {run['concurrency']}`)",
+        ),
+        (
+            "settings",
+            f"sizes {', '.join(f'{n:,}' for n in sizes)}; medians of {run['rounds']} round(s); "
+            f"wrk `-t{wrk['threads']} -c{wrk['connections']} -d{wrk['duration_s']:g}s`, "
+            f"{wrk['warmup_s']:g} s warm-up",
+        ),
+        (
+            "other load",
+            f"up to {max(other):.2f} busy cores of other processes during a lookup run"
+            + (" (**a shared, busy machine**)" if max(other) > report.NOISE_CORES else "")
+            if other
+            else "–",
+        ),
+    ]
+    lines = [
+        "**scale**: meshes of N services (`--suite scale`, bench/meshgen.py: per service two "
+        "Deployments v1/v2, a Service, a DestinationRule with two subsets, a VirtualService "
+        "with a header match and an 80/20 split). Times are wall seconds, medians of the "
+        "rounds; apply is a hot switch of the running Envoy (all splits flipped) until "
+        "`/config_dump` shows it.",
+        "",
+        *report._table(report.RUN_COLUMNS, report._align("l", "l"), header),
+        "",
+    ]
+    rows = [
+        [
+            f"{f['services']:,}",
+            f"{f['clusters']:,}",
+            f"{f['virtual_hosts']:,}",
+            f"{f['xds_bytes'] / 1e6:.2f}",
+            f"{statistics.median(f['translate_s']):.3f}",
+            f"{statistics.median(f['write_s']):.3f}",
+            f"{statistics.median(f['validate_s']):.3f}",
+            f"{statistics.median(f['apply_s']):.3f}",
+            f"{f['rss_mb']:.1f}",
+            f"{f['allocated_mb']:.1f}",
+        ]
+        for f in figures
+    ]
+    lines += report._table(SIZE_COLUMNS, report._align("r", *"r" * 9), rows)
+    lines += ["", "Route lookup through the outbound listener, same run, interleaved rounds:", ""]
+    lookup_rows = []
+    for name, got in scale["lookups"].items():
+        count, which = name.split("/")
+        lookup_rows.append(
+            [
+                f"{int(count):,}",
+                f"{which} ({meshgen.service_name(0 if which == 'first' else int(count) - 1)})",
+                f"{report.median_of(got, lambda s: float(s['rps'])):.0f}",
+                f"{report.median_of(got, lambda s: float(s['p50_ms'])):.2f}",
+                f"{report.median_of(got, _lookup_cpu):.0f}",
+                _idle_cell(scale, count, got),
+                str(sum(int(s["errors"]) for s in got)),
+            ]
+        )
+    lines += report._table(
+        LOOKUP_COLUMNS, report._align("r", "l", "r", "r", "r", "r", "r"), lookup_rows
+    )
+    lines += [
+        "",
+        "*of it idle*: Envoy's CPU in the same time without requests (measured before the "
+        "rounds), per request of the run: what the mesh's size costs whether or not it serves.",
+    ]
+    lines += ["", f"Growth over {', '.join(f'{n:,}' for n in sizes)} services (log-log fit):", ""]
+    growth_rows = []
+    for name, value in GROWTH:
+        values = [value(f) for f in figures]
+        slope = exponent(sizes, values)
+        last_two = exponent(sizes[-2:], values[-2:])
+        growth_rows.append([name, f"{slope:.2f}", f"{last_two:.2f}", growth(sizes, slope)])
+    lines += report._table(GROWTH_COLUMNS, report._align("l", "r", "r", "l"), growth_rows)
+    lines += [""]
+    lines += report._table(
+        report.TARGET_COLUMNS, report._align("l", "r", "r", "l", "l"), targets(results)
+    )
+    return "\n".join(lines)
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The scale results file as Markdown (bench/results/scale.md)."""
+    return "\n".join(
+        [
+            "# Scaling benchmark results",
+            "",
+            "Written by `python -m bench --suite scale` from one run.",
+            "",
+            report.marked(SECTION, render(results)),
+            "",
+        ]
+    )
+
+
+def write_results(path: Path, results: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    md = path.with_suffix(".md")
+    md.write_text(markdown(results))
+    return md
+
+
+def update_readmes(results: Mapping[str, Any]) -> list[Path]:
+    """Fill the ``scale`` section of README.md and bench/README.md; the files changed."""
+    text = render(results)
+    changed = []
+    for path in report.READMES:
+        old = path.read_text()
+        new = report.fill(old, SECTION, text)
+        if new != old:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+def main(options: Options, sizes: Sequence[int], command: str, results_path: Path | None) -> int:
+    try:
+        results = run_scale(options, sizes, command)
+    except (StartError, ValueError, TimeoutError, mesh.EnvoyConfigError) as exc:
+        log(f"bench: {exc}")
+        return 1
+    print(render(results) + "\n")
+    default = tuple(sorted(sizes)) == SIZES
+    path = results_path or (SCALE_JSON if default else report.RESULTS_DIR / "partial.json")
+    md = write_results(path, results)
+    print(f"bench: results in {path} and {md}; `python -m bench readme` puts them in the READMEs")
+    return 0
