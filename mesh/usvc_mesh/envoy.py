@@ -273,32 +273,40 @@ def write(config_dir: Path, translation: Translation) -> None:
     """Put ``translation`` in ``config_dir`` so a running Envoy switches to it.
 
     Each file is written to a temporary name and renamed over the old one,
-    which is the event Envoy reloads on. The order keeps every route pointing
-    at a live cluster: first the clusters old and new routes need, then the
-    routes, then the clusters without the ones only the old routes used.
+    which is the event Envoy reloads on; a file whose content would not change
+    is left alone, so Envoy does not reload it (a change of weights rewrites
+    the routes only). The order keeps every route pointing at a live cluster:
+    first the clusters old and new routes need, then the routes, then the
+    clusters without the ones only the old routes used.
     """
     config_dir.mkdir(parents=True, exist_ok=True)
     version = versions(translation)
     clusters = list(translation.clusters)
     cds_path = config_dir / CDS_FILE
-    names = {c["name"] for c in clusters}
-    retired = [c for c in _current_clusters(cds_path) if c["name"] not in names]
-    if retired:
-        _atomic_write(
-            cds_path, _discovery(version["cds"] + "+retiring", [*clusters, *retired], _CLUSTER_TYPE)
-        )
-    else:
-        _atomic_write(cds_path, _discovery(version["cds"], clusters, _CLUSTER_TYPE))
+    cds = json.dumps(_discovery(version["cds"], clusters, _CLUSTER_TYPE))
+    current = _read(cds_path)
+    retired: list[dict[str, Any]] = []
+    if current != cds:
+        names = {c["name"] for c in clusters}
+        retired = [c for c in _clusters_in(current) if c["name"] not in names]
+        if retired:
+            _atomic_write(
+                cds_path,
+                _discovery(version["cds"] + "+retiring", [*clusters, *retired], _CLUSTER_TYPE),
+            )
+        else:
+            _replace(cds_path, cds)
     for name, routes in (
         (GATEWAY_ROUTES, translation.gateway_routes),
         (OUTBOUND_ROUTES, translation.outbound_routes),
         *((extra["name"], extra) for extra in translation.extra_routes),
     ):
-        _atomic_write(
-            config_dir / rds_file(name), _discovery(version[name], [routes], _ROUTES_TYPE)
-        )
+        path = config_dir / rds_file(name)
+        text = json.dumps(_discovery(version[name], [routes], _ROUTES_TYPE))
+        if _read(path) != text:
+            _replace(path, text)
     if retired:
-        _atomic_write(cds_path, _discovery(version["cds"], clusters, _CLUSTER_TYPE))
+        _replace(cds_path, cds)
 
 
 def static_config(config_dir: Path) -> dict[str, Any]:
@@ -621,10 +629,17 @@ def _strip_type(resource: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k != "@type"}
 
 
-def _current_clusters(path: Path) -> list[dict[str, Any]]:
+def _read(path: Path) -> str | None:
     try:
-        resources = json.loads(path.read_text())["resources"]
-    except (OSError, ValueError, KeyError):
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _clusters_in(text: str | None) -> list[dict[str, Any]]:
+    try:
+        resources = json.loads(text or "")["resources"]
+    except (ValueError, KeyError, TypeError):
         return []
     return [_strip_type(r) for r in resources]
 
@@ -634,15 +649,20 @@ def _digest(value: Any) -> str:
 
 
 def _atomic_write(path: Path, content: Mapping[str, Any]) -> None:
+    _replace(path, json.dumps(content))
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         # Routes and clusters, no secret: readable by an Envoy running as another
         # user (a container's), which mkstemp's 0600 would deny.
         os.fchmod(descriptor, 0o644)
         with os.fdopen(descriptor, "w") as handle:
-            # One line: json's C encoder (indent or json.dump's streaming would take the
-            # pure-Python one, several times slower for a mesh of 1,000 services).
-            handle.write(json.dumps(content))
+            # One line, from json's C encoder (indent, or json.dump's streaming, takes
+            # the pure-Python one: several times slower for a mesh of 1,000 services).
+            handle.write(text)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

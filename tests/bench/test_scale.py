@@ -105,11 +105,15 @@ def _results(translate_s: float, apply_s: float, big_cpu: list[float]) -> dict[s
             "clusters": 3 * n + 1,
             "virtual_hosts": n + 1,
             "xds_bytes": 7000 * n,
-            "translate_s": [translate_s * factor] * 2,
-            "write_s": [0.0, 0.0],
-            "validate_s": [0.2 + factor, 0.2 + factor],
+            "translate_s": [9.0, 9.0],  # wall: the targets read CPU
+            "translate_cpu_s": [translate_s * factor * 0.8] * 2,
+            "write_s": [9.0, 9.0],
+            "write_cpu_s": [translate_s * factor * 0.2] * 2,
+            "validate_s": [9.0, 9.0],
+            "validate_cpu_s": [0.2 + factor, 0.2 + factor],
             "start_s": 1.0,
             "apply_s": [apply_s * factor, apply_s * factor],
+            "apply_cpu_s": [apply_s * factor / 2, apply_s * factor / 2],
             "rss_mb": 60 + factor,
             "allocated_mb": 5 + factor,
         }
@@ -150,25 +154,34 @@ def _results(translate_s: float, apply_s: float, big_cpu: list[float]) -> dict[s
 def test_targets_state_goal_and_verdict_from_the_same_run() -> None:
     met = table_with(scale.render(_results(1.5, 0.5, [0.21, 0.21])), "target (issue 13)")
     assert met.keys == (
-        "1,000 services: translate + write",
-        "1,000 services: apply (hot switch)",
+        "1,000 services: translate + write, CPU",
+        "1,000 services: apply (hot switch), CPU",
+        "1,000 services: apply (hot switch), wall",
         "Envoy CPU per request, 1,000 ÷ 10 services",
     )
-    goals = ["≤ 2.00 s", "≤ 1.00 s", "≤ 1.10×"]
+    goals = ["≤ 2.00 s", "≤ 1.00 s", "≤ 1.00 s", "≤ 1.10×"]
     assert met.column("goal") == dict(zip(met.keys, goals, strict=True))
     assert set(met.column("result").values()) == {report.MET}
     # 0.21 / 0.20 and 0.30 / 0.20 by round: median 1.25×, over the goal.
-    missed = table_with(scale.render(_results(2.5, 1.5, [0.21, 0.30])), "target (issue 13)")
+    missed = table_with(scale.render(_results(2.5, 2.5, [0.21, 0.30])), "target (issue 13)")
     assert set(missed.column("result").values()) == {report.NOT_MET}
+    assert missed.column("measured")["1,000 services: translate + write, CPU"] == "2.50 s"
     assert missed.column("per round")["Envoy CPU per request, 1,000 ÷ 10 services"] == "1.05 1.50"
 
 
 def test_the_growth_table_fits_the_medians_of_each_size() -> None:
     text = scale.render(_results(1.5, 0.5, [0.2, 0.2]))
     grown = table_with(text, "measure")
-    assert grown.keys == ("translate", "validate", "apply", "Envoy RSS", "Envoy heap")
-    assert grown.column("exponent")["translate"] == "1.00"  # 0.015, 0.15, 1.5 s
-    assert grown.column("growth")["apply"] == "∝ n"
+    assert grown.keys == (
+        "translate (CPU)",
+        "validate (CPU)",
+        "apply (CPU)",
+        "apply (wall)",
+        "Envoy RSS",
+        "Envoy heap",
+    )
+    assert grown.column("exponent")["translate (CPU)"] == "1.00"  # 0.012, 0.12, 1.2 s
+    assert grown.column("growth")["apply (wall)"] == "∝ n"
 
 
 # --- the committed results and the READMEs ------------------------------------------------------
@@ -227,7 +240,7 @@ def test_a_small_scale_run_prints_every_table_and_states_each_target(tmp_path: P
     ]
     assert set(lookups.column("errors").values()) == {"0"}, done.stderr
     targets = table_with(printed, "target (issue 13)")
-    assert len(targets.rows) == 3
+    assert len(targets.rows) == 4
     for row in targets.rows:
         assert row[1].startswith("≤ "), row
         assert row[-1] in VERDICTS, row

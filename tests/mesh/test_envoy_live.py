@@ -733,6 +733,28 @@ def test_validate_accepts_the_running_configuration_with_its_bootstrap(envoy: En
     tr.validate(envoy.config_dir)
 
 
+def test_write_leaves_a_file_whose_content_does_not_change_untouched(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """Envoy reloads a file when one is renamed onto it: new gateway routes, nothing else."""
+    rule = destination_rule(
+        "switch", "switch-svc", {"slow": {"v": "slow"}, "quick": {"v": "quick"}}
+    )
+    slow, quick = (mesh.translate(switch_rules(target)[0], rule) for target in ("slow", "quick"))
+    assert slow.clusters == quick.clusters and slow.gateway_routes != quick.gateway_routes
+    tr.write(tmp_path, slow)
+    before = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+    tr.write(tmp_path, quick)
+    after = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+    assert after["cds.json"] == before["cds.json"]
+    assert after["rds-outbound.json"] == before["rds-outbound.json"]
+    assert after["rds-gateway.json"] != before["rds-gateway.json"]
+    assert (
+        json.loads((tmp_path / "rds-gateway.json").read_text())["version_info"]
+        == (tr.versions(quick)["gateway"])
+    )
+
+
 def test_write_leaves_no_temporary_files(mesh: Mesh, tmp_path: Path) -> None:
     tr.write(tmp_path, mesh.translate())
     tr.write(tmp_path, mesh.translate(*switch_rules("quick")))
