@@ -3,12 +3,14 @@
 For each size N (10, 100, 1,000 services of bench/meshgen.py), in one run:
 
 - **translate + write**: :func:`usvc_mesh.translate` of the whole mesh, then
-  :func:`usvc_mesh.write` of its xDS files (wall time of each, median of the rounds);
-- **validate**: ``envoy --mode validate`` of that directory (:func:`usvc_mesh.validate`);
+  :func:`usvc_mesh.write` of its xDS files (this process's CPU seconds, and wall);
+- **validate**: :func:`usvc_mesh.validate` of that directory (``envoy --mode validate``: CPU
+  with the child's);
 - **apply**: a hot switch of a running Envoy, as ``usvc up`` does it: Envoy runs mesh N, the
   xDS files are rewritten with every split flipped (80/20 → 20/80, then back), and the time is
-  from the first file written until the admin endpoint's ``/config_dump`` shows the new
-  versions (:func:`usvc_mesh.wait_applied`, which polls every 20 ms);
+  from the first file written until the admin endpoint shows the new versions
+  (:func:`usvc_mesh.wait_applied`, which polls every 20 ms): wall, and CPU of this process and
+  Envoy's;
 - **memory** after the switches: Envoy's RSS (``/proc/PID/status``) and its heap in use
   (admin ``/stats``: ``server.memory_allocated``);
 - **route lookup**, at the smallest and the largest N, both Envoys up at once: wrk through the
