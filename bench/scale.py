@@ -282,6 +282,24 @@ def idle_cores(envoys: Sequence[RunningEnvoy], seconds: float) -> dict[str, floa
     return {str(e.services): (e.cpu() - before[e.services]) / wall for e in envoys}
 
 
+def failed_answers(run_dir: Path, count: int) -> dict[str, int]:
+    """How many answers of Envoy's outbound listener were not 200, by code and flags."""
+    found: dict[str, int] = {}
+    try:
+        lines = (run_dir / f"envoy-{count}-access.log").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("listener") == mesh.OUTBOUND_ROUTES and entry.get("response_code") != 200:
+            key = f"{entry.get('response_code')} {entry.get('response_flags')}"
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
 def measure_lookups(builds: Sequence[Lookup], options: Options) -> dict[str, list[Sample]]:
     from . import wrk
 
@@ -334,6 +352,7 @@ def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str,
     figures = []
     samples: dict[str, list[Sample]] = {}
     idle: dict[str, float] = {}
+    failed: dict[str, dict[str, int]] = {}
     try:
         with ExitStack() as stack:
             upstream = python_server("upstream", ["-m", "bench.server", "bare"], {}, run_dir)
@@ -362,9 +381,13 @@ def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str,
                 )
                 if envoy is not None:
                     kept.append(envoy)
-            log(f"[scale] Envoy's CPU without requests ({options.duration:g} s)")
-            idle = idle_cores(kept, options.duration)
+            log(f"[scale] Envoy's CPU without requests ({options.duration:g} s, before and after)")
+            before = idle_cores(kept, options.duration)
             samples = measure_lookups(lookups(kept, upstream), options)
+            after = idle_cores(kept, options.duration)
+            idle = {n: (before[n] + after[n]) / 2 for n in before}
+        # The Envoys have exited: their access logs are complete.
+        failed = {str(e.services): failed_answers(run_dir, e.services) for e in kept}
     finally:
         if options.keep:
             log(f"[scale] kept {run_dir}")
@@ -379,6 +402,7 @@ def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str,
             "sizes": figures,
             "lookups": {name: [asdict(s) for s in got] for name, got in samples.items()},
             "idle_cores": idle,
+            "failed": failed,
         },
     }
 
@@ -463,21 +487,35 @@ def _lookup_cpu(sample_data: Mapping[str, Any]) -> float:
     return report.cpu_us(sample_data, "envoy")
 
 
-def cost_ratio(scale: Mapping[str, Any], sizes: Sequence[int]) -> report.Measured | None:
-    """Envoy CPU per request to the last virtual host, largest N over smallest, per round."""
-    looked = scale["lookups"]
+def _idle_us(idle_cores: float, sample_data: Mapping[str, Any]) -> float:
+    """Idle CPU over one run's time (requests ÷ req/s), per request: µs."""
+    return idle_cores / float(sample_data["rps"]) * 1e6
+
+
+def cost_ratio(
+    scale: Mapping[str, Any], sizes: Sequence[int], *, without_idle: bool = False
+) -> report.Measured | None:
+    """Envoy CPU per request to the last virtual host, largest N over smallest, per round.
+
+    ``without_idle``: less what each Envoy uses without requests over the same time.
+    """
+    looked, idle = scale["lookups"], scale.get("idle_cores", {})
     big, small = looked.get(f"{sizes[-1]}/last"), looked.get(f"{sizes[0]}/last")
-    if not big or not small:
+    if not big or not small or (without_idle and not idle):
         return None
-    return report.paired(big, small, lambda a, b: _lookup_cpu(a) / _lookup_cpu(b))
+
+    def cost(count: int, sample_data: Mapping[str, Any]) -> float:
+        less = _idle_us(idle[str(count)], sample_data) if without_idle else 0.0
+        return _lookup_cpu(sample_data) - less
+
+    return report.paired(big, small, lambda a, b: cost(sizes[-1], a) / cost(sizes[0], b))
 
 
 def _idle_cell(scale: Mapping[str, Any], count: str, got: Sequence[Mapping[str, Any]]) -> str:
     cores = scale.get("idle_cores", {}).get(count)
     if cores is None:
         return "–"
-    # Per round: idle cores × the run's seconds (requests ÷ req/s) over its requests = 1 / req/s.
-    return f"{report.median_of(got, lambda s: cores / float(s['rps']) * 1e6):.0f}"
+    return f"{report.median_of(got, lambda s: _idle_us(cores, s)):.0f}"
 
 
 def targets(results: Mapping[str, Any]) -> list[list[str]]:
@@ -506,14 +544,17 @@ def targets(results: Mapping[str, Any]) -> list[list[str]]:
                 report.Measured(statistics.median(values), values),
             )
         )
-    label = f"Envoy CPU per request, {n} ÷ {sizes[0]:,} services"
-    rows.append(
-        (
-            label,
-            report.Target(label, COST_GOAL, False, "×", lambda _: None),
-            cost_ratio(scale, sizes),
+    for label, without_idle in (
+        (f"Envoy CPU per request, {n} ÷ {sizes[0]:,} services", False),
+        ("the same without Envoy's idle CPU", True),
+    ):
+        rows.append(
+            (
+                label,
+                report.Target(label, COST_GOAL, False, "×", lambda _: None),
+                cost_ratio(scale, sizes, without_idle=without_idle),
+            )
         )
-    )
     return [
         [
             name,
@@ -614,9 +655,15 @@ def render(results: Mapping[str, Any]) -> str:
     )
     lines += [
         "",
-        "*of it idle*: Envoy's CPU in the same time without requests (measured before the "
-        "rounds), per request of the run: what the mesh's size costs whether or not it serves.",
+        "*of it idle*: Envoy's CPU in the same time without requests (the mean of a run's "
+        "length before and after the rounds), per request of the run: what the mesh's size costs whether or "
+        "not it serves. *errors*: wrk's (non-2xx answers and socket errors, e.g. its 2 s "
+        "timeout on a saturated machine).",
     ]
+    for count, answers in scale.get("failed", {}).items():
+        if answers:
+            got = ", ".join(f"{key} ×{n}" for key, n in sorted(answers.items()))
+            lines.append(f"- {int(count):,} services: Envoy answered other than 200: {got}")
     lines += ["", f"Growth over {', '.join(f'{n:,}' for n in sizes)} services (log-log fit):", ""]
     growth_rows = []
     for name, value in GROWTH:
