@@ -3,7 +3,8 @@
 Service ``svc-I`` (I = 0 … N-1) is the Bookinfo shape (istio.io "Bookinfo Application"):
 
 - two Deployments, ``svc-I-v1`` and ``svc-I-v2``, whose pods carry ``app: svc-I`` and
-  ``version: v1`` / ``v2`` (no readiness probe: no active health checks);
+  ``version: v1`` / ``v2``, no readiness probe (so the local mesh's stand-in for the kubelet's
+  probe is a TCP health check by Envoy, every 10 s, in each of the service's three clusters);
 - a Service ``svc-I`` selecting ``app: svc-I``, one HTTP port 80;
 - a DestinationRule with the subsets ``v1`` and ``v2`` by the ``version`` label;
 - a VirtualService on the mesh: requests with ``x-canary: "true"`` go to ``v2``, the rest
