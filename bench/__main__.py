@@ -176,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return envoy_parts.main(envoy_parts_argv(args))
     options = options_from(args)
-    if args.suite == "scale" and not args.profile:
+    if args.suite == "scale":
+        if args.profile:
+            print("bench: --profile profiles a build of --suite single or chain", file=sys.stderr)
+            return 2
         sizes = [int(n) for n in args.sizes.split(",") if n]
         command = shlex.join(["python", "-m", "bench", *argv])
         return scale.main(options, sizes, command, Path(args.results) if args.results else None)
