@@ -656,9 +656,9 @@ def render(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         "*of it idle*: Envoy's CPU in the same time without requests (the mean of a run's "
-        "length before and after the rounds), per request of the run: what the mesh's size costs whether or "
-        "not it serves. *errors*: wrk's (non-2xx answers and socket errors, e.g. its 2 s "
-        "timeout on a saturated machine).",
+        "length before and after the rounds), per request of the run: what the mesh's size "
+        "costs whether or not it serves. *errors*: wrk's (non-2xx answers and socket errors, "
+        "e.g. its 2 s timeout on a saturated machine).",
     ]
     for count, answers in scale.get("failed", {}).items():
         if answers:
