@@ -283,7 +283,7 @@ def write(config_dir: Path, translation: Translation) -> None:
     version = versions(translation)
     clusters = list(translation.clusters)
     cds_path = config_dir / CDS_FILE
-    cds = json.dumps(_discovery(version["cds"], clusters, _CLUSTER_TYPE))
+    cds = _text(_discovery(version["cds"], clusters, _CLUSTER_TYPE))
     current = _read(cds_path)
     retired: list[dict[str, Any]] = []
     if current != cds:
@@ -302,7 +302,7 @@ def write(config_dir: Path, translation: Translation) -> None:
         *((extra["name"], extra) for extra in translation.extra_routes),
     ):
         path = config_dir / rds_file(name)
-        text = json.dumps(_discovery(version[name], [routes], _ROUTES_TYPE))
+        text = _text(_discovery(version[name], [routes], _ROUTES_TYPE))
         if _read(path) != text:
             _replace(path, text)
     if retired:
@@ -649,7 +649,13 @@ def _digest(value: Any) -> str:
 
 
 def _atomic_write(path: Path, content: Mapping[str, Any]) -> None:
-    _replace(path, json.dumps(content))
+    _replace(path, _text(content))
+
+
+def _text(content: Mapping[str, Any]) -> str:
+    # Indented, as compose/envoy/ commits these files (json's C encoder would be ~3x faster,
+    # 0.15 s for the 1,000-service mesh's 5 MB, but writes one line).
+    return json.dumps(content, indent=1)
 
 
 def _replace(path: Path, text: str) -> None:
@@ -660,8 +666,6 @@ def _replace(path: Path, text: str) -> None:
         # user (a container's), which mkstemp's 0600 would deny.
         os.fchmod(descriptor, 0o644)
         with os.fdopen(descriptor, "w") as handle:
-            # One line, from json's C encoder (indent, or json.dump's streaming, takes
-            # the pure-Python one: several times slower for a mesh of 1,000 services).
             handle.write(text)
         os.replace(temporary, path)
     except BaseException:
