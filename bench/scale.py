@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import usvc_mesh as mesh
+from usvc_mesh.envoy import MESH_CONCURRENCY
 from usvc_mesh.procs import terminate
 
 from . import meshgen, report
@@ -64,8 +65,8 @@ SCALE_JSON = report.RESULTS_DIR / "scale.json"
 SECTION = "scale"
 # Defaults of this suite when the command line does not say (shorter than the others').
 DURATION, WARMUP, ROUNDS = 5.0, 2.0, 3
-# Envoy as the local mesh runs it (usvc_mesh.supervisor: two workers).
-CONCURRENCY = 2
+# Envoy as the local mesh runs it (one worker: usvc_mesh.envoy.MESH_CONCURRENCY).
+CONCURRENCY = MESH_CONCURRENCY
 COST_GOAL = 1.10  # per-request cost at the largest N over the smallest
 TRANSLATE_GOAL, APPLY_GOAL = 2.0, 1.0  # seconds, at 1,000 services
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
