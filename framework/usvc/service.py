@@ -1,12 +1,22 @@
 """``usvc.Service``: an aiohttp application with everything a mesh service needs.
 
-The middleware does, once per request and in this order: parse the trace
-headers, start the server span, set the request context (which egress calls
-and log lines read), apply opt-in fault injection, call the handler, map
-upstream failures to problem+json, then record metrics and the access line.
-The paths in ``TELEMETRY_EXCLUDED_PATHS`` (by default ``/healthz``, ``/readyz``
-and ``/metrics``) are served outside it: probes and scrapes are not traffic,
-and would drown the RED metrics and traces.
+Every request is observed once, in this order: parse the trace headers, start
+the server span, set the request context (which egress calls and log lines
+read), apply opt-in fault injection, call the handler, map upstream failures
+to problem+json, then record metrics and the access line. The paths in
+``TELEMETRY_EXCLUDED_PATHS`` (by default ``/healthz``, ``/readyz`` and
+``/metrics``) are served outside it: probes and scrapes are not traffic, and
+would drown the RED metrics and traces.
+
+Where that runs: the routes registered through the service (``svc.get``,
+``svc.route``, ...) are wrapped when they are registered, and a catch-all
+route, added when the app starts (after every other route), observes the
+requests no route matches (404, or 405 with ``Allow`` as aiohttp answers)
+under the route label ``unmatched``. aiohttp then runs no middleware at all,
+which saves its middleware machinery on every request. An app that has more
+than usvc put in it when it starts — routes added to ``svc.app.router``
+directly, sub-apps, middlewares — is observed by a middleware instead, the
+outermost one, exactly as before, so every aiohttp feature keeps working.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import signal
@@ -117,19 +128,45 @@ class Service:
         self._header_problems = ProblemLog()
         self._excluded_paths = frozenset(self.settings.telemetry_excluded_paths)
         # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
-        self.app = web.Application(
-            middlewares=[self._middleware], handler_args={"max_field_size": 16384}
-        )
+        self.app = web.Application(handler_args={"max_field_size": 16384})
         self.app[SERVICE_KEY] = self
-        self.app.router.add_get("/healthz", self.health.healthz, allow_head=False)
-        self.app.router.add_get("/readyz", self.health.readyz, allow_head=False)
-        self.app.router.add_get("/metrics", self._metrics, allow_head=False)
+        # The handlers aiohttp calls for the routes registered through us.
+        self._own_handlers: list[Handler] = []
+        # Set when the app starts: whether the middleware observes every request.
+        self._observed_by_middleware = False
+        self._sealed = False
+        self._catch_all: web.AbstractResource | None = None
+        self.route("GET", "/healthz")(self.health.healthz)
+        self.route("GET", "/readyz")(self.health.readyz)
+        self.route("GET", "/metrics")(self._metrics)
+        self.app.on_startup.append(self._seal)
         self.app.cleanup_ctx.append(self._lifetime)
 
     # -- routes -------------------------------------------------------------
     def route(self, method: str, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        """Register ``handler`` for ``method`` and ``path``, as ``app.router.add_route`` does.
+
+        The handler is wrapped now: aiohttp calls the wrapper, which observes
+        the request under the route's template; the handler itself is
+        returned unchanged.
+        """
+
         def register(handler: Handler) -> Handler:
-            self.app.router.add_route(method, path, handler, **kwargs)
+            options = dict(kwargs)
+            resource = self.app.router.add_resource(path, name=options.pop("name", None))
+            route = resource.canonical
+            excluded = self._excluded_paths
+            observed: Handler
+            if isinstance(resource, web.PlainResource) and route in excluded:
+                observed = handler  # a probe or a scrape: not traffic
+            else:
+                # Only a template can match an excluded path some requests and not others.
+                check = bool(excluded) and not isinstance(resource, web.PlainResource)
+                observed = functools.update_wrapper(
+                    functools.partial(self._observe, handler, route, check), handler
+                )
+            self._own_handlers.append(observed)
+            resource.add_route(method, observed, **options)
             return handler
 
         return register
@@ -243,13 +280,55 @@ class Service:
             route=route,
         )
 
+    async def _seal(self, app: web.Application) -> None:
+        """At startup, after every route: choose how requests are observed (module docstring)."""
+        if self._sealed:
+            return
+        self._sealed = True
+        own = {id(handler) for handler in self._own_handlers}
+        foreign = any(id(route.handler) not in own for route in app.router.routes())
+        if foreign or len(app.middlewares) > 0:
+            self._observed_by_middleware = True
+            app.middlewares.insert(0, self._middleware)
+            return
+        catch_all = app.router.add_resource("/{tail:.*}")
+        check = bool(self._excluded_paths)
+        unmatched = functools.partial(self._observe, self._refuse, UNMATCHED_ROUTE, check)
+        catch_all.add_route("*", unmatched)
+        self._catch_all = catch_all
+
+    async def _refuse(self, request: web.Request) -> web.StreamResponse:
+        """No route matched: aiohttp's own answer, 405 when the path has other methods."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not self._catch_all:
+                _, methods = await resource.resolve(request)
+                allowed |= methods
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in self._excluded_paths:
-            return await handler(request)
-        started = time.perf_counter()
+        # Only when the app has routes, sub-apps or middlewares of its own (see _seal).
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+        return await self._observe(handler, route, True, request, by_middleware=True)
+
+    async def _observe(
+        self,
+        handler: Handler,
+        route: str,
+        check_excluded: bool,
+        request: web.Request,
+        *,
+        by_middleware: bool = False,
+    ) -> web.StreamResponse:
+        if (self._observed_by_middleware and not by_middleware) or (
+            check_excluded and request.path in self._excluded_paths
+        ):
+            return await handler(request)
+        started = time.perf_counter()
         incoming = self.propagator.extract(request.headers)
         if incoming.problems:
             self._header_problems.report(incoming.problems)
@@ -258,7 +337,8 @@ class Service:
         # One attach per request: trace.get_current_span() and spans users
         # start with svc.tracer see the server span as their parent.
         otel_token = otel_context.attach(set_span_in_context(ctx.span))
-        self.health.in_flight += 1
+        health = self.health
+        health.in_flight += 1
         status = 500
         try:
             response = await self._serve(request, handler, ctx)
@@ -279,10 +359,13 @@ class Service:
             span = ctx.span
             if type(span) is UsvcSpan:
                 span.outcome(status, error_from=500)  # a 4xx is the client's error
-            span.end()
-            self.health.in_flight -= 1
-            self.metrics.observe_request(method_label(request.method), route, status, duration)
-            self.access_log.write(request.method, request.path, route, status, duration)
+                span.end()
+            health.in_flight -= 1
+            method = request.method
+            self.metrics.observe_request(method_label(method), route, status, duration)
+            access_log = self.access_log
+            if access_log.enabled:
+                access_log.write(method, request.path, route, status, duration)
             otel_context.detach(otel_token)
             current_request.reset(token)
 

@@ -396,3 +396,54 @@ async def test_ignored_trace_headers_are_logged_at_debug_at_most_once_a_second(
     assert len(lines) == 1
     assert "traceparent" in lines[0].__dict__["problems"][0]
     assert svc._header_problems.suppressed == 49
+
+
+async def test_a_wrong_method_is_405_with_allow_and_counted_as_unmatched(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    svc = make_service()
+    add_hello(svc)
+    server = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with client.post(server.make_url("/hello/ana")) as resp:
+            assert resp.status == 405
+            assert resp.headers["Allow"] == "GET"
+            assert len(resp.headers["x-request-id"]) == 32
+        async with client.get(server.make_url("/metrics")) as resp:
+            text = await resp.text()
+    assert 'http_server_requests_total{code="405",method="POST",route="unmatched"} 1.0' in text
+
+
+async def test_an_unmatched_excluded_path_is_not_counted(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    server = await serve(make_service().app)
+    async with aiohttp.ClientSession() as client:
+        async with client.post(server.make_url("/healthz")) as resp:
+            assert resp.status == 405
+            assert "x-request-id" not in resp.headers
+        async with client.get(server.make_url("/metrics")) as resp:
+            text = await resp.text()
+    assert 'route="unmatched"' not in text
+
+
+async def test_routes_added_to_the_app_directly_are_observed_too(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    svc = make_service()
+    add_hello(svc)
+
+    async def direct(request: web.Request) -> web.Response:
+        return web.Response(text="direct")
+
+    svc.app.router.add_get("/direct", direct)
+    server = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        for path in ("/direct", "/hello/ana", "/nowhere"):
+            async with client.get(server.make_url(path)) as resp:
+                assert len(resp.headers["x-request-id"]) == 32, path
+        async with client.get(server.make_url("/metrics")) as resp:
+            text = await resp.text()
+    for route, code in (("/direct", 200), ("/hello/{name}", 200), ("unmatched", 404)):
+        line = f'http_server_requests_total{{code="{code}",method="GET",route="{route}"}} 1.0'
+        assert line in text, line
