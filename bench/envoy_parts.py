@@ -114,30 +114,7 @@ def _route_config(vhosts: int = 1) -> Config:
 
 
 def _cluster(ctx: Context) -> Config:
-    return {
-        "name": UPSTREAM,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": UPSTREAM,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": "127.0.0.1",
-                                        "port_value": ctx.upstream_port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
+    return envoy.static_cluster(UPSTREAM, "127.0.0.1", ctx.upstream_port)
 
 
 def minimal(ctx: Context, port: int, admin: int) -> Config:

@@ -613,6 +613,19 @@ def _lb_endpoint(host: str, port: int) -> dict[str, Any]:
     return {"endpoint": {"address": _address(host, port)}}
 
 
+def static_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A STATIC cluster of one endpoint at ``host:port`` (an IP address)."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [_lb_endpoint(host, port)]}],
+        },
+    }
+
+
 def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 

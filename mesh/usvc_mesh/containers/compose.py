@@ -337,32 +337,7 @@ def _write_envoy(config: Path, chosen: Plan) -> None:
     for cluster in resources["clusters"]:  # the Zipkin collector (Jaeger, a profile)
         cluster["wait_for_warm_on_init"] = False
     resources["listeners"].append(_stats_listener())
-    resources["clusters"].append(
-        {
-            "name": ADMIN_CLUSTER,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": ADMIN_CLUSTER,
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {
-                                            "address": "127.0.0.1",
-                                            "port_value": PORTS.admin,
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-    )
+    resources["clusters"].append(envoy.static_cluster(ADMIN_CLUSTER, "127.0.0.1", PORTS.admin))
     path.write_text(json.dumps(bootstrap, indent=1))
     (config / "scenario").write_text(chosen.scenario + "\n")
 
