@@ -20,9 +20,6 @@ declares a path Istio's schema does not have, so the table cannot drift from the
 
 from __future__ import annotations
 
-import inspect
-import types
-import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -91,7 +88,8 @@ def rows() -> list[Row]:
 
 def _kind_rows(kind: str, api_version: str, used: set[tuple[int, str]]) -> list[Row]:
     model = getattr(validation.strict_models(api_version), kind)
-    spec = _fields([m for _, m in _models(model.model_fields["spec"].annotation)], kind, "")
+    models = validation.model_classes(model.model_fields["spec"].annotation)
+    spec = _fields([m for _, m in models], kind, "")
     if kind in validation.APPLIED_KINDS:
         return list(_walk(kind, spec, "", None, used))
     if kind in validation.UNAPPLIED_KINDS:
@@ -163,7 +161,7 @@ def _fields(models: Sequence[type[pydantic.BaseModel]], kind: str, path: str) ->
             known += [m for m in below if m not in known]
     out = [_Field(name, suffix, tuple(below)) for name, (suffix, below) in by_name.items()]
     # Fields Istio added after the models (validation.NEWER_ISTIO_FIELDS): leaves here.
-    parents = validation._segments(path.replace("[]", "").replace(".<name>", ""))
+    parents = validation._segments(path.replace("[]", "").replace(validation.MAP_VALUES, ""))
     for newer_kind, _, name in sorted(validation.NEWER_ISTIO_FIELDS):
         if (
             newer_kind == kind
@@ -174,30 +172,8 @@ def _fields(models: Sequence[type[pydantic.BaseModel]], kind: str, path: str) ->
     return out
 
 
-def _models(annotation: Any) -> Iterator[tuple[str, type[pydantic.BaseModel]]]:
-    """(container suffix, model) of every model class in an annotation."""
-    origin = typing.get_origin(annotation)
-    if origin is None:
-        if inspect.isclass(annotation) and issubclass(annotation, pydantic.BaseModel):
-            if issubclass(annotation, pydantic.RootModel):
-                yield from _models(annotation.model_fields["root"].annotation)
-            else:
-                yield "", annotation
-        return
-    args = typing.get_args(annotation)
-    if origin is list:
-        yield from ((f"[]{suffix}", m) for suffix, m in _models(args[0]))
-    elif origin is dict:
-        yield from ((f".<name>{suffix}", m) for suffix, m in _models(args[1]))
-    elif origin is typing.Annotated:
-        yield from _models(args[0])
-    elif origin in (typing.Union, types.UnionType):
-        for arg in args:
-            yield from _models(arg)
-
-
 def _shape(annotation: Any) -> tuple[str, list[type[pydantic.BaseModel]]]:
-    found = list(_models(annotation))
+    found = list(validation.model_classes(annotation))
     suffixes = {suffix for suffix, _ in found}
     if len(suffixes) > 1:
         raise TypeError(f"{annotation}: models in different containers {sorted(suffixes)}")

@@ -176,23 +176,37 @@ def _model_file(module_name: str) -> Path:
     raise RuntimeError(f"cloudcoil-models-istio is not installed (no {module_name})")
 
 
-def _models_in(annotation: Any) -> Iterator[tuple[type[pydantic.BaseModel], bool]]:
-    """The model classes an annotation holds, each with whether it sits in a map's values."""
+def model_classes(annotation: Any) -> Iterator[tuple[str, type[pydantic.BaseModel]]]:
+    """(container suffix, model) of every model class in an annotation.
+
+    The suffix spells the containers around the model: ``[]`` a list, ``.<name>`` a map's
+    values (``list[dict[str, X]]`` -> ``[].<name>``); Optional, unions and Annotated add none.
+    """
     origin = typing.get_origin(annotation)
     if origin is None:
         if inspect.isclass(annotation) and issubclass(annotation, pydantic.BaseModel):
             if issubclass(annotation, pydantic.RootModel):
-                yield from _models_in(annotation.model_fields["root"].annotation)
+                yield from model_classes(annotation.model_fields["root"].annotation)
             else:
-                yield annotation, False
+                yield "", annotation
         return
     args = typing.get_args(annotation)
-    if origin is dict:
-        for model, _ in _models_in(args[1]):
-            yield model, True
-        return
-    for arg in args:
-        yield from _models_in(arg)
+    if origin is list:
+        yield from ((f"[]{suffix}", m) for suffix, m in model_classes(args[0]))
+    elif origin is dict:
+        yield from ((f"{MAP_VALUES}{suffix}", m) for suffix, m in model_classes(args[1]))
+    else:
+        for arg in args:
+            yield from model_classes(arg)
+
+
+MAP_VALUES = ".<name>"
+
+
+def _models_in(annotation: Any) -> Iterator[tuple[type[pydantic.BaseModel], bool]]:
+    """The model classes an annotation holds, each with whether it sits in a map's values."""
+    for suffix, model in model_classes(annotation):
+        yield model, MAP_VALUES in suffix
 
 
 def _segments(path: str) -> list[str]:
