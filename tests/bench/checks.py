@@ -8,7 +8,10 @@ raw figures of the same run say.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from bench.report import Table, tables
@@ -25,6 +28,20 @@ MESH_TARGETS = [
     ("chain", "p50 added per traversal, 1 connection", 0.3),
 ]
 TRAVERSALS = 4
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGV`` from the project root, its output captured; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def same_round_ratio(suite: Mapping[str, Any], a: str, b: str) -> float | None:

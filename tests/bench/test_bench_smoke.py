@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,25 +16,16 @@ import pytest
 from bench import report
 from bench.builds import single_builds
 
-from .checks import check_one_run, check_suite, table_with
+from .checks import check_one_run, check_suite, run_bench, table_with
 
 pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
 def test_quick_single_suite_reports_throughput_and_its_own_ratios(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     quick = ["--suite", "single", "--quick", "--rounds", "2", "--duration", "1", "--warmup", "1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *quick, "--results", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_bench(*quick, "--results", str(out))
     results = json.loads(out.read_text())
     check_one_run(results)
     assert results["run"]["wrk"]["rounds"] == 2

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,8 @@ import usvc_mesh as mesh
 from bench import meshgen, report, scale
 from usvc_mesh import validation
 
-from .checks import table_with
+from .checks import run_bench, table_with
 
-ROOT = Path(__file__).resolve().parents[2]
 VERDICTS = {report.MET, report.NOT_MET}
 
 
@@ -219,14 +216,7 @@ def test_readme_scale_tables_have_the_shape_of_scale_json(
 def test_a_small_scale_run_prints_every_table_and_states_each_target(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     argv = ["--suite", "scale", "--sizes", "3,6", "--rounds", "1", "--duration", "1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv, "--warmup", "1", "--results", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_bench(*argv, "--warmup", "1", "--results", str(out))
     results = json.loads(out.read_text())
     printed = report.extract(out.with_suffix(".md").read_text(), scale.SECTION)
     assert printed in done.stdout
