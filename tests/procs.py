@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from usvc_mesh.procs import free_port, http_ok, terminate
+from usvc_mesh.procs import die_with_parent, free_port, http_ok, terminate
 
 __all__ = ["ROOT", "Proc", "free_port", "http_ok", "start"]
 
@@ -55,7 +55,12 @@ def start(
         argv = [sys.executable, "-m", "usvc", "run", module]
     with log.open("a") as out:
         process = subprocess.Popen(
-            argv, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT
+            argv,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
     proc = Proc(name, port, process, log)
     deadline = time.monotonic() + 20

@@ -7,6 +7,7 @@ their own handle, never by name.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import ipaddress
@@ -16,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -153,6 +155,26 @@ def wait_until(
             raise TimeoutError(f"{what} not ready within {timeout:g}s")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+# prctl(2) option: the signal a child receives when the thread that forked it dies.
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM this child when the thread that started it dies.
+
+    For daemons a test run starts (dockerd, services): if the test process is
+    killed (SIGKILL runs no finaliser), its children stop too instead of
+    outliving it. The signal is sent when the *forking thread* exits, so use
+    it only for children started from a thread that lives as long as they
+    should (the main thread). Preserved across exec (prctl(2)), so it reaches
+    the program a wrapper such as ``unshare``/``sh -c 'exec ...'`` becomes.
+    Linux only; elsewhere it does nothing.
+    """
+    if _LIBC is not None and _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import docker
 
+from usvc_mesh.procs import die_with_parent
+
 # Debian's 20.10 client; another docker earlier on PATH may need BuildKit plugins.
 DOCKER_CLI = "/usr/bin/docker"
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
@@ -120,6 +122,7 @@ def start_engine(timeout: float = 60.0) -> Engine:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed test run takes its engine with it
     )
     log.close()
     engine = Engine(root, process)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usvc_mesh.procs import die_with_parent, free_port
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -65,6 +60,7 @@ def start_service(directory: Path, source: str, **env: str) -> ServiceProcess:
             },
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
     service = ServiceProcess(process, port, stdout)
     deadline = time.monotonic() + 20

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -67,3 +72,53 @@ def test_a_log_line_saying_a_port_was_in_use_names_that_port(line: str, port: in
     assert port_taken(["starting", line], [port, 9901]) == port
     assert port_taken(["starting", line], [9901]) is None  # another port's trouble
     assert port_taken(["exited with status 2"], [port]) is None
+
+
+# A "test run" that starts a daemon the way tests/procs.py and the container tier do
+# (through a wrapper that execs it, as unshare/sh do for dockerd), prints its pid,
+# then waits to be killed.
+_RUN = """
+import subprocess, sys, time
+from usvc_mesh.procs import die_with_parent
+child = subprocess.Popen(
+    ["sh", "-c", "exec sleep 120"],
+    preexec_fn=die_with_parent if sys.argv[1] == "yes" else None,
+)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True  # exited, waiting for init to reap it
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("die_with_parent", [True, False], ids=["die_with_parent", "without"])
+def test_a_child_started_with_die_with_parent_stops_when_its_starter_is_killed(
+    die_with_parent: bool,
+) -> None:
+    """SIGKILL runs no finaliser: without prctl(PR_SET_PDEATHSIG) the daemon outlives the run."""
+    run = subprocess.Popen(
+        [sys.executable, "-c", _RUN, "yes" if die_with_parent else "no"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout is not None
+    with run.stdout:
+        daemon = int(run.stdout.readline())
+    run.kill()
+    run.wait()
+    try:
+        assert _gone(daemon, within=10 if die_with_parent else 1) is die_with_parent
+    finally:
+        if not _gone(daemon, within=0):
+            os.kill(daemon, signal.SIGKILL)  # ours: the control case's orphan
