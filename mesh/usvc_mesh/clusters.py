@@ -475,6 +475,9 @@ def _lb_endpoint(endpoint: Endpoint) -> dict[str, Any]:
             }
         }
     }
+    if endpoint.health_port is not None:
+        # The kubelet probes the application, not its sidecar's inbound listener.
+        out["endpoint"]["health_check_config"] = {"port_value": endpoint.health_port}
     if endpoint.weight is not None:
         out["load_balancing_weight"] = endpoint.weight
     return out

@@ -27,10 +27,12 @@ from typing import Any
 from .clusters import DNS_CACHE
 from .gateway_tls import LocalListener
 from .procs import is_ip_address
+from .sidecars import GATEWAY_SERVICE, GATEWAY_TAGS, INBOUND_HOST, Inbound, Sidecar
 from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
 BOOTSTRAP_FILE = "bootstrap.json"
 CDS_FILE = "cds.json"
+LDS_FILE = "lds.json"  # the sidecars' listeners (usvc_mesh.sidecars)
 RDS_FILES = {GATEWAY_ROUTES: "rds-gateway.json", OUTBOUND_ROUTES: "rds-outbound.json"}
 
 
@@ -50,6 +52,7 @@ MESH_CONCURRENCY = 1
 DEFAULT_REQUEST_HEADERS_TIMEOUT = 5.0
 _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+_LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 _HCM_TYPE = (
     "type.googleapis.com/"
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -85,10 +88,14 @@ class EnvoyConfigError(ValueError):
 
 @dataclass(frozen=True)
 class MeshPorts:
-    """Where the local Envoy listens: the gateway, the sidecars' proxy, admin."""
+    """Where the local Envoy listens: the gateway, the shared outbound proxy, admin.
+
+    ``outbound`` None: no shared outbound listener, each workload has its own
+    (:mod:`usvc_mesh.sidecars`, in ``lds.json``).
+    """
 
     gateway: int
-    outbound: int
+    outbound: int | None
     admin: int
     gateway_host: str = "127.0.0.1"
 
@@ -188,58 +195,105 @@ def bootstrap(
             "endpoints": [{"lb_endpoints": [_lb_endpoint(*zipkin)]}] if zipkin else [],
         },
     }
-    zipkin_config: dict[str, Any] = {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-        "collector_cluster": ZIPKIN_CLUSTER,
-        "collector_endpoint": "/api/v2/spans",
-        "collector_endpoint_version": "HTTP_JSON",
-        "collector_hostname": zipkin[0] if zipkin else ZIPKIN_CLUSTER,
-        "trace_id_128bit": True,
-        "shared_span_context": False,
-    }
-    if w3c:
-        zipkin_config["trace_context_option"] = "USE_B3_WITH_W3C_PROPAGATION"
-    tracing = {
-        "random_sampling": {"value": sampling},
-        "provider": {"name": "envoy.tracers.zipkin", "typed_config": zipkin_config},
-    }
+    tracing = _tracing(zipkin, sampling, w3c)
     log = _access_log(access_log)
+    listeners = [
+        _gateway_listener(gateway, config_dir, tracing, log, request_headers_timeout)
+        for gateway in gateways
+    ] or [
+        _listener(
+            GATEWAY_ROUTES,
+            ports.gateway_host,
+            ports.gateway,
+            _rds(GATEWAY_ROUTES, config_dir),
+            _tagged_tracing(tracing, GATEWAY_TAGS),
+            [_tagged(entry, GATEWAY_ROUTES, GATEWAY_SERVICE) for entry in log],
+            edge=True,
+            request_headers_timeout=request_headers_timeout,
+        )
+    ]
+    if ports.outbound is not None:
+        listeners.append(
+            _listener(
+                OUTBOUND_ROUTES,
+                outbound_host,
+                ports.outbound,
+                _rds(OUTBOUND_ROUTES, config_dir),
+                tracing,
+                [_tagged(entry, OUTBOUND_ROUTES) for entry in log],
+                edge=False,
+            )
+        )
     return {
         "node": {"id": node_id, "cluster": node_id},
         "admin": {"address": _address("127.0.0.1", ports.admin)},
-        "static_resources": {
-            "listeners": [
-                *[
-                    _gateway_listener(gateway, config_dir, tracing, log, request_headers_timeout)
-                    for gateway in gateways
-                ],
-                *[
-                    _listener(
-                        GATEWAY_ROUTES,
-                        ports.gateway_host,
-                        ports.gateway,
-                        config_dir,
-                        tracing,
-                        log,
-                        edge=True,
-                        request_headers_timeout=request_headers_timeout,
-                    )
-                    for _ in ([] if gateways else [None])
-                ],
-                _listener(
-                    OUTBOUND_ROUTES,
-                    outbound_host,
-                    ports.outbound,
-                    config_dir,
-                    tracing,
-                    log,
-                    edge=False,
-                ),
-            ],
-            "clusters": [collector],
+        "static_resources": {"listeners": listeners, "clusters": [collector]},
+        "dynamic_resources": {
+            "cds_config": _file_source(config_dir / CDS_FILE),
+            "lds_config": _file_source(config_dir / LDS_FILE),
         },
-        "dynamic_resources": {"cds_config": _file_source(config_dir / CDS_FILE)},
     }
+
+
+def sidecar_defaults(bootstrap_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What every sidecar listener takes from the bootstrap: its tracing and access log."""
+    gateway = bootstrap_config["static_resources"]["listeners"][0]
+    hcm = gateway["filter_chains"][0]["filters"][0]["typed_config"]
+    tracing = {k: v for k, v in hcm["tracing"].items() if k != "custom_tags"}
+    log = json.loads(json.dumps(hcm["access_log"]))
+    for entry in log:
+        fields = entry["typed_config"]["log_format"]["json_format"]
+        fields.pop("listener", None)
+        fields.pop("workload", None)
+    return {"tracing": tracing, "access_log": log}
+
+
+def sidecar_listeners(
+    sidecars: Sequence[Sidecar], config_dir: Path, defaults: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Each workload's outbound listener and its replicas' inbound listeners.
+
+    An outbound listener routes by the shared ``outbound`` route
+    configuration (RDS); an inbound listener sends everything to its
+    replica's process. Both report the workload in their spans (Istio's
+    ``istio.*`` span tags) and access lines (``workload``).
+    """
+    if defaults is None:
+        defaults = {"tracing": _tracing(None, 100.0, False), "access_log": _access_log(None)}
+    tracing: Mapping[str, Any] = defaults["tracing"]
+    log: list[dict[str, Any]] = defaults["access_log"]
+    host = INBOUND_HOST  # a workload's outbound side is on its own loopback, as in a pod
+    listeners = []
+    for sidecar in sidecars:
+        tags = sidecar.span_tags()
+        listeners.append(
+            _listener(
+                f"{sidecar.workload}|outbound",
+                host,
+                sidecar.outbound,
+                _rds(OUTBOUND_ROUTES, config_dir),
+                _tagged_tracing(tracing, tags),
+                [_tagged(entry, OUTBOUND_ROUTES, sidecar.workload) for entry in log],
+                edge=False,
+                stat_prefix=OUTBOUND_ROUTES,
+            )
+        )
+        for inbound in sidecar.inbounds:
+            listeners.append(
+                _listener(
+                    # By port too: during a rolling restart old and new replica share a name.
+                    f"{inbound.instance}|inbound|{inbound.port}",
+                    INBOUND_HOST,
+                    inbound.port,
+                    {"route_config": _inbound_routes(inbound)},
+                    _tagged_tracing(tracing, tags),
+                    [_tagged(entry, "inbound", sidecar.workload) for entry in log],
+                    edge=False,
+                    inbound=True,
+                    stat_prefix="inbound",
+                )
+            )
+    return listeners
 
 
 def write_bootstrap(config_dir: Path, ports: MeshPorts, **options: Any) -> Path:
@@ -251,7 +305,7 @@ def write_bootstrap(config_dir: Path, ports: MeshPorts, **options: Any) -> Path:
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / BOOTSTRAP_FILE
     _atomic_write(path, bootstrap(config_dir, ports, **options))
-    if not all((config_dir / name).exists() for name in (CDS_FILE, *RDS_FILES.values())):
+    if not all((config_dir / name).exists() for name in (CDS_FILE, LDS_FILE, *RDS_FILES.values())):
         write(
             config_dir,
             Translation(_empty_routes(GATEWAY_ROUTES), _empty_routes(OUTBOUND_ROUTES), ()),
@@ -263,6 +317,7 @@ def versions(translation: Translation) -> dict[str, str]:
     """The version each xDS file carries: a hash of its content, by resource kind."""
     return {
         "cds": _digest(list(translation.clusters)),
+        "lds": _digest(sorted((sidecar_key(s) for s in translation.sidecars), key=repr)),
         GATEWAY_ROUTES: _digest(translation.gateway_routes),
         OUTBOUND_ROUTES: _digest(translation.outbound_routes),
         **{routes["name"]: _digest(routes) for routes in translation.extra_routes},
@@ -275,20 +330,38 @@ def write(config_dir: Path, translation: Translation) -> None:
     Each file is written to a temporary name and renamed over the old one,
     which is the event Envoy reloads on; a file whose content would not change
     is left alone, so Envoy does not reload it (a change of weights rewrites
-    the routes only). The order keeps every route pointing at a live cluster:
-    first the clusters old and new routes need, then the routes, then the
-    clusters without the ones only the old routes used.
+    the routes only). The order keeps every route pointing at a live cluster
+    and every endpoint at a live listener: first the listeners old and new
+    clusters need, then the clusters old and new routes need, then the routes,
+    then the clusters and listeners without the ones only the old
+    configuration used.
     """
     config_dir.mkdir(parents=True, exist_ok=True)
     version = versions(translation)
+    defaults = _defaults(config_dir)
+    listeners = sidecar_listeners(translation.sidecars, config_dir, defaults)
+    lds_path = config_dir / LDS_FILE
+    lds = _text(_discovery(version["lds"], listeners, _LISTENER_TYPE))
+    current_lds = _read(lds_path)
+    gone: list[dict[str, Any]] = []
+    if current_lds != lds:
+        names = {listener["name"] for listener in listeners}
+        gone = [item for item in _resources_in(current_lds) if item["name"] not in names]
+        if gone:
+            _atomic_write(
+                lds_path,
+                _discovery(version["lds"] + "+retiring", [*listeners, *gone], _LISTENER_TYPE),
+            )
+        else:
+            _replace(lds_path, lds)
     clusters = list(translation.clusters)
     cds_path = config_dir / CDS_FILE
     cds = _text(_discovery(version["cds"], clusters, _CLUSTER_TYPE))
     current = _read(cds_path)
     retired: list[dict[str, Any]] = []
     if current != cds:
-        names = {c["name"] for c in clusters}
-        retired = [c for c in _clusters_in(current) if c["name"] not in names]
+        cluster_names = {c["name"] for c in clusters}
+        retired = [c for c in _resources_in(current) if c["name"] not in cluster_names]
         if retired:
             _atomic_write(
                 cds_path,
@@ -307,6 +380,29 @@ def write(config_dir: Path, translation: Translation) -> None:
             _replace(path, text)
     if retired:
         _replace(cds_path, cds)
+    if gone:
+        _replace(lds_path, lds)
+
+
+def sidecar_key(sidecar: Sidecar) -> dict[str, Any]:
+    """What a sidecar's listeners depend on, for the listeners' version."""
+    return {
+        "workload": sidecar.workload,
+        "namespace": sidecar.namespace,
+        "service_account": sidecar.service_account,
+        "labels": sidecar.labels,
+        "outbound": sidecar.outbound,
+        # Sorted: Envoy records an LDS version only when a listener changes, so the
+        # same listeners must give the same version whatever the order of replicas.
+        "inbounds": sorted([i.instance, i.port, list(i.app)] for i in sidecar.inbounds),
+    }
+
+
+def _defaults(config_dir: Path) -> dict[str, Any] | None:
+    try:
+        return sidecar_defaults(json.loads((config_dir / BOOTSTRAP_FILE).read_text()))
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 def static_config(config_dir: Path) -> dict[str, Any]:
@@ -325,6 +421,11 @@ def static_config(config_dir: Path) -> dict[str, Any]:
     ]
     config.pop("dynamic_resources", None)
     config["static_resources"]["clusters"].extend(clusters)
+    lds_path = config_dir / LDS_FILE
+    if lds_path.exists():
+        config["static_resources"]["listeners"].extend(
+            _strip_type(item) for item in json.loads(lds_path.read_text())["resources"]
+        )
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
@@ -393,13 +494,24 @@ def applied(admin: tuple[str, int], translation: Translation) -> bool:
         version = value.strip().strip('"')
         if name == "cluster_manager.cds.version_text":
             seen.setdefault("cds", set()).add(version)
+        elif name == "listener_manager.lds.version_text":
+            seen.setdefault("lds", set()).add(version)
         elif name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
             route = name[: -len(".version_text")].rsplit(".rds.", 1)[1]
             seen.setdefault(route, set()).add(version)
     want = versions(translation)
+    if not translation.sidecars and seen.get("lds", {""}) == {""}:
+        # Envoy records an LDS version only once a listener changes: none ever did.
+        want.pop("lds")
+        seen.pop("lds", None)
     if seen != {name: {version} for name, version in want.items()}:
         return False
-    # A cluster still warming (e.g. before its first health check) is not in use yet.
+    # A listener or cluster still warming (e.g. before its first health check) is not in use.
+    with urllib.request.urlopen(
+        f"{base}/stats?filter=^listener_manager.total_listeners_warming$", timeout=5
+    ) as response:
+        if response.read().decode().strip() not in ("", "listener_manager.total_listeners_warming: 0"):
+            return False
     with urllib.request.urlopen(
         f"{base}/config_dump?resource=dynamic_warming_clusters", timeout=5
     ) as response:
@@ -444,36 +556,28 @@ def _listener(
     name: str,
     host: str,
     port: int,
-    config_dir: Path,
+    routes: Mapping[str, Any],
     tracing: Mapping[str, Any],
     access_log: list[dict[str, Any]],
     *,
     edge: bool,
+    inbound: bool = False,
     request_headers_timeout: float = 0.0,
+    stat_prefix: str | None = None,
 ) -> dict[str, Any]:
+    """One HTTP listener: the gateway (``edge``), an outbound side, or an ``inbound`` side.
+
+    ``routes`` is the HttpConnectionManager's ``rds`` or ``route_config``.
+    """
     hcm: dict[str, Any] = {
         "@type": _HCM_TYPE,
-        "stat_prefix": name,
+        "stat_prefix": stat_prefix or name,
         "codec_type": "AUTO",
-        "rds": {
-            "route_config_name": name,
-            "config_source": _file_source(config_dir / rds_file(name)),
-        },
+        **routes,
         "http_filters": [
             # Both empty here; routes switch them on through typed_per_filter_config.
-            {
-                "name": "envoy.filters.http.cors",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
-                },
-            },
-            {
-                "name": "envoy.filters.http.fault",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-                },
-            },
-            *([] if edge else [_passthrough_filter()]),
+            *([] if inbound else _routing_filters()),
+            *([] if edge or inbound else [_passthrough_filter()]),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -488,7 +592,7 @@ def _listener(
         "http_protocol_options": {"allow_absolute_url": True},
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "tracing": dict(tracing),
-        "access_log": [_tagged(log, name) for log in access_log],
+        "access_log": access_log,
     }
     if edge:
         hcm["xff_num_trusted_hops"] = 0
@@ -500,7 +604,8 @@ def _listener(
         # Envoy's default on Linux is SO_REUSEPORT: a second Envoy on this
         # address would start and share the connections with the first.
         "enable_reuse_port": False,
-        "traffic_direction": "OUTBOUND",
+        # Span kinds follow it: an outbound side's spans are CLIENT, an inbound's SERVER.
+        "traffic_direction": "INBOUND" if inbound else "OUTBOUND",
         "filter_chains": [{"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}],
     }
 
@@ -522,9 +627,9 @@ def _gateway_listener(
         gateway.name,
         gateway.host,
         gateway.port,
-        config_dir,
-        tracing,
-        access_log,
+        {},  # each server's chain reads its own route configuration, below
+        _tagged_tracing(tracing, GATEWAY_TAGS),
+        [_tagged(entry, gateway.name, GATEWAY_SERVICE) for entry in access_log],
         edge=True,
         request_headers_timeout=request_headers_timeout,
     )
@@ -555,6 +660,90 @@ def _gateway_listener(
             }
         ]
     return base
+
+
+def _routing_filters() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+            },
+        },
+        {
+            "name": "envoy.filters.http.fault",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+            },
+        },
+    ]
+
+
+def _inbound_routes(inbound: Inbound) -> dict[str, Any]:
+    """Everything to the replica's process, as istiod's inbound route: no timeout."""
+    return {
+        "name": f"{inbound.instance}|inbound|{inbound.port}",
+        "virtual_hosts": [
+            {
+                "name": "inbound",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "name": "default",
+                        "match": {"prefix": "/"},
+                        "route": {
+                            "cluster": inbound.cluster,
+                            "timeout": "0s",
+                            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+                        },
+                        "decorator": {"operation": f"{inbound.cluster}/*"},
+                    }
+                ],
+            }
+        ],
+        "validate_clusters": False,
+    }
+
+
+def _tracing(zipkin: tuple[str, int] | None, sampling: float, w3c: bool) -> dict[str, Any]:
+    zipkin_config: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": ZIPKIN_CLUSTER,
+        "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON",
+        "collector_hostname": zipkin[0] if zipkin else ZIPKIN_CLUSTER,
+        "trace_id_128bit": True,
+        "shared_span_context": False,
+    }
+    if w3c:
+        zipkin_config["trace_context_option"] = "USE_B3_WITH_W3C_PROPAGATION"
+    return {
+        "random_sampling": {"value": sampling},
+        "provider": {"name": "envoy.tracers.zipkin", "typed_config": zipkin_config},
+    }
+
+
+def _tagged_tracing(tracing: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, Any]:
+    """``tracing`` with the span tags that name the workload (Istio's ``istio.*`` tags).
+
+    Envoy's Zipkin tracer names every span's service after the process's
+    ``node.cluster``, one for the whole local Envoy; the tags are what tells
+    the sidecars apart (:mod:`usvc_mesh.telemetry.collector` names the
+    service from them).
+    """
+    return {
+        **tracing,
+        "custom_tags": [{"tag": k, "literal": {"value": v}} for k, v in sorted(tags.items())],
+    }
+
+
+def _rds(name: str, config_dir: Path) -> dict[str, Any]:
+    return {
+        "rds": {
+            "route_config_name": name,
+            "config_source": _file_source(config_dir / rds_file(name)),
+        }
+    }
 
 
 def _passthrough_filter() -> dict[str, Any]:
@@ -593,9 +782,12 @@ def _access_log(path: Path | None) -> list[dict[str, Any]]:
     ]
 
 
-def _tagged(log: dict[str, Any], listener: str) -> dict[str, Any]:
+def _tagged(log: dict[str, Any], listener: str, workload: str | None = None) -> dict[str, Any]:
     tagged: dict[str, Any] = json.loads(json.dumps(log))
-    tagged["typed_config"]["log_format"]["json_format"]["listener"] = listener
+    fields = tagged["typed_config"]["log_format"]["json_format"]
+    fields["listener"] = listener
+    if workload is not None:
+        fields["workload"] = workload  # whose sidecar (or the ingress gateway) wrote the line
     return tagged
 
 
@@ -649,7 +841,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _clusters_in(text: str | None) -> list[dict[str, Any]]:
+def _resources_in(text: str | None) -> list[dict[str, Any]]:
     try:
         resources = json.loads(text or "")["resources"]
     except (ValueError, KeyError, TypeError):

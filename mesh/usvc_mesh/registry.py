@@ -78,6 +78,8 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int | None = None
     probe: Probe | None = None  # set for workload endpoints, never for external hosts
+    # Where the probe goes when not to ``port``: the process behind a sidecar's inbound.
+    health_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ def build_registry(
     endpoints: Mapping[str, Addresses],
     externals: Mapping[str, tuple[str, int]],
     namespace: str,
+    health_ports: Mapping[tuple[str, int], int] | None = None,
 ) -> Registry:
     workloads = [_workload(obj, namespace) for obj in objects if obj.get("kind") in WORKLOAD_KINDS]
     known = {workload.name for workload in workloads}
@@ -188,7 +191,7 @@ def build_registry(
         raise ValueError(f"endpoints name no Deployment: {', '.join(unknown)}")
     by_label = _label_index(workloads)
     services = [
-        _service(obj, namespace, by_label, endpoints)
+        _service(obj, namespace, by_label, endpoints, health_ports or {})
         for obj in objects
         if obj.get("kind") == "Service" and obj.get("apiVersion", "v1") == "v1"
     ]
@@ -243,6 +246,7 @@ def _service(
     default_namespace: str,
     by_label: Mapping[tuple[str, str, str], Sequence[Workload]],
     endpoints: Mapping[str, Addresses],
+    health_ports: Mapping[tuple[str, int], int],
 ) -> MeshHost:
     # Kubernetes fields are Kubernetes' business (schema validation happens
     # elsewhere); only the ones that shape routing are read here.
@@ -265,7 +269,7 @@ def _service(
     # Each replica of a workload runs as one local process on one port, so
     # every Service port reaches that port (targetPort only matters inside a pod).
     backends = tuple(
-        Endpoint(host, port, w.labels, probe=w.probe)
+        Endpoint(host, port, w.labels, probe=w.probe, health_port=health_ports.get((host, port)))
         for w in selected
         if w.name in endpoints
         for host, port in addresses(endpoints[w.name])
@@ -279,7 +283,9 @@ def _service(
         namespace=namespace,
         ports=tuple(ports),
         source=where,
-        endpoints={port.number: backends for port in ports},
+        endpoints={
+            port.number: backends if port.is_http else _around_sidecar(backends) for port in ports
+        },
         discovery={port.number: "STRICT_DNS" for port in ports} if by_name else {},
     )
 
@@ -307,6 +313,19 @@ def _selected(
         return []
     candidates = min((by_label.get((namespace, k, v), ()) for k, v in selector.items()), key=len)
     return [w for w in candidates if all(w.labels.get(k) == v for k, v in selector.items())]
+
+
+def _around_sidecar(backends: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """A non-HTTP port reaches the process itself: an inbound listener speaks HTTP only.
+
+    Istio's inbound passes TCP through a TCP proxy; the local inbound listener is
+    an HTTP connection manager, so a tunnelled port skips it (no inbound span,
+    no AuthorizationPolicy on it).
+    """
+    return tuple(
+        replace(e, port=e.health_port, health_port=None) if e.health_port is not None else e
+        for e in backends
+    )
 
 
 def _with_short_names(services: Sequence[MeshHost], namespace: str) -> list[MeshHost]:

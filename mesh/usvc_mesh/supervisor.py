@@ -54,6 +54,8 @@ from .manifests import (
     workload_command,
 )
 from .procs import free_port, http_ok, port_taken, port_taken_message, reap, terminate
+from .sidecars import INBOUND_HOST, Inbound, Sidecar, service_account
+from .spec import metadata_namespace
 from .translation import Translation, translate
 
 STATE_FILE = "mesh.json"
@@ -98,6 +100,7 @@ class WorkloadProcess:
     argv: list[str]
     port: int
     log_path: Path
+    inbound_port: int = 0  # its sidecar's inbound listener, in front of ``port``
     process: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
     signalled: bool = False
@@ -188,8 +191,13 @@ class Workload:
     ready_path: str
     manifest_env: dict[str, str]
     replicas: int = 1
+    namespace: str = "default"
+    service_account: str = "default"
+    outbound_port: int = 0  # its sidecar's outbound listener: its EGRESS_PROXY
     members: list[WorkloadProcess] = field(default_factory=list)
     surge: list[WorkloadProcess] = field(default_factory=list)  # new ones, during a roll
+    # Old ones during a roll: out of the endpoints, their inbound listeners still up.
+    draining: list[WorkloadProcess] = field(default_factory=list)
 
     # The first replica's, for callers that know one process per workload.
     @property
@@ -253,6 +261,19 @@ class LocalMesh:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _stopping: bool = False
     _control: _ControlServer | None = None
+    _ports_taken: set[int] = field(default_factory=set)
+
+    def free_port(self) -> int:
+        """A free loopback port no other listener or process of this mesh was given.
+
+        A port is free until something binds it, so two free_port() calls in a
+        row can answer the same one; each workload, replica and listener needs its own.
+        """
+        while True:
+            port = free_port()
+            if port not in self._ports_taken and port != self.gateway_port:
+                self._ports_taken.add(port)
+                return port
 
     # -- configuration -------------------------------------------------------
     def documents(self, scenario: str) -> list[dict[str, Any]]:
@@ -271,15 +292,19 @@ class LocalMesh:
                 ready_path=ready_path(doc),
                 manifest_env=container_env(doc),
                 replicas=replicas(doc),
+                namespace=metadata_namespace(doc, self.layout.namespace),
+                service_account=service_account(doc),
+                outbound_port=self.free_port(),
             )
             workload.members = [
-                self._replica(workload, index, free_port()) for index in self._indexes(workload)
+                self._replica(workload, index, self.free_port())
+                for index in self._indexes(workload)
             ]
             self.workloads[name] = workload
         if not self.workloads:
             raise MeshError("the manifests define no Deployment")
         for stand_in in stand_ins(docs):
-            port = free_port()
+            port = self.free_port()
             self.stand_ins[stand_in.host] = WorkloadProcess(
                 name=f"stand-in:{stand_in.host}",
                 labels={},
@@ -306,7 +331,8 @@ class LocalMesh:
             **self.layout.scenario_env(scenario).get(workload.name, {}),
             **self.env_overrides.get(workload.name, {}),
             "HOST": "127.0.0.1",
-            "EGRESS_PROXY": f"http://127.0.0.1:{self.ports.outbound}",
+            # Its own sidecar's outbound listener: the mesh knows who calls.
+            "EGRESS_PROXY": f"http://{INBOUND_HOST}:{workload.outbound_port}",
             # The supervisor takes a replica out of Envoy before it stops it,
             # which is what the drain is for in a cluster.
             "DRAIN_SECONDS": "0",
@@ -324,6 +350,7 @@ class LocalMesh:
             argv=list(workload.argv),
             ready_path=workload.ready_path,
             port=port,
+            inbound_port=self.free_port(),
             log_path=self.run_dir / f"{instance}.log",
         )
 
@@ -339,6 +366,23 @@ class LocalMesh:
             name: [m.address for m in [*w.members, *w.surge]] for name, w in self.workloads.items()
         }
 
+    def sidecars(self) -> list[Sidecar]:
+        """Each workload's sidecar: its outbound listener, an inbound one per process."""
+        return [
+            Sidecar(
+                workload=w.name,
+                namespace=w.namespace,
+                service_account=w.service_account,
+                labels=dict(w.labels),
+                outbound=w.outbound_port,
+                inbounds=tuple(
+                    Inbound(m.name, m.inbound_port, m.address)
+                    for m in [*w.members, *w.surge, *w.draining]
+                ),
+            )
+            for w in self.workloads.values()
+        ]
+
     def translation(self, scenario: str) -> Translation:
         externals = {host: w.address for host, w in self.stand_ins.items()}
         return translate(
@@ -347,6 +391,7 @@ class LocalMesh:
             externals=externals,
             namespace=self.layout.namespace,
             gateway_ports=self.gateway_ports,
+            sidecars=self.sidecars(),
         )
 
     def _plan_gateway(self, translation: Translation) -> None:
@@ -370,8 +415,8 @@ class LocalMesh:
         self._refuse_second_mesh()
         self.ports = envoy.MeshPorts(
             gateway=self.gateway_port,
-            outbound=free_port(),
-            admin=free_port(),
+            outbound=None,  # each workload has its own (usvc_mesh.sidecars)
+            admin=self.free_port(),
             gateway_host=self.gateway_host,
         )
         docs = self.documents(self.scenario)
@@ -393,15 +438,19 @@ class LocalMesh:
             check_address_free(self.gateway_host, port)
         for old in self.run_dir.glob("*.log"):  # "last log lines" must be this run's
             old.unlink()
-        envoy.write(config_dir, translation)
         bootstrap = envoy.write_bootstrap(
             config_dir,
             self.ports,
             access_log=self.run_dir / "envoy-access.log",
             zipkin=self.zipkin,
+            # Workloads that write traceparent as well as B3 (the usvc framework,
+            # OpenTelemetry SDKs) prefer it; a B3-only sidecar would leave it
+            # naming the caller's span and the waterfall would skip the sidecars.
+            w3c=True,
             request_headers_timeout=self.request_headers_timeout,
             gateways=self.gateway.listeners,
         )
+        envoy.write(config_dir, translation)  # after the bootstrap: the sidecars share its tracing
         envoy.validate(config_dir)
         (self.run_dir / "envoy-access.log").write_text("")
         try:
@@ -628,7 +677,7 @@ class LocalMesh:
         """
         for position in range(max((len(w.members) for w in workloads), default=0)):
             rolling = [w for w in workloads if position < len(w.members)]
-            new = {w.name: self._replica(w, position + 1, free_port()) for w in rolling}
+            new = {w.name: self._replica(w, position + 1, self.free_port()) for w in rolling}
             for process in new.values():
                 process.start(self.layout.root)
             try:
@@ -652,8 +701,11 @@ class LocalMesh:
             for workload in rolling:
                 workload.surge.clear()
                 old.append(workload.members[position])
+                workload.draining.append(workload.members[position])
                 workload.members[position] = new[workload.name]
-            self.apply(validate=False)  # the old ones out of Envoy's endpoints
+            # The old ones out of Envoy's endpoints; their inbound listeners stay
+            # until they are stopped, for the requests still on their way.
+            self.apply(validate=False)
             # The admin API answers for Envoy's main thread; its workers get the
             # new endpoints a moment later and may still pick an old one. In a
             # cluster DRAIN_SECONDS covers the same propagation.
@@ -662,12 +714,16 @@ class LocalMesh:
                 process.signal_stop()
             for process in old:
                 process.stop()
+            for workload in rolling:
+                workload.draining.clear()
+            self.apply(validate=False)  # and now their inbound listeners
             for process in new.values():
                 self.report(f"{process.name}: replaced (rolling restart)")
 
     def _healthy(self, process: WorkloadProcess) -> bool:
         assert self.ports is not None
-        address = f"127.0.0.1:{process.port}"
+        # Envoy's endpoint is the replica's inbound listener; its probe goes to the process.
+        address = f"{INBOUND_HOST}:{process.inbound_port}"
         unhealthy = envoy.unhealthy_hosts(("127.0.0.1", self.ports.admin))
         return not any(host == address for _, host in unhealthy)
 
@@ -719,7 +775,10 @@ class LocalMesh:
             "gateway": f"http://{self.ports.gateway_host}:{self.ports.gateway}",
             "ports": {
                 "gateway": self.ports.gateway,
-                "outbound": self.ports.outbound,
+                "outbound": {n: w.outbound_port for n, w in self.workloads.items()},
+                "inbound": {
+                    m.name: m.inbound_port for w in self.workloads.values() for m in w.members
+                },
                 "admin": self.ports.admin,
                 "gateway_host": self.ports.gateway_host,
             },

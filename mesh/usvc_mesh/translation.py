@@ -40,14 +40,24 @@ from typing import Any
 
 from .authn import gateway_authn
 from .clusters import (
+    UNLIMITED,
     build_clusters,
     cluster_name,
     forward_proxy_cluster,
     read_destination_rules,
 )
 from .gateway_tls import FilterChain, GatewayListener, ServerTls, secrets_of, server_tls, sni_names
-from .registry import HTTP_PROTOCOLS, Addresses, MeshHost, Port, Registry, build_registry
+from .registry import (
+    HTTP_PROTOCOLS,
+    Addresses,
+    MeshHost,
+    Port,
+    Registry,
+    addresses,
+    build_registry,
+)
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
+from .sidecars import INBOUND_HOST, Inbound, Sidecar
 from .spec import Spec, UnsupportedField, message, metadata_name, metadata_namespace
 
 GATEWAY_ROUTES = "gateway"
@@ -156,6 +166,9 @@ class Translation:
     gateway_listeners: tuple[GatewayListener, ...] = field(default=())
     extra_routes: tuple[dict[str, Any], ...] = field(default=())
     gateway_filters: tuple[dict[str, Any], ...] = field(default=())
+    # Each workload's outbound and inbound listeners (usvc_mesh.sidecars); none:
+    # one shared outbound listener for every workload (compose, most tests).
+    sidecars: tuple[Sidecar, ...] = field(default=())
 
     def cluster(self, name: str) -> dict[str, Any]:
         for cluster in self.clusters:
@@ -201,6 +214,7 @@ def translate(
     outbound_traffic_policy: str = ALLOW_ANY,
     health_checks: bool = True,
     gateway_ports: Mapping[int, int] | None = None,
+    sidecars: Sequence[Sidecar] = (),
 ) -> Translation:
     """Translate Kubernetes + Istio objects for the local mesh.
 
@@ -219,13 +233,24 @@ def translate(
     ``gateway_ports`` maps each Gateway server port to the local port it listens
     on (the supervisor's choice), so that ``httpsRedirect`` sends clients to the
     local HTTPS port; without it the redirect is Istio's, to port 443.
+    ``sidecars`` give workloads the shape of a pod (:mod:`usvc_mesh.sidecars`):
+    their endpoints become their replicas' inbound listeners, each forwarding
+    to the ``endpoints`` address of its replica.
     """
     objects = [obj for obj in objects if obj]
+    sidecars = tuple(sidecars)
+    health_ports: dict[tuple[str, int], int] = {}
+    if sidecars:
+        endpoints, health_ports = _behind_sidecars(endpoints, sidecars)
     for obj in objects:
         _check_kind(obj)
     export_warnings = _check_export_to(objects, namespace)
     registry = build_registry(
-        objects, endpoints=endpoints, externals=externals or {}, namespace=namespace
+        objects,
+        endpoints=endpoints,
+        externals=externals or {},
+        namespace=namespace,
+        health_ports=health_ports,
     )
     gateways = _read_gateways(objects, namespace)
     authn = gateway_authn(objects, _gateway_labels(objects), namespace)
@@ -247,6 +272,7 @@ def translate(
     mode = _outbound_mode(objects, namespace, outbound_traffic_policy)
     if mode == ALLOW_ANY:
         clusters.append(_passthrough_cluster())
+    clusters.extend(_inbound_cluster(i) for s in sidecars for i in s.inbounds)
     return Translation(
         gateway_routes=gateway_routes[0],
         outbound_routes=_route_config(
@@ -257,7 +283,60 @@ def translate(
         gateway_listeners=tuple(listeners),
         extra_routes=tuple(gateway_routes[1:]),
         gateway_filters=authn.http_filters,
+        sidecars=sidecars,
     )
+
+
+def _behind_sidecars(
+    endpoints: Mapping[str, Addresses], sidecars: Sequence[Sidecar]
+) -> tuple[dict[str, Addresses], dict[tuple[str, int], int]]:
+    """Endpoints moved to the inbound listeners; each one's probe port is its replica's."""
+    moved: dict[str, Addresses] = dict(endpoints)
+    health_ports: dict[tuple[str, int], int] = {}
+    for sidecar in sidecars:
+        if sidecar.workload not in endpoints:
+            raise ValueError(f"a sidecar for {sidecar.workload}, which has no endpoints")
+        # An inbound whose replica is not among the endpoints is draining (a rolling restart).
+        serving = [i for i in sidecar.inbounds if i.app in addresses(endpoints[sidecar.workload])]
+        moved[sidecar.workload] = [(INBOUND_HOST, i.port) for i in serving]
+        health_ports.update({(INBOUND_HOST, i.port): i.app[1] for i in serving})
+    return moved, health_ports
+
+
+def _inbound_cluster(inbound: Inbound) -> dict[str, Any]:
+    """From an inbound listener to its replica's process (istiod's ``inbound|PORT||``)."""
+    host, port = inbound.app
+    return {
+        "name": inbound.cluster,
+        "type": "STATIC",
+        # pkg/config/mesh/mesh.go DefaultMeshConfig: connectTimeout 10s; istiod
+        # lifts the inbound cluster's circuit breakers to the maximum.
+        "connect_timeout": "10s",
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": UNLIMITED,
+                    "max_pending_requests": UNLIMITED,
+                    "max_requests": UNLIMITED,
+                    "max_retries": UNLIMITED,
+                }
+            ]
+        },
+        "load_assignment": {
+            "cluster_name": inbound.cluster,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
 
 
 _EXPORTED_KINDS = frozenset({"VirtualService", "DestinationRule", "ServiceEntry"})

@@ -47,9 +47,14 @@ class Supervised:
         return f"http://127.0.0.1:{self.mesh.ports.gateway}"
 
     def instance_of(self) -> dict[str, str]:
-        """ "127.0.0.1:PORT" -> instance name, for every replica of every workload."""
+        """ "127.0.0.1:PORT" -> instance name, for every replica of every workload.
+
+        PORT is the replica's inbound listener: Envoy's endpoint for the replica.
+        """
         return {
-            f"127.0.0.1:{m.port}": m.name for w in self.mesh.workloads.values() for m in w.members
+            f"127.0.0.1:{m.inbound_port}": m.name
+            for w in self.mesh.workloads.values()
+            for m in w.members
         }
 
     def wait_event(self, text: str, timeout: float) -> None:

@@ -133,8 +133,14 @@ class Envoy:
         return f"http://127.0.0.1:{self.ports.gateway}"
 
     @property
+    def outbound(self) -> int:
+        """The shared outbound listener's port (these Envoys have no sidecars)."""
+        assert self.ports.outbound is not None
+        return self.ports.outbound
+
+    @property
     def proxy_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.outbound}"
+        return f"http://127.0.0.1:{self.outbound}"
 
     def apply(self, translation: mesh.Translation) -> None:
         mesh.write(self.config_dir, translation)

@@ -265,7 +265,7 @@ def test_the_outbound_proxy_routes_absolute_form_requests_by_host(envoy: Envoy, 
         ("relay-svc.default:80", "/b", "relay"),
         ("delayed-svc", "/c?x=1", "delayed"),
     ]:
-        status, body = absolute_form_get(envoy.ports.outbound, authority, path)
+        status, body = absolute_form_get(envoy.outbound, authority, path)
         assert (status, body["name"], body["host"], body["path"]) == (200, backend, authority, path)
 
 
@@ -318,14 +318,14 @@ def test_by_default_a_host_no_service_has_is_passed_through(envoy: Envoy, mesh: 
     # to the host itself. "localhost:PORT" is a host no Service or ServiceEntry has.
     envoy.apply(mesh.translate())
     outside = mesh.backends["stand-in"]
-    status, body = absolute_form_get(envoy.ports.outbound, f"localhost:{outside.port}", "/out")
+    status, body = absolute_form_get(envoy.outbound, f"localhost:{outside.port}", "/out")
     assert (status, body["name"], body["path"]) == (200, "stand-in", "/out")
 
 
 def test_with_registry_only_a_host_no_service_has_is_answered_502(envoy: Envoy, mesh: Mesh) -> None:
     envoy.apply(mesh.translate(outbound_policy("REGISTRY_ONLY")))
     outside = mesh.backends["stand-in"]
-    status, body = absolute_form_get(envoy.ports.outbound, f"localhost:{outside.port}", "/")
+    status, body = absolute_form_get(envoy.outbound, f"localhost:{outside.port}", "/")
     assert status == 502
     assert "no Service or ServiceEntry" in body["body"]
 
@@ -345,7 +345,7 @@ def test_a_resolution_none_service_entry_reaches_the_host_the_request_names(
         },
     )
     envoy.apply(mesh.translate(entry, outbound_policy("REGISTRY_ONLY")))
-    status, body = absolute_form_get(envoy.ports.outbound, f"localhost:{outside.port}", "/none")
+    status, body = absolute_form_get(envoy.outbound, f"localhost:{outside.port}", "/none")
     assert (status, body["name"], body["path"]) == (200, "stand-in", "/none")
 
 
@@ -361,7 +361,7 @@ async def test_a_service_entry_host_reaches_its_local_stand_in(
 
 def test_a_non_http_service_entry_port_is_a_connect_tunnel(envoy: Envoy, mesh: Mesh) -> None:
     envoy.apply(mesh.translate())
-    with socket.create_connection(("127.0.0.1", envoy.ports.outbound), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", envoy.outbound), timeout=5) as sock:
         sock.sendall(b"CONNECT worldtimeapi.org:443 HTTP/1.1\r\nHost: worldtimeapi.org:443\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
         # The tunnel carries whatever the client speaks; the stand-in speaks plain HTTP.
@@ -575,7 +575,7 @@ async def test_with_w3c_the_proxy_continues_a_traceparent_and_writes_both_format
 
 def test_the_access_log_has_one_json_line_per_request(envoy: Envoy, mesh: Mesh) -> None:
     envoy.apply(mesh.translate())
-    absolute_form_get(envoy.ports.outbound, "relay-svc", "/logged")
+    absolute_form_get(envoy.outbound, "relay-svc", "/logged")
     deadline = time.monotonic() + 5
     entry: dict[str, Any] = {}
     # The relay calls on through the mesh too, so the request to relay-svc is not

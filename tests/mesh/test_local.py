@@ -55,7 +55,7 @@ def test_each_workload_gets_its_deployments_env_and_the_local_overrides(tmp_path
     assert middle.labels["env"] == "canary"
     assert middle.env["SERVICE_ENV"] == "canary"
     assert middle.env["UPSTREAM_URI"] == "http://core-svc/"
-    assert middle.env["EGRESS_PROXY"] == "http://127.0.0.1:2"
+    assert middle.env["EGRESS_PROXY"] == f"http://127.0.0.1:{middle.outbound_port}"
     assert middle.env["HOST"] == "127.0.0.1"
     assert middle.env["PORT"] == str(middle.port)
     # the container's command and args, with "python" meaning this interpreter

@@ -58,19 +58,47 @@ def test_each_replica_is_its_own_process_named_by_service_instance(tmp_path: Pat
 def test_every_replica_is_an_envoy_endpoint_health_checked_on_its_readiness_path(
     tmp_path: Path,
 ) -> None:
+    """The endpoints are the replicas' inbound listeners; the probe goes to the process.
+
+    As in a pod: traffic enters through the sidecar, the kubelet probes the app.
+    """
     mesh = planned(tmp_path)
     cluster = mesh.translation("current").cluster("outbound|80||front-svc.usvc.svc.cluster.local")
-    ports = [
-        e["endpoint"]["address"]["socket_address"]["port_value"]
-        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    ]
-    assert ports == [m.port for m in mesh.workloads["front"].members]
+    endpoints = [e["endpoint"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    members = mesh.workloads["front"].members
+    ports = [e["address"]["socket_address"]["port_value"] for e in endpoints]
+    assert ports == [m.inbound_port for m in members]
+    assert [e["health_check_config"]["port_value"] for e in endpoints] == [m.port for m in members]
     (check,) = cluster["health_checks"]
     # the Deployment's readinessProbe: path /readyz, periodSeconds 2, failureThreshold 1
     assert check["http_health_check"]["path"] == "/readyz"
     assert (check["interval"], check["no_traffic_interval"]) == ("2s", "2s")
     assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (1, 1)
     assert cluster["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0}}
+
+
+def test_each_inbound_listener_forwards_to_its_own_replica(tmp_path: Path) -> None:
+    mesh = planned(tmp_path)
+    translation = mesh.translation("current")
+    for member in mesh.workloads["front"].members:
+        cluster = translation.cluster(f"inbound|{member.port}||{member.name}")
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == member.port
+        assert "health_checks" not in cluster
+
+
+def test_each_workload_has_its_own_egress_proxy_and_identity(tmp_path: Path) -> None:
+    """A sidecar per pod: its own outbound listener, the Deployment's service account."""
+    mesh = planned(tmp_path)
+    proxies = {w.name: w.env["EGRESS_PROXY"] for w in mesh.workloads.values()}
+    assert len(set(proxies.values())) == len(proxies)
+    for workload in mesh.workloads.values():
+        assert {m.env["EGRESS_PROXY"] for m in workload.members} == {
+            f"http://127.0.0.1:{workload.outbound_port}"
+        }
+    sidecars = {s.workload: s for s in mesh.sidecars()}
+    assert sidecars["front"].principal == "cluster.local/ns/usvc/sa/front"
+    assert sidecars["front"].cluster_name == "front.usvc"
 
 
 def test_a_stand_in_is_not_health_checked(tmp_path: Path) -> None:

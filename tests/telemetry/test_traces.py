@@ -31,7 +31,10 @@ pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
 USVC = str(Path(sys.executable).with_name("usvc"))
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 MISSING_ZONE = "http://worldtimeapi.org/api/timezone/Nowhere/Atlantis"
-ENVOY = "usvc-local-mesh"  # Envoy's node name: the service of its spans
+# Envoy's spans name the sidecar, as istiod's node.cluster would: <app>.<namespace>.
+GATEWAY = "istio-ingressgateway.istio-ingress"
+SIDECARS = {f"{app}.usvc" for app in ("front", "middle", "core", "clock")}
+ENVOYS = {GATEWAY, *SIDECARS}
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def wait_for_spans(run_dir: Path, trace_id: str, envoy_spans: int, timeout: floa
     while time.monotonic() < deadline:
         files = spans_files(run_dir / "telemetry")
         spans = [s for s in read_spans(files) if s.trace_id == trace_id] if files else []
-        if sum(s.service == ENVOY for s in spans) >= envoy_spans:
+        if sum(s.service in ENVOYS for s in spans) >= envoy_spans:
             return
         time.sleep(0.25)
     raise AssertionError(f"Envoy's spans of {trace_id} did not arrive in {timeout:g}s")
@@ -106,8 +109,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         url = f"http://127.0.0.1:{gateway}/"
         beta = get_json(url, {"x-dev-user": "betaUser"})["trace_id"]
         plain = get_json(url, {})["trace_id"]
-        wait_for_spans(tmp / "run", beta, envoy_spans=4)
-        wait_for_spans(tmp / "run", plain, envoy_spans=5)  # and the fallback call
+        # The gateway, then an outbound and an inbound sidecar span per hop.
+        wait_for_spans(tmp / "run", beta, envoy_spans=8)
+        wait_for_spans(tmp / "run", plain, envoy_spans=9)  # worldtimeapi: no inbound
         yield Run(tmp / "run", collector, beta, plain)
     finally:
         terminate(process, timeout=30)
@@ -130,7 +134,9 @@ def test_trace_last_draws_every_hop_of_the_last_request(run: Run) -> None:
     # gateway -> front -> middle -> core -> worldtimeapi (404) -> clock (fallback)
     for service in ("front", "middle", "core", "clock"):
         assert services.count(service) >= 1, shown.stdout
-    assert services.count(ENVOY) == 5, shown.stdout
+    assert services.count(GATEWAY) == 1, shown.stdout
+    # front, middle, core inbound; front, middle, core out, core out again; clock inbound
+    assert sum(services.count(name) for name in SIDECARS) == 8, shown.stdout
     assert all(row.rstrip().endswith("|") for row in rows)
 
 
@@ -139,36 +145,64 @@ def test_trace_by_id_draws_the_betauser_path_with_one_server_span_per_hop(run: R
     assert shown.returncode == 0, shown.stderr
     spans = run.spans(run.beta_trace)
     servers = {
-        (s.service, s.resource.get("deployment.environment")) for s in spans if s.kind == "server"
+        (s.service, s.resource.get("deployment.environment"))
+        for s in spans
+        if s.kind == "server" and s.service not in ENVOYS
     }
     assert servers == {("front", "prod"), ("middle", "dev"), ("core", "test"), ("clock", "prod")}
     assert len(shown.stdout.splitlines()) == 2 + len(spans)
 
 
 def test_the_waterfall_nests_each_hop_under_its_caller(run: Run) -> None:
+    """Each hop: the caller's client span, its sidecar's outbound span, the callee's inbound.
+
+    istio.io Distributed Tracing overview: the sidecars "automatically send"
+    spans; each sidecar Envoy reports a client span for the call out of its
+    pod and a server span for the call into it (Envoy's HCM span kind follows
+    the listener's traffic_direction), named ``<app>.<namespace>`` after
+    istiod's node.cluster.
+    """
     spans = {s.span_id: s for s in run.spans(run.beta_trace)}
     clock = next(s for s in spans.values() if s.service == "clock" and s.kind == "server")
     chain = []
     span: Span | None = clock
     while span is not None:
-        chain.append(span.service)
+        chain.append((span.service, span.kind))
         span = spans.get(span.parent_id)
-    # clock <- Envoy <- core's egress <- core <- Envoy <- ... <- the gateway
-    assert chain[0] == "clock" and chain[-1] == ENVOY
-    assert [s for s in chain if s != ENVOY] == [
-        "clock",
-        "core",
-        "core",
-        "middle",
-        "middle",
-        "front",
-        "front",
+    assert chain == [
+        ("clock", "server"),
+        ("clock.usvc", "server"),
+        ("core.usvc", "client"),
+        ("core", "client"),
+        ("core", "server"),
+        ("core.usvc", "server"),
+        ("middle.usvc", "client"),
+        ("middle", "client"),
+        ("middle", "server"),
+        ("middle.usvc", "server"),
+        ("front.usvc", "client"),
+        ("front", "client"),
+        ("front", "server"),
+        ("front.usvc", "server"),
+        (GATEWAY, "client"),
     ]
+
+
+def test_sidecar_spans_carry_istios_workload_tags(run: Run) -> None:
+    """istiod tags each sidecar span with the workload's canonical service and namespace.
+
+    pilot/pkg/networking/core/tracing.go (istio.canonical_service, istio.namespace).
+    """
+    for span in run.spans(run.beta_trace):
+        if span.service in SIDECARS:
+            app = span.service.removesuffix(".usvc")
+            assert span.attributes["istio.canonical_service"] == app
+            assert span.attributes["istio.namespace"] == "usvc"
 
 
 def test_server_spans_carry_the_dev_user_the_scenario_and_the_variant(run: Run) -> None:
     for span in run.spans(run.beta_trace):
-        if span.kind == "server":
+        if span.kind == "server" and span.service not in ENVOYS:
             assert span.attributes["usvc.dev_user"] == "betaUser", span.service
             assert span.attributes["usvc.scenario"] == "current"
             assert span.resource["service.version"].startswith("v")

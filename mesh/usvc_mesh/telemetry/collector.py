@@ -92,7 +92,7 @@ def otlp_from_zipkin(body: bytes) -> dict[str, Any]:
     for span in spans:
         if not isinstance(span, dict) or not {"traceId", "id"} <= span.keys():
             raise BadPayload(f"a Zipkin span needs traceId and id: {str(span)[:200]}")
-        service = (span.get("localEndpoint") or {}).get("serviceName") or "unknown"
+        service = _service_name(span)
         by_service.setdefault(service, []).append(_zipkin_span(span))
     return {
         "resourceSpans": [
@@ -103,6 +103,22 @@ def otlp_from_zipkin(body: bytes) -> dict[str, Any]:
             for service, converted in by_service.items()
         ]
     }
+
+
+def _service_name(span: Mapping[str, Any]) -> str:
+    """The span's service: the sidecar Istio's tags name, else its Zipkin local endpoint.
+
+    In a cluster each sidecar is an Envoy of its own, whose Zipkin spans carry
+    istiod's ``node.cluster``, ``<app>.<namespace>``. The one local Envoy has
+    one node for every sidecar, so its spans say whose sidecar they are in
+    the tags istiod adds to every span (``istio.canonical_service``,
+    ``istio.namespace``); the same name is made from them here.
+    """
+    tags = span.get("tags") or {}
+    app, namespace = tags.get("istio.canonical_service"), tags.get("istio.namespace")
+    if app and namespace:
+        return f"{app}.{namespace}"
+    return str((span.get("localEndpoint") or {}).get("serviceName") or "unknown")
 
 
 def _zipkin_span(span: Mapping[str, Any]) -> dict[str, Any]:
