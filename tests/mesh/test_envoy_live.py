@@ -760,6 +760,7 @@ def test_write_leaves_no_temporary_files(mesh: Mesh, tmp_path: Path) -> None:
     tr.write(tmp_path, mesh.translate(*switch_rules("quick")))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "cds.json",
+        "lds.json",
         "rds-gateway.json",
         "rds-outbound.json",
     ]
