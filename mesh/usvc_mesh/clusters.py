@@ -422,6 +422,8 @@ def _cluster(
         cluster["dns_lookup_family"] = "V4_ONLY"
     if policy.tls is not None:
         cluster["transport_socket"] = policy.tls.transport_socket(host.fqdn)
+    if any(e.inbound is not None for e in endpoints):
+        cluster["transport_socket"] = _internal_upstream(cluster.get("transport_socket"))
     if port.is_http:
         options = _http_options(port, pool)
         if discovery == FORWARD_PROXY:
@@ -443,6 +445,27 @@ def _cluster(
         cluster["health_checks"] = [_health_check(probes[0], host.fqdn)]
         cluster.setdefault("common_lb_config", {"healthy_panic_threshold": {"value": 0.0}})
     return cluster
+
+
+def _internal_upstream(inner: Mapping[str, Any] | None) -> dict[str, Any]:
+    """To sidecars' inbound (internal) listeners: the filter state shared with the
+    upstream, the caller's identity, goes along (usvc_mesh.sidecars)."""
+    return {
+        "name": "envoy.transport_sockets.internal_upstream",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets"
+            ".internal_upstream.v3.InternalUpstreamTransport",
+            "transport_socket": dict(inner)
+            if inner
+            else {
+                "name": "envoy.transport_sockets.raw_buffer",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                },
+            },
+        },
+    }
 
 
 def _health_check(probe: Probe, authority: str) -> dict[str, Any]:
@@ -468,16 +491,14 @@ def _describe(probe: Probe) -> str:
 
 
 def _lb_endpoint(endpoint: Endpoint) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "endpoint": {
-            "address": {
-                "socket_address": {"address": endpoint.address, "port_value": endpoint.port}
-            }
+    process = {"socket_address": {"address": endpoint.address, "port_value": endpoint.port}}
+    out: dict[str, Any] = {"endpoint": {"address": process}}
+    if endpoint.inbound is not None:
+        out["endpoint"] = {
+            "address": {"envoy_internal_address": {"server_listener_name": endpoint.inbound}},
+            # The kubelet probes the application, not its sidecar's inbound listener.
+            "health_check_config": {"address": process},
         }
-    }
-    if endpoint.health_port is not None:
-        # The kubelet probes the application, not its sidecar's inbound listener.
-        out["endpoint"]["health_check_config"] = {"port_value": endpoint.health_port}
     if endpoint.weight is not None:
         out["load_balancing_weight"] = endpoint.weight
     return out

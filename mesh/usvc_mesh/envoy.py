@@ -27,7 +27,17 @@ from typing import Any
 from .clusters import DNS_CACHE
 from .gateway_tls import LocalListener
 from .procs import is_ip_address
-from .sidecars import GATEWAY_SERVICE, GATEWAY_TAGS, INBOUND_HOST, Inbound, Sidecar
+from .sidecars import (
+    GATEWAY_PRINCIPAL,
+    GATEWAY_SERVICE,
+    GATEWAY_TAGS,
+    INBOUND_HOST,
+    PEER_PRINCIPAL_KEY,
+    Inbound,
+    Sidecar,
+    identity_filter,
+    inbound_http_filters,
+)
 from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
 BOOTSTRAP_FILE = "bootstrap.json"
@@ -90,12 +100,12 @@ class EnvoyConfigError(ValueError):
 class MeshPorts:
     """Where the local Envoy listens: the gateway, the shared outbound proxy, admin.
 
-    ``outbound`` None: no shared outbound listener, each workload has its own
+    ``outbound`` 0: no shared outbound listener, each workload has its own
     (:mod:`usvc_mesh.sidecars`, in ``lds.json``).
     """
 
     gateway: int
-    outbound: int | None
+    outbound: int
     admin: int
     gateway_host: str = "127.0.0.1"
 
@@ -210,9 +220,10 @@ def bootstrap(
             [_tagged(entry, GATEWAY_ROUTES, GATEWAY_SERVICE) for entry in log],
             edge=True,
             request_headers_timeout=request_headers_timeout,
+            identity=GATEWAY_PRINCIPAL,
         )
     ]
-    if ports.outbound is not None:
+    if ports.outbound:
         listeners.append(
             _listener(
                 OUTBOUND_ROUTES,
@@ -227,6 +238,16 @@ def bootstrap(
     return {
         "node": {"id": node_id, "cluster": node_id},
         "admin": {"address": _address("127.0.0.1", ports.admin)},
+        # The sidecars' inbound listeners are internal listeners (usvc_mesh.sidecars).
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+                },
+            }
+        ],
         "static_resources": {"listeners": listeners, "clusters": [collector]},
         "dynamic_resources": {
             "cds_config": _file_source(config_dir / CDS_FILE),
@@ -245,6 +266,7 @@ def sidecar_defaults(bootstrap_config: Mapping[str, Any]) -> dict[str, Any]:
         fields = entry["typed_config"]["log_format"]["json_format"]
         fields.pop("listener", None)
         fields.pop("workload", None)
+        fields.pop("peer", None)
     return {"tracing": tracing, "access_log": log}
 
 
@@ -276,21 +298,24 @@ def sidecar_listeners(
                 [_tagged(entry, OUTBOUND_ROUTES, sidecar.workload) for entry in log],
                 edge=False,
                 stat_prefix=OUTBOUND_ROUTES,
+                identity=sidecar.spiffe_id,
             )
         )
+        inbound_filters = inbound_http_filters(sidecar)
+        inbound_log = [_tagged(entry, "inbound", sidecar.workload, peer=True) for entry in log]
         for inbound in sidecar.inbounds:
             listeners.append(
                 _listener(
-                    # By port too: during a rolling restart old and new replica share a name.
-                    f"{inbound.instance}|inbound|{inbound.port}",
-                    INBOUND_HOST,
-                    inbound.port,
+                    inbound.listener,
+                    "",
+                    0,  # an internal listener: no address (usvc_mesh.sidecars)
                     {"route_config": _inbound_routes(inbound)},
                     _tagged_tracing(tracing, tags),
-                    [_tagged(entry, "inbound", sidecar.workload) for entry in log],
+                    inbound_log,
                     edge=False,
                     inbound=True,
                     stat_prefix="inbound",
+                    filters=inbound_filters,
                 )
             )
     return listeners
@@ -394,7 +419,7 @@ def sidecar_key(sidecar: Sidecar) -> dict[str, Any]:
         "outbound": sidecar.outbound,
         # Sorted: Envoy records an LDS version only when a listener changes, so the
         # same listeners must give the same version whatever the order of replicas.
-        "inbounds": sorted([i.instance, i.port, list(i.app)] for i in sidecar.inbounds),
+        "inbounds": sorted([i.instance, list(i.app)] for i in sidecar.inbounds),
     }
 
 
@@ -499,18 +524,14 @@ def applied(admin: tuple[str, int], translation: Translation) -> bool:
         elif name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
             route = name[: -len(".version_text")].rsplit(".rds.", 1)[1]
             seen.setdefault(route, set()).add(version)
-    want = versions(translation)
-    if not translation.sidecars and seen.get("lds", {""}) == {""}:
-        # Envoy records an LDS version only once a listener changes: none ever did.
-        want.pop("lds")
-        seen.pop("lds", None)
-    if seen != {name: {version} for name, version in want.items()}:
+    if any(len(found) != 1 for found in seen.values()):
+        return False
+    if not runs_versions({name: found.pop() for name, found in seen.items()}, translation):
         return False
     # A listener or cluster still warming (e.g. before its first health check) is not in use.
-    with urllib.request.urlopen(
-        f"{base}/stats?filter=^listener_manager.total_listeners_warming$", timeout=5
-    ) as response:
-        if response.read().decode().strip() not in ("", "listener_manager.total_listeners_warming: 0"):
+    warming = "listener_manager.total_listeners_warming"
+    with urllib.request.urlopen(f"{base}/stats?filter=^{warming}$", timeout=5) as response:
+        if response.read().decode().strip() not in ("", f"{warming}: 0"):
             return False
     with urllib.request.urlopen(
         f"{base}/config_dump?resource=dynamic_warming_clusters", timeout=5
@@ -518,8 +539,24 @@ def applied(admin: tuple[str, int], translation: Translation) -> bool:
         return not json.loads(response.read()).get("configs")
 
 
+def runs_versions(seen: Mapping[str, str], translation: Translation) -> bool:
+    """Whether the xDS versions an Envoy reports (``seen``, by kind) are ``translation``'s.
+
+    Without sidecars there may be no LDS version: Envoy records one only once a
+    listener from ``lds.json`` changes, and an empty one never did (compose).
+    """
+    want = versions(translation)
+    got = dict(seen)
+    if not translation.sidecars and not got.get("lds"):
+        want.pop("lds")
+        got.pop("lds", None)
+    return got == want
+
+
 def unhealthy_hosts(admin: tuple[str, int]) -> set[tuple[str, str]]:
     """``(cluster, "ip:port")`` of every host the Envoy at ``admin`` would not route to now.
+
+    A sidecar's replica is its inbound listener's name (an internal address).
 
     A host counts as unhealthy while it has failed, or not yet passed, its
     active health check, or is ejected by outlier detection.
@@ -533,9 +570,16 @@ def unhealthy_hosts(admin: tuple[str, int]) -> set[tuple[str, str]]:
             status = host.get("health_status", {})
             flags = {k for k, v in status.items() if v is True}
             if flags or status.get("eds_health_status", "HEALTHY") != "HEALTHY":
-                address = host["address"]["socket_address"]
-                found.add((cluster["name"], f"{address['address']}:{address['port_value']}"))
+                found.add((cluster["name"], host_name(host["address"])))
     return found
+
+
+def host_name(address: Mapping[str, Any]) -> str:
+    """An upstream host as the admin API gives it: ``ip:port``, or an internal listener's name."""
+    if "envoy_internal_address" in address:
+        return str(address["envoy_internal_address"]["server_listener_name"])
+    socket = address["socket_address"]
+    return f"{socket['address']}:{socket['port_value']}"
 
 
 def wait_applied(admin: tuple[str, int], translation: Translation, timeout: float = 5.0) -> None:
@@ -564,10 +608,15 @@ def _listener(
     inbound: bool = False,
     request_headers_timeout: float = 0.0,
     stat_prefix: str | None = None,
+    identity: str | None = None,
+    filters: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """One HTTP listener: the gateway (``edge``), an outbound side, or an ``inbound`` side.
 
     ``routes`` is the HttpConnectionManager's ``rds`` or ``route_config``.
+    ``identity``: the SPIFFE identity it stamps on its requests for the callee's
+    inbound listener (:func:`usvc_mesh.sidecars.identity_filter`). An inbound
+    side is an internal listener, with ``filters`` before its router.
     """
     hcm: dict[str, Any] = {
         "@type": _HCM_TYPE,
@@ -575,6 +624,8 @@ def _listener(
         "codec_type": "AUTO",
         **routes,
         "http_filters": [
+            *([identity_filter(identity)] if identity else []),
+            *filters,
             # Both empty here; routes switch them on through typed_per_filter_config.
             *([] if inbound else _routing_filters()),
             *([] if edge or inbound else [_passthrough_filter()]),
@@ -598,12 +649,19 @@ def _listener(
         hcm["xff_num_trusted_hops"] = 0
     if request_headers_timeout > 0:
         hcm["request_headers_timeout"] = _seconds(request_headers_timeout)
+    where: dict[str, Any] = (
+        {"internal_listener": {}}
+        if inbound
+        else {
+            "address": _address(host, port),
+            # Envoy's default on Linux is SO_REUSEPORT: a second Envoy on this
+            # address would start and share the connections with the first.
+            "enable_reuse_port": False,
+        }
+    )
     return {
         "name": name,
-        "address": _address(host, port),
-        # Envoy's default on Linux is SO_REUSEPORT: a second Envoy on this
-        # address would start and share the connections with the first.
-        "enable_reuse_port": False,
+        **where,
         # Span kinds follow it: an outbound side's spans are CLIENT, an inbound's SERVER.
         "traffic_direction": "INBOUND" if inbound else "OUTBOUND",
         "filter_chains": [{"filters": [{"name": _HCM_FILTER, "typed_config": hcm}]}],
@@ -632,6 +690,7 @@ def _gateway_listener(
         [_tagged(entry, gateway.name, GATEWAY_SERVICE) for entry in access_log],
         edge=True,
         request_headers_timeout=request_headers_timeout,
+        identity=GATEWAY_PRINCIPAL,
     )
     template = base["filter_chains"][0]["filters"][0]["typed_config"]
     chains = []
@@ -680,9 +739,16 @@ def _routing_filters() -> list[dict[str, Any]]:
 
 
 def _inbound_routes(inbound: Inbound) -> dict[str, Any]:
-    """Everything to the replica's process, as istiod's inbound route: no timeout."""
+    """Everything to the replica's process, as istiod's inbound route.
+
+    pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute: no
+    timeout, and the default inbound retry policy (route/retry/retry.go
+    ``defaultInboundRetryOn``): 2 retries of a request reset before it reached the
+    application, which is safe for any method and covers a replica closing an
+    idle connection as a request is put on it (a stopping replica, a 503 UC).
+    """
     return {
-        "name": f"{inbound.instance}|inbound|{inbound.port}",
+        "name": inbound.listener,
         "virtual_hosts": [
             {
                 "name": "inbound",
@@ -695,6 +761,10 @@ def _inbound_routes(inbound: Inbound) -> dict[str, Any]:
                             "cluster": inbound.cluster,
                             "timeout": "0s",
                             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+                            "retry_policy": {
+                                "retry_on": "reset-before-request",
+                                "num_retries": 2,
+                            },
                         },
                         "decorator": {"operation": f"{inbound.cluster}/*"},
                     }
@@ -782,12 +852,17 @@ def _access_log(path: Path | None) -> list[dict[str, Any]]:
     ]
 
 
-def _tagged(log: dict[str, Any], listener: str, workload: str | None = None) -> dict[str, Any]:
+def _tagged(
+    log: dict[str, Any], listener: str, workload: str | None = None, *, peer: bool = False
+) -> dict[str, Any]:
     tagged: dict[str, Any] = json.loads(json.dumps(log))
     fields = tagged["typed_config"]["log_format"]["json_format"]
     fields["listener"] = listener
     if workload is not None:
         fields["workload"] = workload  # whose sidecar (or the ingress gateway) wrote the line
+    if peer:
+        # The caller's identity as the inbound listener received it (usvc_mesh.sidecars).
+        fields["peer"] = f"%FILTER_STATE({PEER_PRINCIPAL_KEY}:PLAIN)%"
     return tagged
 
 

@@ -78,8 +78,10 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int | None = None
     probe: Probe | None = None  # set for workload endpoints, never for external hosts
-    # Where the probe goes when not to ``port``: the process behind a sidecar's inbound.
-    health_port: int | None = None
+    # The replica's sidecar inbound listener (an Envoy internal listener, see
+    # usvc_mesh.sidecars): the endpoint Envoy routes to; ``address:port`` stays the
+    # process, which the health checks probe. None: the process itself.
+    inbound: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def build_registry(
     endpoints: Mapping[str, Addresses],
     externals: Mapping[str, tuple[str, int]],
     namespace: str,
-    health_ports: Mapping[tuple[str, int], int] | None = None,
+    inbounds: Mapping[tuple[str, int], str] | None = None,
 ) -> Registry:
     workloads = [_workload(obj, namespace) for obj in objects if obj.get("kind") in WORKLOAD_KINDS]
     known = {workload.name for workload in workloads}
@@ -191,7 +193,7 @@ def build_registry(
         raise ValueError(f"endpoints name no Deployment: {', '.join(unknown)}")
     by_label = _label_index(workloads)
     services = [
-        _service(obj, namespace, by_label, endpoints, health_ports or {})
+        _service(obj, namespace, by_label, endpoints, inbounds or {})
         for obj in objects
         if obj.get("kind") == "Service" and obj.get("apiVersion", "v1") == "v1"
     ]
@@ -246,7 +248,7 @@ def _service(
     default_namespace: str,
     by_label: Mapping[tuple[str, str, str], Sequence[Workload]],
     endpoints: Mapping[str, Addresses],
-    health_ports: Mapping[tuple[str, int], int],
+    inbounds: Mapping[tuple[str, int], str],
 ) -> MeshHost:
     # Kubernetes fields are Kubernetes' business (schema validation happens
     # elsewhere); only the ones that shape routing are read here.
@@ -269,7 +271,7 @@ def _service(
     # Each replica of a workload runs as one local process on one port, so
     # every Service port reaches that port (targetPort only matters inside a pod).
     backends = tuple(
-        Endpoint(host, port, w.labels, probe=w.probe, health_port=health_ports.get((host, port)))
+        Endpoint(host, port, w.labels, probe=w.probe, inbound=inbounds.get((host, port)))
         for w in selected
         if w.name in endpoints
         for host, port in addresses(endpoints[w.name])
@@ -322,10 +324,7 @@ def _around_sidecar(backends: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
     an HTTP connection manager, so a tunnelled port skips it (no inbound span,
     no AuthorizationPolicy on it).
     """
-    return tuple(
-        replace(e, port=e.health_port, health_port=None) if e.health_port is not None else e
-        for e in backends
-    )
+    return tuple(replace(e, inbound=None) if e.inbound is not None else e for e in backends)
 
 
 def _with_short_names(services: Sequence[MeshHost], namespace: str) -> list[MeshHost]:

@@ -8,11 +8,17 @@ Envoy process plays every sidecar, so each workload (Deployment) gets
   mesh knows who calls, and Envoy's spans and access lines name the caller;
 - per replica, an **inbound listener** in front of the process: mesh clusters'
   endpoints are the inbound listeners, each of which forwards to its replica's
-  application port (the cluster ``inbound|PORT||INSTANCE``, Istio's
+  application port (listener and cluster ``inbound|PORT||INSTANCE``, Istio's
   ``inbound|PORT||`` made unique per replica, since the replicas share one Envoy).
 
-Both are loopback sockets, as a pod's are: a hop costs one more connection
-through Envoy, which is what it costs in a cluster too.
+An inbound listener is an Envoy internal listener (envoyproxy.io: "Internal
+Listener"; bootstrap extension ``envoy.bootstrap.internal_listener``): a mesh
+cluster's endpoint is its ``envoy_internal_address``, reached through the
+``envoy.transport_sockets.internal_upstream`` transport socket, a user-space
+connection inside the one Envoy. In a cluster that hop is a connection
+between two pods' Envoys over mTLS; locally it is no socket at all, which is
+both cheaper (no loopback connection per hop) and what carries the caller's
+identity (below).
 
 Envoy's active health checks (the readiness probe, :mod:`usvc_mesh.clusters`)
 go straight to the application port (the endpoint's ``health_check_config``),
@@ -20,7 +26,18 @@ as the kubelet probes the application and not its sidecar.
 
 A workload's identity is its Deployment's service account
 (``spec.template.spec.serviceAccountName``, Kubernetes' default ``default``):
-the SPIFFE principal ``cluster.local/ns/NS/sa/SA``.
+the SPIFFE principal ``cluster.local/ns/NS/sa/SA``. In a cluster the callee's
+sidecar reads it from the caller's mTLS certificate (istio.io: "Security",
+"Peer authentication"). Locally each outbound listener (and the gateway)
+stamps it as the filter state object ``usvc.peer_principal``
+(``envoy.filters.http.set_filter_state``, ``shared_with_upstream: ONCE``), which
+the internal upstream transport hands to the callee's inbound listener as
+its downstream connection's filter state. A workload cannot forge it: an
+internal listener has no socket, so only Envoy's own outbound side reaches
+it, and Envoy keys its upstream connection pools on the shared (hashable)
+filter state, so two callers' requests never share one connection. What is not
+reproduced: no certificates and no encryption (there is no wire), and
+PeerAuthentication's ``mode`` has nothing to switch (docs/local-mesh.md).
 """
 
 from __future__ import annotations
@@ -30,7 +47,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TRUST_DOMAIN = "cluster.local"
-INBOUND_HOST = "127.0.0.1"  # where every inbound listener listens
+INBOUND_HOST = "127.0.0.1"  # where every outbound listener listens (a pod's loopback)
+# The filter state object that carries the caller's identity to the callee's inbound.
+PEER_PRINCIPAL_KEY = "usvc.peer_principal"
 # Istio's ingress gateway: the `istio-ingress` namespace of Istio's gateway chart.
 GATEWAY_NAMESPACE = "istio-ingress"
 GATEWAY_SERVICE_ACCOUNT = "istio-ingressgateway"
@@ -42,17 +61,57 @@ def principal(namespace: str, service_account: str) -> str:
     return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
 
 
+def spiffe_id(namespace: str, service_account: str) -> str:
+    """The URI SAN of an Istio workload certificate: ``spiffe://`` + :func:`principal`."""
+    return f"spiffe://{principal(namespace, service_account)}"
+
+
+GATEWAY_PRINCIPAL = spiffe_id(GATEWAY_NAMESPACE, GATEWAY_SERVICE_ACCOUNT)
+
+
+def identity_filter(spiffe: str) -> dict[str, Any]:
+    """The HTTP filter that stamps a caller's identity for the next inbound listener.
+
+    ``shared_with_upstream: ONCE``: the object goes to the upstream connection
+    (the callee's internal inbound listener) and no further. Envoy hashes a
+    shared object into the upstream connection pool's key only if the object is
+    hashable: ``envoy.hashable_string``, not ``envoy.string`` (whose object has
+    no hash, so front's and middle's requests to core would share connections
+    and arrive with whichever identity opened them). Each identity has its own
+    connections (envoyproxy.io: "Well Known Filter State Objects", set_filter_state).
+    """
+    return {
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": (
+                "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+            ),
+            "on_request_headers": [
+                {
+                    "object_key": PEER_PRINCIPAL_KEY,
+                    "factory_key": "envoy.hashable_string",
+                    "format_string": {"text_format_source": {"inline_string": spiffe}},
+                    "shared_with_upstream": "ONCE",
+                }
+            ],
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Inbound:
-    """One replica: its inbound listener's port and its process's address."""
+    """One replica: its process's address; its inbound listener is named after it."""
 
     instance: str  # "front-1", the pod's name
-    port: int  # the inbound listener
     app: tuple[str, int]  # where the replica's process listens
 
     @property
     def cluster(self) -> str:
+        """The inbound listener's and its cluster's name (by port: during a rolling
+        restart old and new replica share an instance name)."""
         return f"inbound|{self.app[1]}||{self.instance}"
+
+    listener = cluster
 
 
 @dataclass(frozen=True)
@@ -69,6 +128,10 @@ class Sidecar:
     @property
     def principal(self) -> str:
         return principal(self.namespace, self.service_account)
+
+    @property
+    def spiffe_id(self) -> str:
+        return spiffe_id(self.namespace, self.service_account)
 
     @property
     def service(self) -> str:
@@ -113,3 +176,14 @@ def service_account(deployment: Mapping[str, Any]) -> str:
     """A Deployment's pod service account (Kubernetes' default: ``default``)."""
     pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
     return str(pod.get("serviceAccountName") or pod.get("serviceAccount") or "default")
+
+
+def inbound_http_filters(sidecar: Sidecar) -> list[dict[str, Any]]:
+    """The HTTP filters of ``sidecar``'s inbound listeners, before the router.
+
+    The one place they are chosen: the authorization filters (AuthorizationPolicy,
+    matching the filter state ``usvc.peer_principal``) go here. None yet: an
+    inbound listener only forwards, so it costs as little as a traversal can.
+    """
+    del sidecar
+    return []

@@ -100,7 +100,6 @@ class WorkloadProcess:
     argv: list[str]
     port: int
     log_path: Path
-    inbound_port: int = 0  # its sidecar's inbound listener, in front of ``port``
     process: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
     signalled: bool = False
@@ -350,7 +349,6 @@ class LocalMesh:
             argv=list(workload.argv),
             ready_path=workload.ready_path,
             port=port,
-            inbound_port=self.free_port(),
             log_path=self.run_dir / f"{instance}.log",
         )
 
@@ -376,8 +374,7 @@ class LocalMesh:
                 labels=dict(w.labels),
                 outbound=w.outbound_port,
                 inbounds=tuple(
-                    Inbound(m.name, m.inbound_port, m.address)
-                    for m in [*w.members, *w.surge, *w.draining]
+                    Inbound(m.name, m.address) for m in [*w.members, *w.surge, *w.draining]
                 ),
             )
             for w in self.workloads.values()
@@ -415,7 +412,7 @@ class LocalMesh:
         self._refuse_second_mesh()
         self.ports = envoy.MeshPorts(
             gateway=self.gateway_port,
-            outbound=None,  # each workload has its own (usvc_mesh.sidecars)
+            outbound=0,  # each workload has its own (usvc_mesh.sidecars)
             admin=self.free_port(),
             gateway_host=self.gateway_host,
         )
@@ -519,7 +516,7 @@ class LocalMesh:
     def check_envoy(self) -> None:
         if self.proxy is not None and self.proxy.poll() is not None:
             ports = self.ports
-            mine = [ports.gateway, ports.outbound, ports.admin] if ports is not None else []
+            mine = [p for p in (ports.gateway, ports.outbound, ports.admin) if p] if ports else []
             lost = port_taken(self.envoy_last_lines(), mine)
             if lost is not None:
                 raise MeshError(port_taken_message("envoy", lost))
@@ -723,7 +720,7 @@ class LocalMesh:
     def _healthy(self, process: WorkloadProcess) -> bool:
         assert self.ports is not None
         # Envoy's endpoint is the replica's inbound listener; its probe goes to the process.
-        address = f"{INBOUND_HOST}:{process.inbound_port}"
+        address = Inbound(process.name, process.address).listener
         unhealthy = envoy.unhealthy_hosts(("127.0.0.1", self.ports.admin))
         return not any(host == address for _, host in unhealthy)
 
@@ -777,7 +774,9 @@ class LocalMesh:
                 "gateway": self.ports.gateway,
                 "outbound": {n: w.outbound_port for n, w in self.workloads.items()},
                 "inbound": {
-                    m.name: m.inbound_port for w in self.workloads.values() for m in w.members
+                    m.name: Inbound(m.name, m.address).listener
+                    for w in self.workloads.values()
+                    for m in w.members
                 },
                 "admin": self.ports.admin,
                 "gateway_host": self.ports.gateway_host,

@@ -40,6 +40,7 @@ from typing import Any
 
 from .authn import gateway_authn
 from .clusters import (
+    HTTP_OPTIONS,
     UNLIMITED,
     build_clusters,
     cluster_name,
@@ -57,10 +58,17 @@ from .registry import (
     build_registry,
 )
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
-from .sidecars import INBOUND_HOST, Inbound, Sidecar
+from .sidecars import Inbound, Sidecar
 from .spec import Spec, UnsupportedField, message, metadata_name, metadata_namespace
 
 GATEWAY_ROUTES = "gateway"
+# How long an inbound listener keeps an idle connection to its replica's process.
+# Shorter than the supervisor's drain (supervisor.ENDPOINT_PROPAGATION, 1 s): by the
+# time a replica out of the endpoints is stopped, Envoy has closed its idle
+# connections itself and never sends a request down one the process is closing (a
+# 503 UC). Far below the app's keep-alive too (aiohttp: 3630 s). Istio's inbound
+# cluster keeps the 1 h default (DestinationRule idleTimeout); a pod's drain is longer.
+INBOUND_IDLE_TIMEOUT = "0.5s"
 OUTBOUND_ROUTES = "outbound"
 ISTIO_VERSIONS = frozenset(
     {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
@@ -239,9 +247,7 @@ def translate(
     """
     objects = [obj for obj in objects if obj]
     sidecars = tuple(sidecars)
-    health_ports: dict[tuple[str, int], int] = {}
-    if sidecars:
-        endpoints, health_ports = _behind_sidecars(endpoints, sidecars)
+    inbounds = _behind_sidecars(endpoints, sidecars)
     for obj in objects:
         _check_kind(obj)
     export_warnings = _check_export_to(objects, namespace)
@@ -250,7 +256,7 @@ def translate(
         endpoints=endpoints,
         externals=externals or {},
         namespace=namespace,
-        health_ports=health_ports,
+        inbounds=inbounds,
     )
     gateways = _read_gateways(objects, namespace)
     authn = gateway_authn(objects, _gateway_labels(objects), namespace)
@@ -289,18 +295,19 @@ def translate(
 
 def _behind_sidecars(
     endpoints: Mapping[str, Addresses], sidecars: Sequence[Sidecar]
-) -> tuple[dict[str, Addresses], dict[tuple[str, int], int]]:
-    """Endpoints moved to the inbound listeners; each one's probe port is its replica's."""
-    moved: dict[str, Addresses] = dict(endpoints)
-    health_ports: dict[tuple[str, int], int] = {}
+) -> dict[tuple[str, int], str]:
+    """Each serving replica's address -> its inbound listener, Envoy's endpoint for it.
+
+    An inbound whose replica is not among the endpoints is draining (a rolling
+    restart): its listener stays for the requests still on their way.
+    """
+    inbounds: dict[tuple[str, int], str] = {}
     for sidecar in sidecars:
         if sidecar.workload not in endpoints:
             raise ValueError(f"a sidecar for {sidecar.workload}, which has no endpoints")
-        # An inbound whose replica is not among the endpoints is draining (a rolling restart).
-        serving = [i for i in sidecar.inbounds if i.app in addresses(endpoints[sidecar.workload])]
-        moved[sidecar.workload] = [(INBOUND_HOST, i.port) for i in serving]
-        health_ports.update({(INBOUND_HOST, i.port): i.app[1] for i in serving})
-    return moved, health_ports
+        serving = set(addresses(endpoints[sidecar.workload]))
+        inbounds.update({i.app: i.listener for i in sidecar.inbounds if i.app in serving})
+    return inbounds
 
 
 def _inbound_cluster(inbound: Inbound) -> dict[str, Any]:
@@ -321,6 +328,17 @@ def _inbound_cluster(inbound: Inbound) -> dict[str, Any]:
                     "max_retries": UNLIMITED,
                 }
             ]
+        },
+        "typed_extension_protocol_options": {
+            HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+                "common_http_protocol_options": {"idle_timeout": INBOUND_IDLE_TIMEOUT},
+                # istiod's inbound cluster speaks the protocol the caller spoke.
+                "use_downstream_protocol_config": {
+                    "http_protocol_options": {},
+                    "http2_protocol_options": {},
+                },
+            }
         },
         "load_assignment": {
             "cluster_name": inbound.cluster,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.chain.conftest import start_mesh
+from usvc_mesh import envoy
 from usvc_mesh.supervisor import LocalMesh
 
 pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
@@ -45,8 +46,13 @@ def through(mesh: LocalMesh, caller: str, url: str, **headers: str) -> tuple[int
             return error.code, error.read()
 
 
-def access_lines(mesh: LocalMesh, request_id: str) -> list[dict[str, Any]]:
-    """Envoy's access lines of one request, once they are written (flushed every second)."""
+def access_lines(
+    mesh: LocalMesh, request_id: str, listener: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Envoy's access lines of one request, once they are written (flushed every second).
+
+    Once there are two, or once there is one of ``listener`` (listener, workload).
+    """
     assert mesh.run_dir is not None
     deadline = time.monotonic() + 10
     found: list[dict[str, Any]] = []
@@ -57,7 +63,9 @@ def access_lines(mesh: LocalMesh, request_id: str) -> list[dict[str, Any]]:
             for line in map(json.loads, text.splitlines())
             if line.get("request_id") == request_id
         ]
-        if len(found) >= 2:
+        if listener is None and len(found) >= 2:
+            return found
+        if listener in {(x["listener"], x["workload"]) for x in found}:
             return found
         time.sleep(0.1)
     return found
@@ -116,5 +124,52 @@ def test_mesh_endpoints_are_the_replicas_inbound_listeners(mesh: LocalMesh) -> N
         for c in dump["cluster_statuses"]
         if c["name"] == "outbound|80||front-svc.usvc.svc.cluster.local"
     ]
-    ports = {h["address"]["socket_address"]["port_value"] for h in front["host_statuses"]}
-    assert ports == {m.inbound_port for m in mesh.workloads["front"].members}
+    names = {envoy.host_name(h["address"]) for h in front["host_statuses"]}
+    assert names == {f"inbound|{m.port}||{m.name}" for m in mesh.workloads["front"].members}
+
+
+def test_each_caller_reaches_the_callee_with_its_own_identity(mesh: LocalMesh) -> None:
+    """What the callee's sidecar reads from the caller's mTLS certificate in a cluster.
+
+    Front and middle call the same core replicas one after the other: were the
+    upstream connections not kept apart by the identity they carry (Envoy keys
+    its pools on the shared filter state), middle's call would ride front's
+    idle connection and arrive as front.
+    """
+    callers = ["front", "middle-prod"]
+    seen: dict[str, set[str]] = {}
+    for round_ in range(3):
+        for caller in callers:
+            request_id = f"sc-id-{caller}-{round_}"
+            status, body = through(mesh, caller, "http://core-svc/", **{"x-request-id": request_id})
+            assert status == 200, body
+            lines = access_lines(mesh, request_id, ("inbound", "core-prod"))
+            (inbound,) = [x for x in lines if x["listener"] == "inbound"]
+            seen.setdefault(caller, set()).add(inbound["peer"])
+    sidecars = {s.workload: s for s in mesh.sidecars()}
+    assert seen == {caller: {sidecars[caller].spiffe_id} for caller in callers}
+    assert len({sidecars[c].spiffe_id for c in callers}) == len(callers)
+
+
+def test_the_gateway_reaches_front_as_istios_ingress_gateway(mesh: LocalMesh) -> None:
+    """k8s/mesh/security.yaml admits the ingress gateway's service account to front."""
+    assert mesh.ports is not None and mesh.run_dir is not None
+    url = f"http://127.0.0.1:{mesh.ports.gateway}/?marker=sc-gw-id"
+    with DIRECT.open(urllib.request.Request(url), timeout=10) as response:
+        assert response.status == 200
+    deadline = time.monotonic() + 10
+    edge: list[dict[str, Any]] = []
+    while not edge and time.monotonic() < deadline:
+        text = (mesh.run_dir / "envoy-access.log").read_text()
+        edge = [x for x in map(json.loads, text.splitlines()) if x["path"] == "/?marker=sc-gw-id"]
+        time.sleep(0.1)
+    (gateway,) = [x for x in edge if x["listener"] == "gateway"]
+    lines = access_lines(mesh, gateway["request_id"], ("inbound", "front"))
+    front = [x for x in lines if (x["listener"], x["workload"]) == ("inbound", "front")]
+    assert {x["peer"] for x in front} == {
+        "spiffe://cluster.local/ns/istio-ingress/sa/istio-ingressgateway"
+    }
+    # Envoy names an internal address envoy://LISTENER/ (Address::EnvoyInternalInstance).
+    assert gateway["upstream_host"] in {
+        f"envoy://inbound|{m.port}||{m.name}/" for m in mesh.workloads["front"].members
+    }

@@ -47,12 +47,13 @@ class Supervised:
         return f"http://127.0.0.1:{self.mesh.ports.gateway}"
 
     def instance_of(self) -> dict[str, str]:
-        """ "127.0.0.1:PORT" -> instance name, for every replica of every workload.
+        """Envoy's upstream host -> instance name, for every replica of every workload.
 
-        PORT is the replica's inbound listener: Envoy's endpoint for the replica.
+        The host is the replica's inbound listener, an internal address that Envoy
+        writes ``envoy://inbound|PORT||INSTANCE/``: Envoy's endpoint for the replica.
         """
         return {
-            f"127.0.0.1:{m.inbound_port}": m.name
+            f"envoy://inbound|{m.port}||{m.name}/": m.name
             for w in self.mesh.workloads.values()
             for m in w.members
         }

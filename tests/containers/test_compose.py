@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+import usvc_mesh as mesh
 from tests.chain.conftest import fetch_many, hops, path_of
 from tests.procs import ROOT, free_port
 from usvc_mesh.containers import compose
@@ -125,6 +126,26 @@ def test_bootstrap_binds_all_interfaces_and_reads_container_paths() -> None:
     assert bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == (
         "/etc/usvc/envoy/cds.json"
     )
+
+
+def test_compose_keeps_one_shared_outbound_listener_and_says_so() -> None:
+    """No sidecar per workload in compose (docs/containers.md): no LDS listeners, a note."""
+    bootstrap = json.loads((ROOT / "compose/envoy/bootstrap.json").read_text())
+    assert "one shared outbound listener" in bootstrap["node"]["metadata"]["usvc.note"]
+    assert json.loads((ROOT / "compose/envoy/lds.json").read_text())["resources"] == []
+    assert "one shared outbound listener" in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_usvc_compose_use_knows_an_envoy_without_an_lds_version_runs_the_plan() -> None:
+    """Envoy records no LDS version for an lds.json whose listeners never changed.
+
+    `usvc compose use` waited for one and timed out ("did not load scenario prod").
+    """
+    translation = compose.plan(Layout(ROOT), "prod").translation
+    seen = {k: v for k, v in mesh.versions(translation).items() if k != "lds"}
+    assert mesh.runs_versions({**seen, "lds": ""}, translation)
+    assert mesh.runs_versions(seen, translation)
+    assert not mesh.runs_versions({**seen, "cds": "other"}, translation)
 
 
 # -- the chain running -----------------------------------------------------------

@@ -135,7 +135,7 @@ class Envoy:
     @property
     def outbound(self) -> int:
         """The shared outbound listener's port (these Envoys have no sidecars)."""
-        assert self.ports.outbound is not None
+        assert self.ports.outbound
         return self.ports.outbound
 
     @property

@@ -66,9 +66,10 @@ def test_every_replica_is_an_envoy_endpoint_health_checked_on_its_readiness_path
     cluster = mesh.translation("current").cluster("outbound|80||front-svc.usvc.svc.cluster.local")
     endpoints = [e["endpoint"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
     members = mesh.workloads["front"].members
-    ports = [e["address"]["socket_address"]["port_value"] for e in endpoints]
-    assert ports == [m.inbound_port for m in members]
-    assert [e["health_check_config"]["port_value"] for e in endpoints] == [m.port for m in members]
+    names = [e["address"]["envoy_internal_address"]["server_listener_name"] for e in endpoints]
+    assert names == [f"inbound|{m.port}||{m.name}" for m in members]
+    probed = [e["health_check_config"]["address"]["socket_address"] for e in endpoints]
+    assert [p["port_value"] for p in probed] == [m.port for m in members]
     (check,) = cluster["health_checks"]
     # the Deployment's readinessProbe: path /readyz, periodSeconds 2, failureThreshold 1
     assert check["http_health_check"]["path"] == "/readyz"

@@ -1271,8 +1271,10 @@ def test_routes_and_clusters_come_from_files_in_the_config_dir() -> None:
 
 
 def test_the_cors_and_fault_filters_run_empty_before_the_router() -> None:
-    # as istiod orders them; routes switch them on with typed_per_filter_config
-    filters = hcm(tr.bootstrap(CONFIG_DIR, PORTS), "gateway")["http_filters"]
+    # as istiod orders them; routes switch them on with typed_per_filter_config. First
+    # the gateway's identity for the next inbound listener (usvc_mesh.sidecars).
+    stamp, *filters = hcm(tr.bootstrap(CONFIG_DIR, PORTS), "gateway")["http_filters"]
+    assert stamp["name"] == "envoy.filters.http.set_filter_state"
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.cors",
         "envoy.filters.http.fault",
