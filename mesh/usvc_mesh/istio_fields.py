@@ -68,7 +68,7 @@ class _Field:
 
 def rows() -> list[Row]:
     """The table's rows: every field of every kind of :data:`KINDS`, in schema order."""
-    from . import translation  # noqa: F401  (its imports declare every Message)
+    from . import authz, translation  # noqa: F401  (their imports declare every Message)
 
     out: list[Row] = []
     used: set[tuple[int, str]] = set()
@@ -208,7 +208,10 @@ def render(table: Sequence[Row] | None = None) -> str:
         '- **not applied**: an object that sets it is refused with "an Istio field the local',
         '  mesh does not apply" (`usvc up`, `tools.manifests validate`); every field of a kind',
         "  the local mesh does not apply is listed here too: such objects are reported at start",
-        "  and `usvc up --strict` refuses them ([istio-validation.md](istio-validation.md));",
+        "  and `usvc up --strict` refuses them ([istio-validation.md](istio-validation.md)).",
+        "  AuthorizationPolicy's are reported at start instead of refused, and the rule that",
+        "  sets one fails closed (an ALLOW rule is dropped, a DENY rule matches without it, as",
+        "  istiod treats a condition a proxy cannot check);",
         "- **no local effect**: accepted, with no effect locally (the reason says why);",
         "- **not an Istio field**: a name the translator lists that Istio's schema lacks. Any",
         '  other key is refused as "not an Istio field (misspelt?)".',

@@ -60,6 +60,10 @@ APPLIED_KINDS = frozenset(
         "Sidecar",
         # at the gateway (usvc_mesh.authn); one that selects workloads is reported below
         "RequestAuthentication",
+        # at each workload's inbound listener (usvc_mesh.authz); parts it cannot check
+        # are reported below
+        "AuthorizationPolicy",
+        "PeerAuthentication",
     }
 )
 # Istio kinds istiod applies and the local mesh does not, and what each changes in a
@@ -69,8 +73,6 @@ UNAPPLIED_KINDS = {
     "WorkloadEntry": "endpoints outside Kubernetes",
     "WorkloadGroup": "VM workloads",
     "ProxyConfig": "proxy settings",
-    "PeerAuthentication": "inbound mTLS mode",
-    "AuthorizationPolicy": "which callers a workload accepts",
     "Telemetry": "tracing, metrics and access logs",
     "WasmPlugin": "Wasm filters",
     "TrafficExtension": "Wasm and Lua filters",
@@ -591,6 +593,7 @@ def unapplied(objects: Iterable[Mapping[str, Any]]) -> list[Finding]:
     locally.
     """
     from .authn import selects_gateway, selects_workloads
+    from .authz import findings as authz_findings
 
     objects = list(objects)
     gateway_labels: dict[str, str] = {}
@@ -613,6 +616,13 @@ def unapplied(objects: Iterable[Mapping[str, Any]]) -> list[Finding]:
                 )
                 found.append(Finding(describe(obj), message, NOT_APPLIED))
             continue
+        if is_istio(obj) and kind in ("AuthorizationPolicy", "PeerAuthentication"):
+            try:
+                lines = authz_findings(obj)
+            except ValueError:
+                lines = []  # an error: translation_errors reports it
+            found += [Finding(describe(obj), line, NOT_APPLIED) for line in lines]
+            continue
         if not is_istio(obj) or kind in APPLIED_KINDS:
             continue
         effect = UNAPPLIED_KINDS.get(kind, "what istiod makes of it")
@@ -623,10 +633,13 @@ def unapplied(objects: Iterable[Mapping[str, Any]]) -> list[Finding]:
 
 def translation_errors(objects: Sequence[Mapping[str, Any]], namespace: str) -> list[Finding]:
     """The translator's support checks over the whole object set (the first failure)."""
+    from .authz import findings as authz_findings
     from .translation import translate  # the translator imports spec.py, which imports us lazily
 
     try:
         translate(objects, endpoints={}, namespace=namespace)
+        for obj in objects:  # read by each workload's inbound listener (usvc_mesh.authz)
+            authz_findings(obj, namespace)
     except ValueError as error:
         where, _, message = str(error).partition(": ")
         return [Finding(where, message) if message else Finding("objects", where)]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tools.istio_fields import DOC, main
-from usvc_mesh import istio_fields
+from usvc_mesh import authz, istio_fields
 from usvc_mesh.istio_fields import APPLIED, NO_EFFECT, NOT_APPLIED, Row
 from usvc_mesh.spec import MESSAGES, Message, Spec, UnsupportedField, message
 from usvc_mesh.translation import translate
@@ -69,8 +69,12 @@ def test_the_check_command_fails_on_a_stale_file(
         ("Gateway", "servers[].tls.tlsCertificates", NOT_APPLIED),
         ("Sidecar", "outboundTrafficPolicy.mode", APPLIED),
         ("Sidecar", "ingress", NOT_APPLIED),
-        ("AuthorizationPolicy", "rules[].from[].source.principals", NOT_APPLIED),
-        ("PeerAuthentication", "mtls.mode", NOT_APPLIED),
+        ("AuthorizationPolicy", "rules[].from[].source.principals", APPLIED),
+        ("AuthorizationPolicy", "rules[].from[].source.requestPrincipals", NOT_APPLIED),
+        ("AuthorizationPolicy", "rules[].when[].key", APPLIED),
+        ("AuthorizationPolicy", "targetRefs[].name", NOT_APPLIED),
+        ("PeerAuthentication", "mtls.mode", APPLIED),
+        ("PeerAuthentication", "portLevelMtls.<name>.mode", APPLIED),
         ("RequestAuthentication", "jwtRules[].jwksUri", APPLIED),
         ("RequestAuthentication", "jwtRules[].outputClaimToHeaders[].claim", APPLIED),
         ("RequestAuthentication", "targetRef.name", NOT_APPLIED),
@@ -85,9 +89,9 @@ def test_known_classifications(
 def test_reasons_come_from_the_code(table: dict[tuple[str, str], Row]) -> None:
     assert "delegate" in table["VirtualService", "http[].delegate"].reason
     assert "one gateway" in table["Gateway", "selector"].reason
-    # A kind the local mesh does not apply: every field says so, with what it does in a cluster.
-    why = table["AuthorizationPolicy", "action"].reason
-    assert why.startswith("kind not applied locally") and "callers" in why
+    # A field reported rather than refused (usvc_mesh.authz) says what it does locally.
+    why = table["AuthorizationPolicy", "rules[].from[].source.requestPrincipals"].reason
+    assert "validate no JWTs" in why and "ALLOW rules with it never match" in why
 
 
 def test_every_field_istio_has_is_a_row(table: dict[tuple[str, str], Row]) -> None:
@@ -289,6 +293,34 @@ EVERY_MESSAGE = [
             ],
         },
     ),
+    # Read by usvc_mesh.authz (each workload's inbound listener), not by translate().
+    {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "core"}},
+            "action": "CUSTOM",
+            "provider": {"name": "opa"},
+            "rules": [
+                {
+                    "from": [{"source": {"principals": ["*"]}}],
+                    "to": [{"operation": {"paths": ["/x"]}}],
+                    "when": [{"key": "source.namespace", "values": ["a"]}],
+                }
+            ],
+        },
+    },
+    {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "core"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "core"}},
+            "mtls": {"mode": "STRICT"},
+            "portLevelMtls": {"8080": {"mode": "PERMISSIVE"}},
+        },
+    },
 ]
 
 
@@ -311,5 +343,7 @@ def test_every_declared_message_is_read_where_it_is_declared(
 
     monkeypatch.setattr(Message, "read_at", recording)
     translate(EVERY_MESSAGE, endpoints={"core": ("127.0.0.1", 9001)})
+    for obj in EVERY_MESSAGE:
+        authz.findings(obj)
     declared = {(m.kind, m.name, p) for m in MESSAGES for p in m.paths}
     assert sorted(declared - read) == []

@@ -312,9 +312,9 @@ def test_a_valid_object_has_no_findings() -> None:
 SECURITY = [
     {
         "apiVersion": "security.istio.io/v1",
-        "kind": "PeerAuthentication",
-        "metadata": {"name": "default"},
-        "spec": {"mtls": {"mode": "STRICT"}},
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "jwt"},
+        "spec": {"rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]},
     },
     {
         "apiVersion": "networking.istio.io/v1alpha3",
@@ -327,7 +327,10 @@ SECURITY = [
 
 def test_each_object_of_a_kind_the_local_mesh_does_not_apply_is_reported() -> None:
     assert [str(f) for f in validation.unapplied([vs_with(), *SECURITY])] == [
-        "PeerAuthentication default: not applied locally; in a cluster it sets inbound mTLS mode",
+        "AuthorizationPolicy jwt: rules[0].from[0].source.requestPrincipals: not applied "
+        "locally (request authentication: the local sidecars validate no JWTs "
+        "(RequestAuthentication applies at the local gateway only); ALLOW rules with it never "
+        "match, DENY rules match without it)",
         "EnvoyFilter ratelimit: not applied locally; in a cluster it sets patches to the "
         "generated Envoy configuration",
     ]
@@ -354,13 +357,8 @@ def test_invalid_objects_are_reported_before_the_translator_runs() -> None:
 # -- usvc up: what it says before starting ------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[2]
+# PeerAuthentication and AuthorizationPolicy apply at the inbound listeners (usvc_mesh.authz).
 CHART_SECURITY = [
-    "PeerAuthentication default: not applied locally; in a cluster it sets inbound mTLS mode",
-    *(
-        f"AuthorizationPolicy {name}: not applied locally; in a cluster it sets which callers "
-        "a workload accepts"
-        for name in ("allow-nothing", "clock", "core", "front", "middle")
-    ),
     "Telemetry tracing: not applied locally; in a cluster it sets tracing, metrics and access logs",
 ]
 
@@ -388,7 +386,7 @@ def test_usvc_up_strict_refuses_to_start_naming_each_object(
     assert status == 1
     assert err == [
         *(f"usvc up: {line}" for line in CHART_SECURITY),
-        "usvc up: --strict: 7 Istio object(s) would not be applied locally",
+        "usvc up: --strict: 1 Istio object(s) would not be applied locally",
     ]
     assert not run_dir.exists()  # nothing was started
 

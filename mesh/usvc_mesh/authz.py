@@ -1,0 +1,783 @@
+"""AuthorizationPolicy and PeerAuthentication -> Envoy RBAC for a workload's inbound listener.
+
+The calls (pure functions of the manifests' objects; ``namespace`` is the one of objects
+that name none, as elsewhere in the translator):
+
+- ``rbac_filters(policies, workload, port=None, *, namespace="default") -> list[dict]``:
+  the ``envoy.filters.http.rbac`` HTTP filters of the inbound listener of ``workload``
+  (anything with ``namespace`` and ``labels``: ``registry.Workload``, ``sidecars.Sidecar``)
+  for the workload port ``port`` (the container port the manifests name, e.g. 8080;
+  ``to.operation.ports`` and ``destination.port`` are decided for it now). Put them
+  before the router, in this order. :func:`authorization` returns them with the
+  warnings of what was not applied.
+- ``peer_mode(policies, workload, port=None, *, namespace="default") -> str``:
+  ``STRICT``, ``PERMISSIVE`` or ``DISABLE`` for that port (:func:`peer_authentication`).
+- ``refuses_plaintext(mode)`` and :data:`PLAINTEXT_REFUSED_CHAIN_MATCH`: what STRICT means
+  for the plain TCP (pod address) listener, see below.
+- ``findings(obj)``: what of one object the local mesh does not apply
+  (:func:`usvc_mesh.validation.unapplied` reports them at start, ``--strict`` refuses).
+
+**Identity.** In a cluster the inbound sidecar learns the caller's identity from its mTLS
+certificate (``source.principal``, Envoy's ``authenticated`` principal). Inside the one
+local Envoy there are no certificates on the wire: the caller's outbound listener stamps
+its workload's SPIFFE identity as the filter state object :data:`PEER_PRINCIPAL`
+(``spiffe://cluster.local/ns/NS/sa/SA``, shared with the upstream connection to the
+internal inbound listener), and every principal rule here is a ``filter_state`` matcher
+on it. The object must be hashable (factory :data:`PRINCIPAL_FACTORY`,
+``envoy.hashable_string``): Envoy keys upstream connection pools by the hashes of the
+objects shared with them, and a plain ``envoy.string`` has none, so a connection a
+first caller opened would carry its identity for the next caller's requests
+(tests/mesh/test_authz.py shows both). istiod builds the same shape for its waypoints
+(pilot/pkg/security/authz/model/principal.go, principalAuthenticated with
+UseFilterState: ``io.istio.peer_principal``).
+A plaintext client from outside the mesh has no such object: no principal, as a
+plaintext caller has none in a PERMISSIVE cluster.
+
+**Policies** (istio.io/latest/docs/reference/config/security/authorization-policy/, istiod
+pilot/pkg/security/authz/builder/builder.go and model/): those of the root namespace
+:data:`ROOT_NAMESPACE` and the workload's, whose ``selector.matchLabels`` are a subset of
+the workload's labels (none: all); a policy with ``targetRef(s)`` applies to gateways and
+waypoints, never to a sidecar (pilot/pkg/model/policyattachment.go ShouldAttachPolicy),
+and is reported. Filters, in istiod's order: CUSTOM (no ext_authz provider exists
+locally, so, as istiod does for a provider it cannot find, a DENY of the requests the
+CUSTOM rules match: getBadCustomDenyRules), AUDIT (action LOG), DENY, ALLOW. An ALLOW
+filter exists once any ALLOW policy selects the workload, so a policy without rules
+(``spec: {}``, allow-nothing) denies all; a rule ``{}`` matches all; no policy allows
+all. ``istio.io/dry-run: "true"`` puts a policy in ``shadow_rules``. A denied request
+is Envoy's ``403`` ``RBAC: access denied``.
+
+**What is not applied** (istiod's own rule for conditions a proxy cannot check,
+model/model.go checkError): in an ALLOW policy the whole rule is dropped (it allows
+less), in DENY and AUDIT only the condition (it matches more). That covers
+``requestPrincipals``/``notRequestPrincipals`` and ``request.auth.*`` (the sidecars
+validate no JWTs locally: RequestAuthentication applies at the gateway only, see
+:mod:`usvc_mesh.authn`), ``connection.sni`` (no TLS between local sidecars) and
+``experimental.envoy.filters.*``. Each is reported. ``ipBlocks``, ``source.ip``,
+``remote.ip`` and ``destination.ip`` are applied as Envoy's ``direct_remote_ip`` /
+``remote_ip`` / ``destination_ip``, with a warning: every local caller is 127.0.0.1 or
+an internal address.
+
+**PeerAuthentication** (istio.io/latest/docs/reference/config/security/peer_authentication/,
+pilot/pkg/security/authn/policy_applier.go ComposePeerAuthentication): the narrowest scope
+wins (workload selector in the workload's namespace > namespace-wide > mesh-wide in the
+root namespace), the oldest (``metadata.creationTimestamp``, else first in the files) of
+one scope; ``UNSET`` inherits; ``portLevelMtls`` (only with a selector, as Istio
+validates) overrides per workload port; nothing set is PERMISSIVE. Locally mTLS is the
+one Envoy's internal connections (the principal above) and does not depend on the
+mode. What the mode changes is the plain TCP listener: STRICT refuses plaintext, as a
+STRICT sidecar does: its inbound listener has filter chains only for TLS, so a plaintext
+connection matches none and Envoy closes it before any HTTP (the client sees the
+connection closed or reset, no response); locally the plain listener's chain gets
+:data:`PLAINTEXT_REFUSED_CHAIN_MATCH` (``transport_protocol: tls``, which a plaintext
+connection never has), the same "no matching filter chain". PERMISSIVE and DISABLE accept
+it with no principal, so principal-based ALLOW rules deny it (403).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .spec import Spec, message, metadata_name, metadata_namespace
+
+ROOT_NAMESPACE = "istio-system"
+# The filter state the caller's outbound listener sets (envoy.string), shared with the
+# upstream (internal) connection; istiod's equivalent is io.istio.peer_principal.
+PEER_PRINCIPAL = "usvc.peer_principal"
+# envoyproxy.io well-known filter state objects: a string that takes part in the
+# upstream connection pool's hash (envoy.string does not: callers would share connections).
+PRINCIPAL_FACTORY = "envoy.hashable_string"
+SPIFFE = "spiffe://"  # pkg/spiffe URIPrefix: istiod prefixes principals with it
+RBAC_FILTER = "envoy.filters.http.rbac"
+_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+_URI_TEMPLATE_TYPE = (
+    "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+)
+DRY_RUN = "istio.io/dry-run"
+# builder.go: shadow_rules_stat_prefix of dry-run policies, and the suffix of CUSTOM
+# rules turned into DENY.
+_DRY_RUN_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_"}
+_BAD_CUSTOM = "-bad-custom-action"
+# A STRICT listener's filter chain match: plaintext never has this transport protocol.
+PLAINTEXT_REFUSED_CHAIN_MATCH: Mapping[str, str] = {"transport_protocol": "tls"}
+MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+_AP = "AuthorizationPolicy"
+_PA = "PeerAuthentication"
+_TARGETS = "targets Gateways and waypoints (Gateway API); a sidecar ignores such a policy"
+_JWT = (
+    "request authentication: the local sidecars validate no JWTs (RequestAuthentication "
+    "applies at the local gateway only); ALLOW rules with it never match, DENY rules "
+    "match without it"
+)
+_POLICY = message(
+    _AP,
+    _AP,
+    [""],
+    {"selector", "action", "rules", "provider"},
+    {"targetRef": _TARGETS, "targetRefs": _TARGETS},
+)
+_SELECTOR = message(_AP, "WorkloadSelector", ["selector"], {"matchLabels"})
+_PROVIDER = message(_AP, "ExtensionProvider", ["provider"], {"name"})
+_RULE = message(_AP, "Rule", ["rules[]"], {"from", "to", "when"})
+_FROM = message(_AP, "Rule.From", ["rules[].from[]"], {"source"})
+_SOURCE_FIELDS = {
+    # field: (not-field, generator)
+    "principals": "notPrincipals",
+    "namespaces": "notNamespaces",
+    "ipBlocks": "notIpBlocks",
+    "remoteIpBlocks": "notRemoteIpBlocks",
+}
+_SOURCE = message(
+    _AP,
+    "Source",
+    ["rules[].from[].source"],
+    {*_SOURCE_FIELDS, *_SOURCE_FIELDS.values()},
+    {"requestPrincipals": _JWT, "notRequestPrincipals": _JWT},
+)
+_TO = message(_AP, "Rule.To", ["rules[].to[]"], {"operation"})
+_OPERATION_FIELDS = {
+    "hosts": "notHosts",
+    "methods": "notMethods",
+    "paths": "notPaths",
+    "ports": "notPorts",
+}
+_OPERATION = message(
+    _AP,
+    "Operation",
+    ["rules[].to[].operation"],
+    {*_OPERATION_FIELDS, *_OPERATION_FIELDS.values()},
+)
+_CONDITION = message(_AP, "Condition", ["rules[].when[]"], {"key", "values", "notValues"})
+
+_PEER = message(_PA, _PA, [""], {"selector", "mtls", "portLevelMtls"})
+_PEER_SELECTOR = message(_PA, "WorkloadSelector", ["selector"], {"matchLabels"})
+_MTLS = message(_PA, "MutualTLS", ["mtls", "portLevelMtls.<name>"], {"mode"})
+
+ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+# The when keys istiod knows (model/model.go) that are applied here, and those reported.
+_PRINCIPAL_KEYS = ("source.principal", "source.namespace", "source.ip", "remote.ip")
+_PERMISSION_KEYS = ("destination.port", "destination.ip")
+_REPORTED_KEYS = {
+    "request.auth.principal": _JWT,
+    "request.auth.audiences": _JWT,
+    "request.auth.presenter": _JWT,
+    "request.auth.claims": _JWT,
+    "connection.sni": "no TLS between the local sidecars, so no SNI",
+    "experimental.envoy.filters.": "Envoy metadata of filters the local mesh does not run",
+}
+_LOOPBACK_ONLY = (
+    "every local caller is 127.0.0.1 (the plain listener) or an internal address (a mesh "
+    "caller): in a cluster it is the pod's IP"
+)
+
+Json = dict[str, Any]
+
+
+class WorkloadLike(Protocol):
+    """What the policies select a workload by."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+class _NotApplied(Exception):
+    """A condition the local mesh cannot check (istiod's generator error)."""
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """The RBAC filters of one workload's inbound listener, and what was not applied."""
+
+    http_filters: tuple[Json, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+# -- AuthorizationPolicy ----------------------------------------------------------------
+
+
+def rbac_filters(
+    policies: Iterable[Mapping[str, Any]],
+    workload: WorkloadLike,
+    port: int | None = None,
+    *,
+    namespace: str = "default",
+) -> list[Json]:
+    """The RBAC HTTP filters for ``workload``'s inbound listener on workload port ``port``."""
+    return list(authorization(policies, workload, port, namespace=namespace).http_filters)
+
+
+def authorization(
+    objects: Iterable[Mapping[str, Any]],
+    workload: WorkloadLike,
+    port: int | None = None,
+    *,
+    namespace: str = "default",
+) -> Authorization:
+    """:func:`rbac_filters` with the warnings (every object is checked, selected or not)."""
+    by_action: dict[str, list[_Policy]] = {action: [] for action in ACTIONS}
+    warnings: list[str] = []
+    for obj in objects:
+        if not _is(obj, _AP):
+            continue
+        policy = _read_policy(obj, namespace)
+        if policy.targeted or not _selects(policy, workload):
+            continue
+        by_action[policy.action].append(policy)
+    filters: list[Json] = []
+    for action, rbac_action in (("CUSTOM", "DENY"), ("AUDIT", "LOG"), ("DENY", "DENY")):
+        built = _build(by_action[action], rbac_action, port, warnings)
+        if built is not None:
+            filters.append(built)
+    built = _build(by_action["ALLOW"], "ALLOW", port, warnings)
+    if built is not None:
+        filters.append(built)
+    return Authorization(tuple(filters), tuple(dict.fromkeys(warnings)))
+
+
+@dataclass(frozen=True)
+class _Policy:
+    name: str
+    namespace: str
+    action: str
+    match_labels: Mapping[str, str] | None  # None: no selector
+    rules: tuple[Spec, ...] | None  # None: no rules field
+    dry_run: bool
+    targeted: bool
+    where: str
+
+
+def _is(obj: Mapping[str, Any], kind: str) -> bool:
+    return obj.get("kind") == kind and str(obj.get("apiVersion", "")).startswith(
+        "security.istio.io/"
+    )
+
+
+def _without(spec: Spec, keys: Iterable[str]) -> Spec:
+    """``spec`` minus keys reported rather than refused (for :meth:`Spec.only`)."""
+    return Spec(spec.where, spec.path, {k: v for k, v in spec.data.items() if k not in keys})
+
+
+def _read_policy(obj: Mapping[str, Any], namespace: str) -> _Policy:
+    name = metadata_name(obj)
+    where = f"{_AP} {name}"
+    spec = Spec.of(where, "", obj.get("spec") or {})
+    _without(spec, _POLICY.unsupported).only(_POLICY)
+    labels = _match_labels(spec, _SELECTOR)
+    action = spec.text("action") or "ALLOW"
+    if action not in ACTIONS:
+        raise spec.error("action", f"must be one of {', '.join(ACTIONS)}, not {action!r}")
+    # pkg/config/validation/validation.go ValidateAuthorizationPolicy.
+    provider = spec.child("provider")
+    if provider is not None:
+        provider.only(_PROVIDER)
+        if action != "CUSTOM":
+            raise spec.error("provider", f"must not be with non CUSTOM action, found {action}")
+    if action == "CUSTOM" and (provider is None or not provider.text("name")):
+        raise spec.error("provider.name", "must not be empty (action CUSTOM)")
+    if action in ("CUSTOM", "DENY") and not spec.has("rules"):
+        raise spec.error(
+            "rules", f"are required with action {action} (add a rule {{}} to match every request)"
+        )
+    rules = tuple(spec.children("rules")) if spec.has("rules") else None
+    for index, rule in enumerate(rules or ()):
+        _check_rule(rule, index)
+    if (spec.has("targetRef") or spec.has("targetRefs")) and spec.has("selector"):
+        raise spec.error("selector", "and targetRef(s) cannot both be set")
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    dry_run = str(annotations.get(DRY_RUN, "false")).lower() == "true"
+    return _Policy(
+        name,
+        metadata_namespace(obj, namespace),
+        action,
+        labels,
+        rules,
+        dry_run,
+        spec.has("targetRef") or spec.has("targetRefs"),
+        where,
+    )
+
+
+def _match_labels(spec: Spec, declared: Any) -> Mapping[str, str] | None:
+    selector = spec.child("selector")
+    if selector is None:
+        return None
+    selector.only(declared)
+    return selector.string_map("matchLabels")
+
+
+def _check_rule(rule: Spec, index: int) -> None:
+    """Istio's webhook checks of one rule (validation.go ValidateAuthorizationPolicy)."""
+    rule.only(_RULE)
+    if rule.has("from") and not rule.sequence("from"):
+        raise rule.error("from", f"must not be empty, found at rule {index}")
+    for item in rule.children("from"):
+        item.only(_FROM)
+        source = item.child("source")
+        if source is None:
+            raise item.error("source", "must not be nil")
+        _without(source, _SOURCE.unsupported).only(_SOURCE)
+        if not any(source.sequence(key) for key in source.data):
+            raise item.error("source", f"must not be empty, found at rule {index}")
+        for key in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"):
+            for value in source.strings(key):
+                _cidr(source, key, value)
+        for key in source.data:
+            source.strings(key)
+    if rule.has("to") and not rule.sequence("to"):
+        raise rule.error("to", f"must not be empty, found at rule {index}")
+    for item in rule.children("to"):
+        item.only(_TO)
+        operation = item.child("operation")
+        if operation is None:
+            raise item.error("operation", "must not be nil")
+        operation.only(_OPERATION)
+        if not any(operation.sequence(key) for key in operation.data):
+            raise item.error("operation", f"must not be empty, found at rule {index}")
+        for key in ("ports", "notPorts"):
+            for value in operation.strings(key):
+                _port(operation, key, value)
+        for key in operation.data:
+            operation.strings(key)
+    for condition in rule.children("when"):
+        condition.only(_CONDITION)
+        key = condition.required_text("key")
+        if not (condition.strings("values") or condition.strings("notValues")):
+            raise condition.error("", "needs values or notValues")
+        if _condition_kind(key) is None:
+            raise condition.error("key", f"{key!r} is not an attribute Istio supports")
+        for field in ("values", "notValues"):
+            for value in condition.strings(field):
+                if key in ("source.ip", "remote.ip", "destination.ip"):
+                    _cidr(condition, field, value)
+                elif key == "destination.port":
+                    _port(condition, field, value)
+
+
+def _condition_kind(key: str) -> str | None:
+    if key in _PRINCIPAL_KEYS or (key.startswith("request.headers[") and key.endswith("]")):
+        return "principal"
+    if key in _PERMISSION_KEYS:
+        return "permission"
+    if any(
+        key == k or ((k.endswith(".") or k == "request.auth.claims") and key.startswith(k))
+        for k in _REPORTED_KEYS
+    ):
+        return "reported"
+    return None
+
+
+def _cidr(spec: Spec, key: str, value: str) -> Json:
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise spec.error(key, f"{value!r} is not an IP address or CIDR block") from None
+    return {"address_prefix": str(network.network_address), "prefix_len": network.prefixlen}
+
+
+def _port(spec: Spec, key: str, value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) <= 65535:
+        raise spec.error(key, f"{value!r} is not a port (1-65535)")
+    return int(value)
+
+
+def _selects(policy: _Policy, workload: WorkloadLike) -> bool:
+    if policy.namespace not in (ROOT_NAMESPACE, workload.namespace):
+        return False
+    labels = policy.match_labels or {}
+    return all(workload.labels.get(k) == v for k, v in labels.items())
+
+
+_MATCH_NEVER: Json = {
+    "permissions": [{"not_rule": {"any": True}}],
+    "principals": [{"not_id": {"any": True}}],
+}
+
+
+def _build(
+    policies: Sequence[_Policy], action: str, port: int | None, warnings: list[str]
+) -> Json | None:
+    """One RBAC filter of ``policies`` (builder.go build + buildHTTP)."""
+    if not policies:
+        return None
+    enforced: dict[str, Json] = {}
+    shadow: dict[str, Json] = {}
+    for policy in policies:
+        target = shadow if policy.dry_run else enforced
+        suffix = _BAD_CUSTOM if policy.action == "CUSTOM" else ""
+        if not policy.rules:
+            target[_policy_name(policy, 0) + suffix] = _MATCH_NEVER
+        for index, rule in enumerate(policy.rules or ()):
+            reported: list[str] = []
+            generated = _rule(rule, action == "ALLOW", port, reported)
+            for line in reported:
+                warnings.append(f"{policy.where}: {line}")
+            if generated is not None:
+                target[_policy_name(policy, index) + suffix] = generated
+        if policy.action == "CUSTOM":
+            warnings.append(
+                f"{policy.where}: action CUSTOM is not applied locally (the local mesh has no "
+                "ext_authz provider): the requests its rules match are denied, as istiod "
+                "does when it cannot find the provider"
+            )
+    config: Json = {"@type": _RBAC_TYPE}
+    has_enforced = any(not p.dry_run for p in policies)
+    if has_enforced:
+        config["rules"] = {"action": action, "policies": enforced}
+    if any(p.dry_run for p in policies):
+        config["shadow_rules"] = {"action": action, "policies": shadow}
+        if action in _DRY_RUN_PREFIX:
+            config["shadow_rules_stat_prefix"] = _DRY_RUN_PREFIX[action]
+    return {"name": RBAC_FILTER, "typed_config": config}
+
+
+def _policy_name(policy: _Policy, index: int) -> str:
+    return f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+
+
+def _rule(rule: Spec, allow: bool, port: int | None, reported: list[str]) -> Json | None:
+    """One rule as an Envoy policy (model.New + Generate); None: dropped (ALLOW only)."""
+
+    def part(build: Any, where: str, *args: Any) -> list[Json] | None:
+        try:
+            return build(*args)  # type: ignore[no-any-return]
+        except _NotApplied as why:
+            reported.append(f"{where}: {why}")
+            if allow:
+                raise
+            return None
+
+    base_principal: list[Json] = []
+    base_permission: list[Json] = []
+    try:
+        for condition in rule.children("when"):
+            key = condition.required_text("key")
+            kind = _condition_kind(key)
+            values = condition.strings("values")
+            negated = condition.strings("notValues")
+            built = part(_condition, condition.at("key") + f" {key}", key, values, negated, port)
+            if built is None:
+                continue
+            if key in ("source.ip", "remote.ip", "destination.ip"):
+                reported.append(f"{condition.at('key')} {key}: applied; {_LOOPBACK_ONLY}")
+            (base_permission if kind == "permission" else base_principal).extend(built)
+        principals = []
+        for item in rule.children("from"):
+            source = item.child("source")
+            assert source is not None
+            ids: list[Json] = []
+            for key in (
+                "principals",
+                "requestPrincipals",
+                "namespaces",
+                "remoteIpBlocks",
+                "ipBlocks",
+            ):
+                negation = _SOURCE_FIELDS.get(key) or "notRequestPrincipals"
+                values, negated = source.strings(key), source.strings(negation)
+                if not values and not negated:
+                    continue
+                built = part(_source, source.at(key if values else negation), key, values, negated)
+                if built is not None:
+                    ids.extend(built)
+                    if key in ("ipBlocks", "remoteIpBlocks"):
+                        reported.append(
+                            f"{source.at(key if values else negation)}: applied; {_LOOPBACK_ONLY}"
+                        )
+            principals.append(_and_ids([*ids, *base_principal]))
+        if not rule.has("from"):
+            principals.append(_and_ids(base_principal))
+        permissions = []
+        for item in rule.children("to"):
+            operation = item.child("operation")
+            assert operation is not None
+            rules: list[Json] = []
+            for key, negation in _OPERATION_FIELDS.items():
+                values, negated = operation.strings(key), operation.strings(negation)
+                rules.extend(_operation(key, values, negated, port))
+            permissions.append(_and_rules([*rules, *base_permission]))
+        if not rule.has("to"):
+            permissions.append(_and_rules(base_permission))
+    except _NotApplied:
+        return None
+    return {"permissions": permissions, "principals": principals}
+
+
+def _and_ids(ids: list[Json]) -> Json:
+    return {"and_ids": {"ids": ids or [{"any": True}]}}
+
+
+def _and_rules(rules: list[Json]) -> Json:
+    return {"and_rules": {"rules": rules or [{"any": True}]}}
+
+
+def _either(items: list[Json], key: str) -> Json:
+    return {f"or_{key}": {key: items}}
+
+
+def _with_negation(
+    make: Any, values: Sequence[str], negated: Sequence[str], *, principal: bool
+) -> list[Json]:
+    """istiod's rule.principal/permission: OR of values, NOT of the OR of notValues."""
+    key, negate = ("ids", "not_id") if principal else ("rules", "not_rule")
+    out: list[Json] = []
+    if values:
+        out.append({f"or_{key}": {key: [make(v) for v in values]}})
+    if negated:
+        out.append({negate: {f"or_{key}": {key: [make(v) for v in negated]}}})
+    return out
+
+
+def string_matcher(value: str, prefix: str = "") -> Json:
+    """istiod's matcher.StringMatcherWithPrefix.
+
+    ``*`` matches any non-empty value, ``*x`` a suffix, ``x*`` a prefix; ``prefix``
+    (``spiffe://`` for principals) goes before the value.
+    """
+    if value == "*":
+        return {"safe_regex": {"regex": ".+"}}
+    if value.startswith("*"):
+        if not prefix:
+            return {"suffix": value[1:]}
+        return {"safe_regex": {"regex": re.escape(prefix) + ".*" + re.escape(value[1:])}}
+    if value.endswith("*"):
+        return {"prefix": prefix + value[:-1]}
+    return {"exact": prefix + value}
+
+
+def _header(name: str, value: str, *, ignore_case: bool = False) -> Json:
+    """istiod's matcher.HeaderMatcher / HostMatcher (hosts ignore case)."""
+    if value == "*":
+        return {"name": name, "present_match": True}
+    matcher = string_matcher(value)
+    if ignore_case:
+        matcher["ignore_case"] = True
+    return {"name": name, "string_match": matcher}
+
+
+def _peer(matcher: Json) -> Json:
+    return {"filter_state": {"key": PEER_PRINCIPAL, "string_match": matcher}}
+
+
+def _namespace_regex(value: str) -> Json:
+    # generator.go srcNamespaceGenerator: ".*/ns/<ns>/.*", "*" in the value as ".*".
+    pattern = ".*".join(re.escape(part) for part in value.split("*"))
+    return _peer({"safe_regex": {"regex": f".*/ns/{pattern}/.*"}})
+
+
+def _source(key: str, values: Sequence[str], negated: Sequence[str]) -> list[Json]:
+    if key == "requestPrincipals":
+        raise _NotApplied(f"not applied locally ({_JWT})")
+    make = {
+        "principals": lambda v: _peer(string_matcher(v, SPIFFE)),
+        "namespaces": _namespace_regex,
+        "ipBlocks": lambda v: {"direct_remote_ip": _cidr_of(v)},
+        "remoteIpBlocks": lambda v: {"remote_ip": _cidr_of(v)},
+    }[key]
+    return _with_negation(make, values, negated, principal=True)
+
+
+def _cidr_of(value: str) -> Json:
+    network = ipaddress.ip_network(value, strict=False)
+    return {"address_prefix": str(network.network_address), "prefix_len": network.prefixlen}
+
+
+def _path(value: str) -> Json:
+    # generator.go pathGenerator: {*} and {**} make a URI template, else a string matcher.
+    if "{*}" in value or "{**}" in value:
+        template = value.replace("{**}", "**").replace("{*}", "*")
+        return {
+            "uri_template": {
+                "name": "uri-template",
+                "typed_config": {"@type": _URI_TEMPLATE_TYPE, "path_template": template},
+            }
+        }
+    return {"url_path": {"path": string_matcher(value)}}
+
+
+_ANY: Json = {"any": True}
+_NEVER: Json = {"not_rule": {"any": True}}
+
+
+def _port_rule(port: int | None) -> Any:
+    def make(value: str) -> Json:
+        if port is None:
+            return {"destination_port": int(value)}
+        # One inbound listener per workload port: decided now (Envoy would see the
+        # local listener's random port, not the container port the policy names).
+        return _ANY if int(value) == port else _NEVER
+
+    return make
+
+
+def _operation(
+    key: str, values: Sequence[str], negated: Sequence[str], port: int | None
+) -> list[Json]:
+    make = {
+        "hosts": lambda v: {"header": _header(":authority", v, ignore_case=True)},
+        "methods": lambda v: {"header": _header(":method", v)},
+        "paths": _path,
+        "ports": _port_rule(port),
+    }[key]
+    return _with_negation(make, values, negated, principal=False)
+
+
+def _condition(
+    key: str, values: Sequence[str], negated: Sequence[str], port: int | None
+) -> list[Json]:
+    """One ``when`` condition (model.go New, generator.go)."""
+    for reported, why in _REPORTED_KEYS.items():
+        if key == reported or key.startswith(reported):
+            raise _NotApplied(f"not applied locally ({why})")
+    if key.startswith("request.headers["):
+        name = key[len("request.headers[") : -1]
+        return _with_negation(
+            lambda v: {"header": _header(name, v)}, values, negated, principal=True
+        )
+    principal_makers = {
+        "source.principal": lambda v: _peer(string_matcher(v, SPIFFE)),
+        "source.namespace": _namespace_regex,
+        "source.ip": lambda v: {"direct_remote_ip": _cidr_of(v)},
+        "remote.ip": lambda v: {"remote_ip": _cidr_of(v)},
+    }
+    if key in principal_makers:
+        return _with_negation(principal_makers[key], values, negated, principal=True)
+    if key == "destination.port":
+        return _with_negation(_port_rule(port), values, negated, principal=False)
+    assert key == "destination.ip", key
+    return _with_negation(
+        lambda v: {"destination_ip": _cidr_of(v)}, values, negated, principal=False
+    )
+
+
+def findings(obj: Mapping[str, Any], namespace: str = "default") -> list[str]:
+    """What of one AuthorizationPolicy or PeerAuthentication the local mesh does not apply.
+
+    Raises ValueError (naming the field) for what Istio would reject.
+    """
+    if _is(obj, _PA):
+        _read_peer(obj, namespace)
+        return []
+    if not _is(obj, _AP):
+        return []
+    policy = _read_policy(obj, namespace)
+    if policy.targeted:
+        return [f"targetRef(s) not applied locally: it {_TARGETS}"]
+    lines: list[str] = []
+    rbac_action = {"CUSTOM": "DENY", "AUDIT": "LOG"}.get(policy.action, policy.action)
+    _build([policy], rbac_action, None, lines)
+    where = policy.where + ": "
+    return [line.removeprefix(where) for line in lines if "applied; " not in line]
+
+
+# -- PeerAuthentication -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Peer:
+    name: str
+    namespace: str
+    match_labels: Mapping[str, str] | None
+    mode: str
+    ports: Mapping[int, str]
+    created: str
+    order: int
+
+
+def _read_peer(obj: Mapping[str, Any], namespace: str, order: int = 0) -> _Peer:
+    name = metadata_name(obj)
+    where = f"{_PA} {name}"
+    spec = Spec.of(where, "", obj.get("spec") or {})
+    spec.only(_PEER)
+    labels = _match_labels(spec, _PEER_SELECTOR)
+    mode = _mode(spec.child("mtls"))
+    ports: dict[int, str] = {}
+    per_port = spec.child("portLevelMtls")
+    if per_port is not None:
+        # validation.go ValidatePeerAuthentication.
+        if not labels:
+            raise spec.error(
+                "portLevelMtls", "needs a workload selector (mesh/namespace policies cannot)"
+            )
+        if not per_port.data:
+            raise spec.error("portLevelMtls", "if defined, must have at least one element")
+        for key, value in per_port.data.items():
+            text = str(key)
+            if not text.isdigit() or not 0 < int(text) <= 65535:
+                raise spec.error(f"portLevelMtls.{text}", "port must be in range 1..65535")
+            ports[int(text)] = _mode(Spec.of(where, f"portLevelMtls.{text}", value or {}))
+    created = str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+    return _Peer(name, metadata_namespace(obj, namespace), labels, mode, ports, created, order)
+
+
+def _mode(spec: Spec | None) -> str:
+    if spec is None:
+        return "UNSET"
+    spec.only(_MTLS)
+    mode = spec.text("mode") or "UNSET"
+    if mode not in MODES:
+        raise spec.error("mode", f"must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def peer_authentication(
+    objects: Iterable[Mapping[str, Any]],
+    workload: WorkloadLike,
+    *,
+    namespace: str = "default",
+) -> tuple[str, dict[int, str]]:
+    """The workload's effective mode and per-port modes (ComposePeerAuthentication)."""
+    mesh: _Peer | None = None
+    scoped: _Peer | None = None
+    narrow: _Peer | None = None
+
+    def older(a: _Peer | None, b: _Peer) -> _Peer:
+        if a is None:
+            return b
+        return b if (b.created or "~", b.order) < (a.created or "~", a.order) else a
+
+    peers = [_read_peer(obj, namespace, i) for i, obj in enumerate(objects) if _is(obj, _PA)]
+    for peer in peers:
+        if peer.namespace not in (workload.namespace, ROOT_NAMESPACE):
+            continue
+        if not peer.match_labels:
+            if peer.namespace == ROOT_NAMESPACE:
+                mesh = older(mesh, peer)
+            else:
+                scoped = older(scoped, peer)
+        elif peer.namespace != ROOT_NAMESPACE and all(
+            workload.labels.get(k) == v for k, v in peer.match_labels.items()
+        ):
+            narrow = older(narrow, peer)
+    mode = "PERMISSIVE"
+    for chosen in (mesh, scoped, narrow):
+        if chosen is not None and chosen.mode != "UNSET":
+            mode = chosen.mode
+    ports = {}
+    if narrow is not None:
+        ports = {p: mode if m == "UNSET" else m for p, m in narrow.ports.items()}
+    return mode, ports
+
+
+def peer_mode(
+    objects: Iterable[Mapping[str, Any]],
+    workload: WorkloadLike,
+    port: int | None = None,
+    *,
+    namespace: str = "default",
+) -> str:
+    """STRICT, PERMISSIVE or DISABLE: the workload's mTLS mode on workload port ``port``."""
+    mode, ports = peer_authentication(objects, workload, namespace=namespace)
+    return ports.get(port, mode) if port is not None else mode
+
+
+def refuses_plaintext(mode: str) -> bool:
+    """Whether the plain TCP listener must refuse plaintext (give its chain
+    :data:`PLAINTEXT_REFUSED_CHAIN_MATCH`)."""
+    return mode == "STRICT"
