@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,17 +125,29 @@ _PROVIDER = message(_AP, "ExtensionProvider", ["provider"], {"name"})
 _RULE = message(_AP, "Rule", ["rules[]"], {"from", "to", "when"})
 _FROM = message(_AP, "Rule.From", ["rules[].from[]"], {"source"})
 _SOURCE_FIELDS = {
-    # field: (not-field, generator)
+    # field: its negation, in istiod's order of the generated matchers (model.go New)
     "principals": "notPrincipals",
+    "requestPrincipals": "notRequestPrincipals",
+    "serviceAccounts": "notServiceAccounts",
+    "trustDomains": "notTrustDomains",
     "namespaces": "notNamespaces",
-    "ipBlocks": "notIpBlocks",
     "remoteIpBlocks": "notRemoteIpBlocks",
+    "ipBlocks": "notIpBlocks",
+}
+# The when key that checks what each Source field checks.
+_SOURCE_KEYS = {
+    "principals": "source.principal",
+    "serviceAccounts": "source.serviceAccount",
+    "trustDomains": "source.trustDomain",
+    "namespaces": "source.namespace",
+    "remoteIpBlocks": "remote.ip",
+    "ipBlocks": "source.ip",
 }
 _SOURCE = message(
     _AP,
     "Source",
     ["rules[].from[].source"],
-    {*_SOURCE_FIELDS, *_SOURCE_FIELDS.values()},
+    {*_SOURCE_FIELDS, *_SOURCE_FIELDS.values()} - {"requestPrincipals", "notRequestPrincipals"},
     {"requestPrincipals": _JWT, "notRequestPrincipals": _JWT},
 )
 _TO = message(_AP, "Rule.To", ["rules[].to[]"], {"operation"})
@@ -159,7 +171,7 @@ _MTLS = message(_PA, "MutualTLS", ["mtls", "portLevelMtls.<name>"], {"mode"})
 
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 # The when keys istiod knows (model/model.go) that are applied here, and those reported.
-_PRINCIPAL_KEYS = ("source.principal", "source.namespace", "source.ip", "remote.ip")
+_PRINCIPAL_KEYS = tuple(_SOURCE_KEYS.values())
 _PERMISSION_KEYS = ("destination.port", "destination.ip")
 _REPORTED_KEYS = {
     "request.auth.principal": _JWT,
@@ -330,6 +342,13 @@ def _check_rule(rule: Spec, index: int) -> None:
                 _cidr(source, key, value)
         for key in source.data:
             source.strings(key)
+        # validation.go / the CRD's CEL rule: serviceAccounts name the identity alone.
+        accounts = source.has("serviceAccounts") or source.has("notServiceAccounts")
+        others = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+        if accounts and any(source.has(key) for key in others):
+            raise item.error(
+                "source", f"cannot set serviceAccounts with namespaces or principals (rule {index})"
+            )
     if rule.has("to") and not rule.sequence("to"):
         raise rule.error("to", f"must not be empty, found at rule {index}")
     for item in rule.children("to"):
@@ -415,7 +434,7 @@ def _build(
             target[_policy_name(policy, 0) + suffix] = _MATCH_NEVER
         for index, rule in enumerate(policy.rules or ()):
             reported: list[str] = []
-            generated = _rule(rule, action == "ALLOW", port, reported)
+            generated = _rule(rule, action == "ALLOW", port, policy.namespace, reported)
             for line in reported:
                 warnings.append(f"{policy.where}: {line}")
             if generated is not None:
@@ -441,8 +460,13 @@ def _policy_name(policy: _Policy, index: int) -> str:
     return f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
 
 
-def _rule(rule: Spec, allow: bool, port: int | None, reported: list[str]) -> Json | None:
-    """One rule as an Envoy policy (model.New + Generate); None: dropped (ALLOW only)."""
+def _rule(
+    rule: Spec, allow: bool, port: int | None, namespace: str, reported: list[str]
+) -> Json | None:
+    """One rule as an Envoy policy (model.New + Generate); None: dropped (ALLOW only).
+
+    ``namespace`` is the policy's (a service account without one is in it).
+    """
 
     def part(build: Any, where: str, *args: Any) -> list[Json] | None:
         try:
@@ -461,7 +485,8 @@ def _rule(rule: Spec, allow: bool, port: int | None, reported: list[str]) -> Jso
             kind = _condition_kind(key)
             values = condition.strings("values")
             negated = condition.strings("notValues")
-            built = part(_condition, condition.at("key") + f" {key}", key, values, negated, port)
+            where = condition.at("key") + f" {key}"
+            built = part(_condition, where, key, values, negated, port, namespace)
             if built is None:
                 continue
             if key in ("source.ip", "remote.ip", "destination.ip"):
@@ -472,18 +497,12 @@ def _rule(rule: Spec, allow: bool, port: int | None, reported: list[str]) -> Jso
             source = item.child("source")
             assert source is not None
             ids: list[Json] = []
-            for key in (
-                "principals",
-                "requestPrincipals",
-                "namespaces",
-                "remoteIpBlocks",
-                "ipBlocks",
-            ):
-                negation = _SOURCE_FIELDS.get(key) or "notRequestPrincipals"
+            for key, negation in _SOURCE_FIELDS.items():
                 values, negated = source.strings(key), source.strings(negation)
                 if not values and not negated:
                     continue
-                built = part(_source, source.at(key if values else negation), key, values, negated)
+                where = source.at(key if values else negation)
+                built = part(_source, where, key, values, negated, namespace)
                 if built is not None:
                     ids.extend(built)
                     if key in ("ipBlocks", "remoteIpBlocks"):
@@ -571,15 +590,45 @@ def _namespace_regex(value: str) -> Json:
     return _peer({"safe_regex": {"regex": f".*/ns/{pattern}/.*"}})
 
 
-def _source(key: str, values: Sequence[str], negated: Sequence[str]) -> list[Json]:
+def _service_account(namespace: str) -> Callable[[str], Json]:
+    # generator.go serviceAccountRegex: "<sa>" (the policy's namespace) or "<ns>/<sa>".
+    def make(value: str) -> Json:
+        ns, _, account = value.rpartition("/")
+        ns = ns or namespace
+        regex = f"spiffe://.+/ns/{re.escape(ns)}/(.+/|)sa/{re.escape(account)}(/.+)?"
+        return _peer({"safe_regex": {"regex": regex}})
+
+    return make
+
+
+def _trust_domain(value: str) -> Json:
+    # generator.go srcTrustDomainGenerator.
+    if value == "*":
+        return _peer({"prefix": SPIFFE})
+    if "*" not in value:
+        return _peer({"prefix": f"{SPIFFE}{value}/"})
+    head, _, tail = value.partition("*")
+    regex = f"spiffe://{re.escape(head)}[^/]*{re.escape(tail)}/.*"
+    return _peer({"safe_regex": {"regex": regex}})
+
+
+def _identity(key: str, namespace: str) -> Callable[[str], Json]:
+    """The principal matcher of one value of a when key that checks the caller."""
+    makers: dict[str, Callable[[str], Json]] = {
+        "source.principal": lambda v: _peer(string_matcher(v, SPIFFE)),
+        "source.serviceAccount": _service_account(namespace),
+        "source.trustDomain": _trust_domain,
+        "source.namespace": _namespace_regex,
+        "source.ip": lambda v: {"direct_remote_ip": _cidr_of(v)},
+        "remote.ip": lambda v: {"remote_ip": _cidr_of(v)},
+    }
+    return makers[key]
+
+
+def _source(key: str, values: Sequence[str], negated: Sequence[str], namespace: str) -> list[Json]:
     if key == "requestPrincipals":
         raise _NotApplied(f"not applied locally ({_JWT})")
-    make = {
-        "principals": lambda v: _peer(string_matcher(v, SPIFFE)),
-        "namespaces": _namespace_regex,
-        "ipBlocks": lambda v: {"direct_remote_ip": _cidr_of(v)},
-        "remoteIpBlocks": lambda v: {"remote_ip": _cidr_of(v)},
-    }[key]
+    make = _identity(_SOURCE_KEYS[key], namespace)
     return _with_negation(make, values, negated, principal=True)
 
 
@@ -629,7 +678,7 @@ def _operation(
 
 
 def _condition(
-    key: str, values: Sequence[str], negated: Sequence[str], port: int | None
+    key: str, values: Sequence[str], negated: Sequence[str], port: int | None, namespace: str
 ) -> list[Json]:
     """One ``when`` condition (model.go New, generator.go)."""
     for reported, why in _REPORTED_KEYS.items():
@@ -640,14 +689,8 @@ def _condition(
         return _with_negation(
             lambda v: {"header": _header(name, v)}, values, negated, principal=True
         )
-    principal_makers = {
-        "source.principal": lambda v: _peer(string_matcher(v, SPIFFE)),
-        "source.namespace": _namespace_regex,
-        "source.ip": lambda v: {"direct_remote_ip": _cidr_of(v)},
-        "remote.ip": lambda v: {"remote_ip": _cidr_of(v)},
-    }
-    if key in principal_makers:
-        return _with_negation(principal_makers[key], values, negated, principal=True)
+    if key in _PRINCIPAL_KEYS:
+        return _with_negation(_identity(key, namespace), values, negated, principal=True)
     if key == "destination.port":
         return _with_negation(_port_rule(port), values, negated, principal=False)
     assert key == "destination.ip", key

@@ -97,6 +97,11 @@ NEWER_ISTIO_FIELDS = frozenset(
         ("Gateway", "servers.tls", "credentialNames"),
         ("Gateway", "servers.tls", "insecureSkipVerify"),
         ("Gateway", "servers.tls", "tlsCertificates"),
+        # istio/api security/v1beta1/authorization.proto (Istio 1.25, 1.31)
+        ("AuthorizationPolicy", "rules.from.source", "serviceAccounts"),
+        ("AuthorizationPolicy", "rules.from.source", "notServiceAccounts"),
+        ("AuthorizationPolicy", "rules.from.source", "trustDomains"),
+        ("AuthorizationPolicy", "rules.from.source", "notTrustDomains"),
     }
 )
 METADATA_KEYS = frozenset({"name", "namespace", "labels", "annotations"})

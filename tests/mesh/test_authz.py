@@ -323,6 +323,48 @@ def test_principals_namespaces_and_their_negations(tmp_path: Path, backends: Bac
         assert allowed("notns") == {"gateway", "prometheus", "other-ns", "outside"}
 
 
+@pytest.mark.slow
+def test_service_accounts_and_trust_domains(tmp_path: Path, backends: Backends) -> None:
+    """istio.io Source serviceAccounts ("<sa>" in the policy's namespace or "<ns>/<sa>",
+    generator.go serviceAccountRegex) and trustDomains ("*", exact, one "*" inside:
+    srcTrustDomainGenerator), their negations, and the when keys source.serviceAccount
+    and source.trustDomain (Istio 1.25 and 1.31; validation.NEWER_ISTIO_FIELDS)."""
+
+    def only(app: str, rule: dict[str, Any]) -> dict[str, Any]:
+        return policy(app, {"selector": {"matchLabels": {"app": app}}, "rules": [rule]})
+
+    objects = [
+        only("sa", source(serviceAccounts=["front", "istio-ingress/istio-ingressgateway"])),
+        only("notsa", source(notServiceAccounts=["front"])),
+        only("td", source(trustDomains=["cluster.local"])),
+        only("tdany", source(trustDomains=["*"])),
+        only("tdwild", source(notTrustDomains=["cluster.*"])),
+        only("when", {"when": [{"key": "source.serviceAccount", "values": ["usvc/middle"]}]}),
+    ]
+    targets = [workload(o["metadata"]["name"]) for o in objects]
+    with sidecars(tmp_path, backends, objects, *targets) as envoy:
+
+        def allowed(target: str) -> set[str]:
+            return {c for c, status in statuses(envoy, target).items() if status == 200}
+
+        assert allowed("sa") == {"front", "gateway"}
+        assert allowed("notsa") == set(CALLERS) - {"front"}
+        assert allowed("td") == set(CALLERS) - {"outside"}
+        assert allowed("tdany") == set(CALLERS) - {"outside"}
+        assert allowed("tdwild") == {"outside"}
+        assert allowed("when") == {"middle"}
+
+
+def test_service_accounts_cannot_be_set_with_principals() -> None:
+    """The CRD's rule: "Cannot set serviceAccounts with namespaces or principals"."""
+    bad = policy("x", {"rules": [source(serviceAccounts=["a"], principals=["b"])]})
+    with pytest.raises(ValueError, match="cannot set serviceAccounts with namespaces"):
+        authz.findings(bad)
+    assert validation.validate_objects([bad]) != []
+    good = policy("x", {"rules": [source(serviceAccounts=["a"], trustDomains=["td"])]})
+    assert validation.schema_errors(good) == []
+
+
 def test_ip_blocks_are_applied_and_said_to_be_loopback_locally() -> None:
     """istio.io Source ipBlocks (direct_remote_ip) / remoteIpBlocks (remote_ip), as
     generator.go srcIPGenerator / remoteIPGenerator; every local caller is loopback."""
