@@ -36,7 +36,6 @@ from .sidecars import (
     Inbound,
     Sidecar,
     identity_filter,
-    inbound_http_filters,
 )
 from .translation import GATEWAY_ROUTES, OUTBOUND_ROUTES, Translation
 
@@ -301,7 +300,6 @@ def sidecar_listeners(
                 identity=sidecar.spiffe_id,
             )
         )
-        inbound_filters = inbound_http_filters(sidecar)
         inbound_log = [_tagged(entry, "inbound", sidecar.workload, peer=True) for entry in log]
         for inbound in sidecar.inbounds:
             listeners.append(
@@ -315,7 +313,7 @@ def sidecar_listeners(
                     edge=False,
                     inbound=True,
                     stat_prefix="inbound",
-                    filters=inbound_filters,
+                    filters=sidecar.http_filters,
                 )
             )
     return listeners
@@ -420,6 +418,7 @@ def sidecar_key(sidecar: Sidecar) -> dict[str, Any]:
         # Sorted: Envoy records an LDS version only when a listener changes, so the
         # same listeners must give the same version whatever the order of replicas.
         "inbounds": sorted([i.instance, list(i.app)] for i in sidecar.inbounds),
+        "http_filters": list(sidecar.http_filters),
     }
 
 

@@ -96,8 +96,20 @@ class Layout:
         data = yaml.safe_load(path.read_text()) or {}
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
 
+    def mesh_files(self) -> list[Path]:
+        """The mesh-wide objects of every scenario: ``mesh/*.yaml`` (the chart's security).
+
+        AuthorizationPolicy and PeerAuthentication, enforced by the sidecars'
+        inbound listeners (usvc_mesh.authz); not the Kustomization.
+        """
+        return sorted(
+            p for p in (self.manifests / "mesh").glob("*.yaml") if p.name != "kustomization.yaml"
+        )
+
     def documents(self, scenario: str) -> list[dict[str, Any]]:
-        return load_documents([*self.workload_files(), self.scenario_file(scenario)])
+        return load_documents(
+            [*self.workload_files(), *self.mesh_files(), self.scenario_file(scenario)]
+        )
 
 
 def load_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:

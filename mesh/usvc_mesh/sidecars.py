@@ -42,14 +42,17 @@ PeerAuthentication's ``mode`` has nothing to switch (docs/local-mesh.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .authz import PEER_PRINCIPAL, PRINCIPAL_FACTORY, Authorization, authorization
+
 TRUST_DOMAIN = "cluster.local"
 INBOUND_HOST = "127.0.0.1"  # where every outbound listener listens (a pod's loopback)
-# The filter state object that carries the caller's identity to the callee's inbound.
-PEER_PRINCIPAL_KEY = "usvc.peer_principal"
+# The filter state object that carries the caller's identity to the callee's inbound
+# (the key usvc_mesh.authz's RBAC rules match).
+PEER_PRINCIPAL_KEY = PEER_PRINCIPAL
 # Istio's ingress gateway: the `istio-ingress` namespace of Istio's gateway chart.
 GATEWAY_NAMESPACE = "istio-ingress"
 GATEWAY_SERVICE_ACCOUNT = "istio-ingressgateway"
@@ -89,7 +92,7 @@ def identity_filter(spiffe: str) -> dict[str, Any]:
             "on_request_headers": [
                 {
                     "object_key": PEER_PRINCIPAL_KEY,
-                    "factory_key": "envoy.hashable_string",
+                    "factory_key": PRINCIPAL_FACTORY,  # envoy.hashable_string
                     "format_string": {"text_format_source": {"inline_string": spiffe}},
                     "shared_with_upstream": "ONCE",
                 }
@@ -124,6 +127,8 @@ class Sidecar:
     labels: dict[str, str] = field(default_factory=dict)
     outbound: int = 0  # the port of its outbound listener (its EGRESS_PROXY)
     inbounds: tuple[Inbound, ...] = ()
+    # Its inbound listeners' filters before the router (inbound_http_filters).
+    http_filters: tuple[dict[str, Any], ...] = ()
 
     @property
     def principal(self) -> str:
@@ -178,12 +183,16 @@ def service_account(deployment: Mapping[str, Any]) -> str:
     return str(pod.get("serviceAccountName") or pod.get("serviceAccount") or "default")
 
 
-def inbound_http_filters(sidecar: Sidecar) -> list[dict[str, Any]]:
-    """The HTTP filters of ``sidecar``'s inbound listeners, before the router.
+def inbound_http_filters(
+    sidecar: Sidecar, objects: Iterable[Mapping[str, Any]], namespace: str
+) -> Authorization:
+    """The HTTP filters of ``sidecar``'s inbound listeners before the router, and warnings.
 
-    The one place they are chosen: the authorization filters (AuthorizationPolicy,
-    matching the filter state ``usvc.peer_principal``) go here. None yet: an
-    inbound listener only forwards, so it costs as little as a traversal can.
+    The one place they are chosen: the AuthorizationPolicy RBAC filters
+    (:func:`usvc_mesh.authz.authorization`, matching the filter state
+    ``usvc.peer_principal`` the caller's outbound listener stamped), in istiod's
+    order; nothing else, so an inbound listener costs as little as a traversal can.
+    Every port of a replica shares its inbound listener, so a rule on
+    ``to.operation.ports`` is decided for no port in particular (``port=None``).
     """
-    del sidecar
-    return []
+    return authorization(objects, sidecar, None, namespace=namespace)

@@ -35,7 +35,7 @@ RequestAuthentications that select it add ``jwt_authn`` (:mod:`usvc_mesh.authn`)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .authn import gateway_authn
@@ -58,7 +58,7 @@ from .registry import (
     build_registry,
 )
 from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
-from .sidecars import Inbound, Sidecar
+from .sidecars import Inbound, Sidecar, inbound_http_filters
 from .spec import Spec, UnsupportedField, message, metadata_name, metadata_namespace
 
 GATEWAY_ROUTES = "gateway"
@@ -246,7 +246,11 @@ def translate(
     to the ``endpoints`` address of its replica.
     """
     objects = [obj for obj in objects if obj]
-    sidecars = tuple(sidecars)
+    authorized = [inbound_http_filters(s, objects, namespace) for s in sidecars]
+    sidecars = tuple(
+        replace(s, http_filters=a.http_filters) for s, a in zip(sidecars, authorized, strict=True)
+    )
+    authz_warnings = list(dict.fromkeys(w for a in authorized for w in a.warnings))
     inbounds = _behind_sidecars(endpoints, sidecars)
     for obj in objects:
         _check_kind(obj)
@@ -285,7 +289,9 @@ def translate(
             OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder, mode)
         ),
         clusters=tuple(clusters),
-        warnings=tuple([*export_warnings, *warnings, *authn.warnings, *builder.warnings]),
+        warnings=tuple(
+            [*export_warnings, *warnings, *authn.warnings, *builder.warnings, *authz_warnings]
+        ),
         gateway_listeners=tuple(listeners),
         extra_routes=tuple(gateway_routes[1:]),
         gateway_filters=authn.http_filters,

@@ -80,11 +80,11 @@ def test_a_call_through_a_workloads_outbound_listener_reaches_the_callee_through
     mesh: LocalMesh,
 ) -> None:
     """The access lines of one call: the caller's outbound side, the callee's inbound side."""
-    status, body = through(mesh, "middle-prod", "http://clock-svc/", **{"x-request-id": "sc-1"})
+    status, body = through(mesh, "core-prod", "http://clock-svc/", **{"x-request-id": "sc-1"})
     assert status == 200, body
     lines = access_lines(mesh, "sc-1")
     assert {(line["listener"], line["workload"]) for line in lines} == {
-        ("outbound", "middle-prod"),
+        ("outbound", "core-prod"),
         ("inbound", "clock"),
     }
     (inbound,) = [line for line in lines if line["listener"] == "inbound"]
@@ -128,27 +128,32 @@ def test_mesh_endpoints_are_the_replicas_inbound_listeners(mesh: LocalMesh) -> N
     assert names == {f"inbound|{m.port}||{m.name}" for m in mesh.workloads["front"].members}
 
 
-def test_each_caller_reaches_the_callee_with_its_own_identity(mesh: LocalMesh) -> None:
-    """What the callee's sidecar reads from the caller's mTLS certificate in a cluster.
+def test_core_refuses_front_and_admits_middle_by_their_identities(mesh: LocalMesh) -> None:
+    """k8s/mesh/security.yaml: core admits only middle's service account (issue 10, item 8).
 
-    Front and middle call the same core replicas one after the other: were the
-    upstream connections not kept apart by the identity they carry (Envoy keys
-    its pools on the shared filter state), middle's call would ride front's
-    idle connection and arrive as front.
+    Called from front's own outbound listener, core's inbound answers Envoy's
+    ``403 RBAC: access denied``, as in the cluster; from middle's, 200. The callee's
+    sidecar reads the identity that, in a cluster, the caller's mTLS certificate
+    carries. Front and middle alternate on the same core replicas: were the upstream
+    connections not kept apart by the identity they carry (Envoy keys its pools on
+    the hashable shared filter state), one caller's request would ride the other's
+    idle connection and arrive with its identity.
     """
-    callers = ["front", "middle-prod"]
+    expected = {"front": 403, "middle-prod": 200}
     seen: dict[str, set[str]] = {}
     for round_ in range(3):
-        for caller in callers:
+        for caller, status_wanted in expected.items():
             request_id = f"sc-id-{caller}-{round_}"
             status, body = through(mesh, caller, "http://core-svc/", **{"x-request-id": request_id})
-            assert status == 200, body
+            assert status == status_wanted, body
+            if status == 403:
+                assert body == b"RBAC: access denied"
             lines = access_lines(mesh, request_id, ("inbound", "core-prod"))
             (inbound,) = [x for x in lines if x["listener"] == "inbound"]
             seen.setdefault(caller, set()).add(inbound["peer"])
     sidecars = {s.workload: s for s in mesh.sidecars()}
-    assert seen == {caller: {sidecars[caller].spiffe_id} for caller in callers}
-    assert len({sidecars[c].spiffe_id for c in callers}) == len(callers)
+    assert seen == {caller: {sidecars[caller].spiffe_id} for caller in expected}
+    assert sidecars["front"].spiffe_id != sidecars["middle-prod"].spiffe_id
 
 
 def test_the_gateway_reaches_front_as_istios_ingress_gateway(mesh: LocalMesh) -> None:

@@ -120,7 +120,13 @@ def plan(layout: Layout, scenario: str = "current") -> Plan:
             f"scenario {scenario}: HTTPS Gateway servers, more than one gateway port and "
             "RequestAuthentication at the gateway are applied by `usvc up` only, not in compose"
         )
-    return Plan(scenario, translation, env, translation.warnings, containers)
+    security = [
+        f"{d['kind']} {d.get('metadata', {}).get('name', '?')}: not applied in compose, which "
+        "has no sidecar per workload to tell callers apart (`usvc up` applies it)"
+        for d in docs
+        if d.get("kind") in ("AuthorizationPolicy", "PeerAuthentication")
+    ]
+    return Plan(scenario, translation, env, (*translation.warnings, *security), containers)
 
 
 def _without_warming(translation: Translation) -> Translation:
