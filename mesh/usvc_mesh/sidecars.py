@@ -70,6 +70,14 @@ def spiffe_id(namespace: str, service_account: str) -> str:
 
 
 GATEWAY_PRINCIPAL = spiffe_id(GATEWAY_NAMESPACE, GATEWAY_SERVICE_ACCOUNT)
+# What `usvc up` says once: where the local identity differs from Istio's mTLS.
+IDENTITY_NOTE = (
+    "sidecars: each workload's identity (spiffe://cluster.local/ns/NS/sa/SA) travels "
+    "inside the one local Envoy as filter state, not in an mTLS certificate: "
+    "AuthorizationPolicy principals are enforced at the inbound listeners as in a cluster, "
+    "but nothing is encrypted and PeerAuthentication's mode changes nothing between "
+    "sidecars; a process reached at its own port bypasses its sidecar (docs/local-mesh.md)"
+)
 
 
 def identity_filter(spiffe: str) -> dict[str, Any]:

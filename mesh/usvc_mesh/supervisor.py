@@ -54,7 +54,7 @@ from .manifests import (
     workload_command,
 )
 from .procs import free_port, http_ok, port_taken, port_taken_message, reap, terminate
-from .sidecars import INBOUND_HOST, Inbound, Sidecar, service_account
+from .sidecars import IDENTITY_NOTE, INBOUND_HOST, Inbound, Sidecar, service_account
 from .spec import metadata_namespace
 from .translation import Translation, translate
 
@@ -429,7 +429,7 @@ class LocalMesh:
             self.run_dir / "tls",
             http_filters=translation.gateway_filters,
         )
-        self.warnings = [*translation.warnings, *self.gateway.notes]
+        self.warnings = [*translation.warnings, *self.gateway.notes, IDENTITY_NOTE]
         # After the rules' own errors (more useful to hear first), before anything starts.
         for port in self.gateway_ports.values() or [self.gateway_port]:
             check_address_free(self.gateway_host, port)

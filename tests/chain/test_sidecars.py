@@ -19,6 +19,7 @@ import pytest
 
 from tests.chain.conftest import start_mesh
 from usvc_mesh import envoy
+from usvc_mesh.sidecars import IDENTITY_NOTE
 from usvc_mesh.supervisor import LocalMesh
 
 pytestmark = pytest.mark.slow  # starts real processes: not in the fast loop
@@ -178,3 +179,10 @@ def test_the_gateway_reaches_front_as_istios_ingress_gateway(mesh: LocalMesh) ->
     assert gateway["upstream_host"] in {
         f"envoy://inbound|{m.port}||{m.name}/" for m in mesh.workloads["front"].members
     }
+
+
+def test_usvc_up_says_once_how_the_local_identity_differs_from_istios_mtls(
+    mesh: LocalMesh,
+) -> None:
+    assert mesh.warnings.count(IDENTITY_NOTE) == 1
+    assert "not in an mTLS certificate" in IDENTITY_NOTE
