@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .authz import PLAINTEXT_REFUSED_CHAIN_MATCH
 from .clusters import DNS_CACHE
 from .gateway_tls import LocalListener
 from .procs import is_ip_address
@@ -272,12 +273,17 @@ def sidecar_defaults(bootstrap_config: Mapping[str, Any]) -> dict[str, Any]:
 def sidecar_listeners(
     sidecars: Sequence[Sidecar], config_dir: Path, defaults: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Each workload's outbound listener and its replicas' inbound listeners.
+    """Each workload's outbound listener and its replicas' inbound and plain listeners.
 
     An outbound listener routes by the shared ``outbound`` route
     configuration (RDS); an inbound listener sends everything to its
     replica's process. Both report the workload in their spans (Istio's
-    ``istio.*`` span tags) and access lines (``workload``).
+    ``istio.*`` span tags) and access lines (``workload``). A replica's plain
+    listener (its pod address, for clients outside the mesh) is its inbound
+    listener on a loopback port: no caller identity reaches it, and under
+    PeerAuthentication STRICT its only filter chain wants TLS, so a plaintext
+    connection matches none and Envoy closes it, as a STRICT sidecar does
+    (usvc_mesh.authz).
     """
     if defaults is None:
         defaults = {"tracing": _tracing(None, 100.0, False), "access_log": _access_log(None)}
@@ -302,11 +308,13 @@ def sidecar_listeners(
         )
         inbound_log = [_tagged(entry, "inbound", sidecar.workload, peer=True) for entry in log]
         for inbound in sidecar.inbounds:
-            listeners.append(
-                _listener(
-                    inbound.listener,
-                    "",
-                    0,  # an internal listener: no address (usvc_mesh.sidecars)
+            for name, port in ((inbound.listener, 0), (inbound.plain_listener, inbound.pod)):
+                if name != inbound.listener and not port:
+                    continue
+                listener = _listener(
+                    name,
+                    INBOUND_HOST,
+                    port,  # 0: an internal listener, no address (usvc_mesh.sidecars)
                     {"route_config": _inbound_routes(inbound)},
                     _tagged_tracing(tracing, tags),
                     inbound_log,
@@ -315,7 +323,10 @@ def sidecar_listeners(
                     stat_prefix="inbound",
                     filters=sidecar.http_filters,
                 )
-            )
+                if port and sidecar.plaintext_refused:
+                    chain = listener["filter_chains"][0]
+                    chain["filter_chain_match"] = dict(PLAINTEXT_REFUSED_CHAIN_MATCH)
+                listeners.append(listener)
     return listeners
 
 
@@ -615,7 +626,8 @@ def _listener(
     ``routes`` is the HttpConnectionManager's ``rds`` or ``route_config``.
     ``identity``: the SPIFFE identity it stamps on its requests for the callee's
     inbound listener (:func:`usvc_mesh.sidecars.identity_filter`). An inbound
-    side is an internal listener, with ``filters`` before its router.
+    side has ``filters`` before its router; without a ``port`` it is an internal
+    listener.
     """
     hcm: dict[str, Any] = {
         "@type": _HCM_TYPE,
@@ -650,7 +662,7 @@ def _listener(
         hcm["request_headers_timeout"] = _seconds(request_headers_timeout)
     where: dict[str, Any] = (
         {"internal_listener": {}}
-        if inbound
+        if inbound and not port
         else {
             "address": _address(host, port),
             # Envoy's default on Linux is SO_REUSEPORT: a second Envoy on this

@@ -18,7 +18,10 @@ cluster's endpoint is its ``envoy_internal_address``, reached through the
 connection inside the one Envoy. In a cluster that hop is a connection
 between two pods' Envoys over mTLS; locally it is no socket at all, which is
 both cheaper (no loopback connection per hop) and what carries the caller's
-identity (below).
+identity (below). Each replica also has a **plain listener** on a loopback port,
+the pod's address as a client outside the mesh sees it: the same filters and
+route, no caller identity, and refusing plaintext when PeerAuthentication says
+STRICT (:func:`inbound_http_filters`).
 
 Envoy's active health checks (the readiness probe, :mod:`usvc_mesh.clusters`)
 go straight to the application port (the endpoint's ``health_check_config``),
@@ -36,8 +39,9 @@ its downstream connection's filter state. A workload cannot forge it: an
 internal listener has no socket, so only Envoy's own outbound side reaches
 it, and Envoy keys its upstream connection pools on the shared (hashable)
 filter state, so two callers' requests never share one connection. What is not
-reproduced: no certificates and no encryption (there is no wire), and
-PeerAuthentication's ``mode`` has nothing to switch (docs/local-mesh.md).
+reproduced: no certificates and no encryption (there is no wire), so between
+sidecars PeerAuthentication's ``mode`` has nothing to switch; it decides the
+plain listeners (docs/local-mesh.md).
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .authz import PEER_PRINCIPAL, PRINCIPAL_FACTORY, Authorization, authorization
+from .authz import (
+    PEER_PRINCIPAL,
+    PRINCIPAL_FACTORY,
+    authorization,
+    peer_authentication,
+    refuses_plaintext,
+)
 
 TRUST_DOMAIN = "cluster.local"
 INBOUND_HOST = "127.0.0.1"  # where every outbound listener listens (a pod's loopback)
@@ -75,8 +85,9 @@ IDENTITY_NOTE = (
     "sidecars: each workload's identity (spiffe://cluster.local/ns/NS/sa/SA) travels "
     "inside the one local Envoy as filter state, not in an mTLS certificate: "
     "AuthorizationPolicy principals are enforced at the inbound listeners as in a cluster, "
-    "but nothing is encrypted and PeerAuthentication's mode changes nothing between "
-    "sidecars; a process reached at its own port bypasses its sidecar (docs/local-mesh.md)"
+    "but nothing is encrypted, and PeerAuthentication's mode applies only to each "
+    "replica's plain listener (its pod address); a process reached at its own port "
+    "bypasses its sidecar (docs/local-mesh.md)"
 )
 
 
@@ -115,6 +126,9 @@ class Inbound:
 
     instance: str  # "front-1", the pod's name
     app: tuple[str, int]  # where the replica's process listens
+    # The port of its plain listener (the pod's address for clients outside the
+    # mesh, where PeerAuthentication's mode applies); 0: none.
+    pod: int = 0
 
     @property
     def cluster(self) -> str:
@@ -123,6 +137,13 @@ class Inbound:
         return f"inbound|{self.app[1]}||{self.instance}"
 
     listener = cluster
+
+    @property
+    def plain_listener(self) -> str:
+        """Its plain TCP listener: what a client outside the mesh reaches at the pod's
+        address (Istio's ``virtualInbound``, port 15006, which the pod's iptables
+        redirect to)."""
+        return f"virtualInbound|{self.app[1]}||{self.instance}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,8 @@ class Sidecar:
     inbounds: tuple[Inbound, ...] = ()
     # Its inbound listeners' filters before the router (inbound_http_filters).
     http_filters: tuple[dict[str, Any], ...] = ()
+    # PeerAuthentication STRICT: its plain listeners refuse plaintext clients.
+    plaintext_refused: bool = False
 
     @property
     def principal(self) -> str:
@@ -191,10 +214,20 @@ def service_account(deployment: Mapping[str, Any]) -> str:
     return str(pod.get("serviceAccountName") or pod.get("serviceAccount") or "default")
 
 
+@dataclass(frozen=True)
+class InboundPolicy:
+    """What the security objects make of one workload's inbound side."""
+
+    http_filters: tuple[dict[str, Any], ...] = ()  # the RBAC filters, before the router
+    plaintext_refused: bool = False  # its plain listeners refuse plaintext (STRICT)
+    warnings: tuple[str, ...] = ()
+
+
 def inbound_http_filters(
     sidecar: Sidecar, objects: Iterable[Mapping[str, Any]], namespace: str
-) -> Authorization:
-    """The HTTP filters of ``sidecar``'s inbound listeners before the router, and warnings.
+) -> InboundPolicy:
+    """The HTTP filters of ``sidecar``'s inbound listeners before the router, its plain
+    listeners' PeerAuthentication mode, and warnings.
 
     The one place they are chosen: the AuthorizationPolicy RBAC filters
     (:func:`usvc_mesh.authz.authorization`, matching the filter state
@@ -202,5 +235,23 @@ def inbound_http_filters(
     order; nothing else, so an inbound listener costs as little as a traversal can.
     Every port of a replica shares its inbound listener, so a rule on
     ``to.operation.ports`` is decided for no port in particular (``port=None``).
+
+    PeerAuthentication (:func:`usvc_mesh.authz.peer_authentication`): the mode
+    decides the plain listener only (between sidecars there is no TLS to require).
+    A replica's process serves one port, so the plain listener takes the
+    workload's mode; a ``portLevelMtls`` that differs from it is reported.
     """
-    return authorization(objects, sidecar, None, namespace=namespace)
+    objects = list(objects)
+    authorized = authorization(objects, sidecar, None, namespace=namespace)
+    mode, ports = peer_authentication(objects, sidecar, namespace=namespace)
+    warnings = list(authorized.warnings)
+    differing = sorted(port for port, port_mode in ports.items() if port_mode != mode)
+    if differing:
+        warnings.append(
+            f"PeerAuthentication portLevelMtls for {sidecar.workload} (ports "
+            f"{', '.join(map(str, differing))}) is not applied locally: each replica has one "
+            f"plain listener, which takes the workload's mode {mode}"
+        )
+    return InboundPolicy(
+        authorized.http_filters, refuses_plaintext(mode), tuple(dict.fromkeys(warnings))
+    )

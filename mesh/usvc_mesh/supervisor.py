@@ -100,6 +100,7 @@ class WorkloadProcess:
     argv: list[str]
     port: int
     log_path: Path
+    pod_port: int = 0  # its sidecar's plain listener: the pod's address (usvc_mesh.sidecars)
     process: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
     signalled: bool = False
@@ -350,6 +351,7 @@ class LocalMesh:
             ready_path=workload.ready_path,
             port=port,
             log_path=self.run_dir / f"{instance}.log",
+            pod_port=self.free_port(),
         )
 
     def processes(self) -> list[WorkloadProcess]:
@@ -374,7 +376,8 @@ class LocalMesh:
                 labels=dict(w.labels),
                 outbound=w.outbound_port,
                 inbounds=tuple(
-                    Inbound(m.name, m.address) for m in [*w.members, *w.surge, *w.draining]
+                    Inbound(m.name, m.address, m.pod_port)
+                    for m in [*w.members, *w.surge, *w.draining]
                 ),
             )
             for w in self.workloads.values()
@@ -778,6 +781,8 @@ class LocalMesh:
                     for w in self.workloads.values()
                     for m in w.members
                 },
+                # Each replica's pod address: its plain listener (PeerAuthentication).
+                "pod": {m.name: m.pod_port for w in self.workloads.values() for m in w.members},
                 "admin": self.ports.admin,
                 "gateway_host": self.ports.gateway_host,
             },

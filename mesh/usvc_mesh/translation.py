@@ -248,7 +248,8 @@ def translate(
     objects = [obj for obj in objects if obj]
     authorized = [inbound_http_filters(s, objects, namespace) for s in sidecars]
     sidecars = tuple(
-        replace(s, http_filters=a.http_filters) for s, a in zip(sidecars, authorized, strict=True)
+        replace(s, http_filters=a.http_filters, plaintext_refused=a.plaintext_refused)
+        for s, a in zip(sidecars, authorized, strict=True)
     )
     authz_warnings = list(dict.fromkeys(w for a in authorized for w in a.warnings))
     inbounds = _behind_sidecars(endpoints, sidecars)

@@ -9,6 +9,7 @@ sidecar to the relevant service in the same Kubernetes pod").
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -186,3 +187,26 @@ def test_usvc_up_says_once_how_the_local_identity_differs_from_istios_mtls(
 ) -> None:
     assert mesh.warnings.count(IDENTITY_NOTE) == 1
     assert "not in an mTLS certificate" in IDENTITY_NOTE
+
+
+def test_under_the_charts_strict_mode_a_plaintext_client_at_a_pod_address_gets_no_answer(
+    mesh: LocalMesh,
+) -> None:
+    """k8s/mesh/security.yaml: PeerAuthentication ``default`` is STRICT for the namespace.
+
+    istio.io, "PeerAuthentication": STRICT accepts mutual TLS only, so a client
+    without a sidecar is refused at the pod address; each replica's plain listener
+    (its pod address, ``ports.pod`` in mesh.json) closes such a connection before
+    any HTTP. The mesh's own calls still arrive (the other tests here).
+    """
+    assert mesh.run_dir is not None
+    pods = json.loads((mesh.run_dir / "mesh.json").read_text())["ports"]["pod"]
+    member = mesh.workloads["front"].members[0]
+    assert pods[member.name] == member.pod_port
+    with socket.create_connection(("127.0.0.1", member.pod_port), timeout=5) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n")
+        try:
+            answer = client.recv(65536)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b""
