@@ -80,9 +80,30 @@ class UsvcSpan(Span):
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         if self._end is None:
-            # Validate as the SDK does: a bad value is dropped with a warning,
-            # a long one cut to the limit. The count limit applies at export.
             limits = self._tracing.span_limits
+            kind = type(value)
+            if (
+                type(key) is str
+                and key
+                and (
+                    kind is bool
+                    or kind is int
+                    or kind is float
+                    or (
+                        kind is str
+                        and (
+                            limits.max_span_attribute_length is None
+                            or len(value) <= limits.max_span_attribute_length  # type: ignore[arg-type]
+                        )
+                    )
+                )
+            ):
+                # A value the SDK keeps as it is: no BoundedAttributes (a lock, an
+                # OrderedDict) for it. The count limit applies at export.
+                self._attributes[key] = value
+                return
+            # Validate as the SDK does: a bad value is dropped with a warning,
+            # a long one cut to the limit.
             cleaned = BoundedAttributes(
                 attributes={key: value}, max_value_len=limits.max_span_attribute_length
             )
