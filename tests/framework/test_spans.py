@@ -221,7 +221,7 @@ async def test_with_no_processor_no_span_is_built_for_export_and_one_added_later
         return web.Response(text="ok")
 
     server = await serve(svc.app)
-    UsvcSpan.readable = counting  # type: ignore[method-assign]
+    UsvcSpan.readable = counting  # type: ignore[method-assign,assignment]
     try:
         async with aiohttp.ClientSession() as client:
             async with client.get(server.make_url("/")) as resp:
