@@ -30,6 +30,9 @@ from opentelemetry.util import types
 if TYPE_CHECKING:
     from .tracing import Tracing
 
+# Every span starts with it; Status is immutable, so one is enough.
+_UNSET = Status(StatusCode.UNSET)
+
 
 class UsvcSpan(Span):
     """A recording, sampled span; exported as a ReadableSpan when it ends."""
@@ -66,7 +69,7 @@ class UsvcSpan(Span):
         self._attributes = attributes
         self._events: list[Event] = []
         self._links: list[Link] = []
-        self._status = Status(StatusCode.UNSET)
+        self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
         tracing.start(self, parent)
