@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,15 +65,17 @@ def find_build(suite: str, name: str) -> Processes:
     raise SystemExit(f"bench.callgrind: no build {name!r} in suite {suite} ({names})")
 
 
-def start(build: Processes, hop: str, run_dir: Path, out_file: Path) -> list[Server]:
-    """Start the build's processes from the bottom up, ``hop`` under callgrind."""
+def start(
+    build: Processes, hop: str, run_dir: Path, out_file: Path, env: Mapping[str, str]
+) -> list[Server]:
+    """Start the build's processes from the bottom up, ``hop`` under callgrind with ``env``."""
     servers: list[Server] = []
     upstream: str | None = None
     labels = [label for label, _, _ in build.specs]
     if hop not in labels:
         raise SystemExit(f"bench.callgrind: {build.name} has no hop {hop!r} ({', '.join(labels)})")
-    for label, kind, env in reversed(build.specs):
-        full = {**env, "BENCH_LOOP": "uvloop"}
+    for label, kind, spec_env in reversed(build.specs):
+        full = {**spec_env, "BENCH_LOOP": "uvloop", **(env if label == hop else {})}
         if upstream is not None:
             full["UPSTREAM_URI"] = upstream
         server = python_server(f"{build.name}.{label}", ["-m", "bench.server", kind], full, run_dir)
@@ -142,13 +144,14 @@ def measure(
     warmup: int,
     connections: int,
     keep: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Count:
     build = find_build(suite, name)
     headers = _header_dict(build.headers)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     try:
         out_file = run_dir / "callgrind.out"
-        servers = start(build, hop, run_dir, out_file)
+        servers = start(build, hop, run_dir, out_file, env or {})
         try:
             wait_ready(servers, path="/", timeout=180)
             wait_ready(servers[:1], path="/", timeout=60, headers=headers)
@@ -182,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep each run's directory (logs, callgrind.out)"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the measured process only (e.g. ACCESS_LOG=false, "
+        "to see what a part costs); repeatable",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="measurements of each (1)")
     return parser
 
@@ -192,15 +203,24 @@ def main(argv: Sequence[str]) -> int:
         print("bench.callgrind: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     hops = [h for h in args.hop.split(",") if h] or [DEFAULT_HOP[args.suite]]
+    env = dict(item.split("=", 1) for item in args.env)
     counts: list[Count] = []
     for _ in range(args.repeat):
         for name in args.build.split(","):
             for hop in hops:
                 count = measure(
-                    args.suite, name, hop, args.requests, args.warmup, args.connections, args.keep
+                    args.suite,
+                    name,
+                    hop,
+                    args.requests,
+                    args.warmup,
+                    args.connections,
+                    args.keep,
+                    env,
                 )
                 counts.append(count)
-                print(json.dumps({**count.__dict__, "per_request": round(count.per_request)}))
+                line = {**count.__dict__, "env": env, "per_request": round(count.per_request)}
+                print(json.dumps(line), flush=True)
     print("\n| build | hop | requests | connections | instructions per request | failed |")
     print("|---|---|---:|---:|---:|---:|")
     for c in counts:
