@@ -258,6 +258,53 @@ class Lookup(Build):
         return {"envoy": self.envoy.cpu(), "upstream": self.upstream.cpu()}
 
 
+def unhealthy_hosts(admin: tuple[str, int], hosts: Sequence[str]) -> list[str]:
+    """The endpoints of ``hosts``' clusters that Envoy does not count healthy yet.
+
+    From the admin ``/clusters`` text, one line per endpoint and stat:
+    ``outbound|80|v1|svc-0.scale.svc.cluster.local::127.0.0.1:8080::health_flags::healthy``
+    (https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters).
+    """
+    url = f"http://{admin[0]}:{admin[1]}/clusters"
+    with _DIRECT.open(url, timeout=30) as response:
+        text = response.read().decode()
+    wanted = set(hosts)
+    found: set[str] = set()
+    unhealthy = []
+    for line in text.splitlines():
+        parts = line.split("::")
+        if len(parts) != 4 or parts[2] != "health_flags":
+            continue
+        cluster = parts[0]
+        if cluster.rsplit("|", 1)[-1] not in wanted:
+            continue
+        found.add(cluster.rsplit("|", 1)[-1])
+        if parts[3] != "healthy":
+            unhealthy.append(f"{cluster} {parts[1]} {parts[3]}")
+    unhealthy += [f"{host}: no endpoint yet" for host in sorted(wanted - found)]
+    return unhealthy
+
+
+def wait_healthy(envoy: RunningEnvoy, hosts: Sequence[str], timeout: float = 120.0) -> None:
+    """Wait until Envoy's health checks pass for every endpoint the lookups go to.
+
+    Envoy health-checks every endpoint of the mesh (bench/README.md: Scale); until an
+    endpoint's first check passes it answers ``503 UH`` for it, which at 1,000 services
+    (3,000 clusters checked at start-up) can take a few check intervals.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        unhealthy = unhealthy_hosts(envoy.admin, hosts)
+        if not unhealthy:
+            return
+        if time.monotonic() > deadline:
+            raise StartError(
+                f"envoy for {envoy.services} services: endpoints still not healthy after "
+                f"{timeout:g} s: {', '.join(unhealthy[:6])}"
+            )
+        time.sleep(0.5)
+
+
 def lookups(envoys: Sequence[RunningEnvoy], upstream: Server) -> list[Lookup]:
     builds = []
     for envoy in envoys:
@@ -303,6 +350,10 @@ def failed_answers(run_dir: Path, count: int) -> dict[str, int]:
 
 def measure_lookups(builds: Sequence[Lookup], options: Options) -> dict[str, list[Sample]]:
     from . import wrk
+
+    for envoy in {id(b.envoy): b.envoy for b in builds}.values():
+        log(f"[scale] {envoy.services} services: waiting for the lookups' endpoints to be healthy")
+        wait_healthy(envoy, [b.host for b in builds if b.envoy is envoy])
 
     for build in builds:
         log(f"[scale] warm-up {build.name} ({options.warmup:g} s)")
@@ -446,11 +497,11 @@ SIZE_COLUMNS = (
 LOOKUP_COLUMNS = (
     "services",
     "virtual host",
-    "req/s",
+    "2xx/s",
     "p50 ms",
-    "Envoy CPU µs/req",
-    "of it idle µs/req",
-    "errors",
+    "Envoy CPU µs/2xx",
+    "of it idle µs/2xx",
+    "not 2xx",
 )
 GROWTH_COLUMNS = ("measure", "exponent", "last two sizes", "growth")
 # What the growth table fits: (row, value of one size's figures).
@@ -484,13 +535,25 @@ def growth(sizes: Sequence[float], slope: float) -> str:
     return min(models, key=lambda name: abs(models[name] - slope))
 
 
+def answered(sample_data: Mapping[str, Any]) -> int:
+    """The 2xx answers of one run: wrk's requests less its errors (non-2xx answers and
+    socket errors), which cost Envoy less than a routed request and do not count as one."""
+    return max(int(sample_data["requests"]) - int(sample_data["errors"]), 0)
+
+
+def _answered_rps(sample_data: Mapping[str, Any]) -> float:
+    requests = int(sample_data["requests"])
+    return float(sample_data["rps"]) * answered(sample_data) / requests if requests else 0.0
+
+
 def _lookup_cpu(sample_data: Mapping[str, Any]) -> float:
-    return report.cpu_us(sample_data, "envoy")
+    """Envoy's CPU µs per 2xx answer."""
+    return float(sample_data["cpu_s"].get("envoy", 0.0)) / max(answered(sample_data), 1) * 1e6
 
 
 def _idle_us(idle_cores: float, sample_data: Mapping[str, Any]) -> float:
-    """Idle CPU over one run's time (requests ÷ req/s), per request: µs."""
-    return idle_cores / float(sample_data["rps"]) * 1e6
+    """Idle CPU over one run's time (requests ÷ req/s), per 2xx answer: µs."""
+    return idle_cores / max(_answered_rps(sample_data), 1e-9) * 1e6
 
 
 def cost_ratio(
@@ -644,7 +707,7 @@ def render(results: Mapping[str, Any]) -> str:
             [
                 f"{int(count):,}",
                 f"{which} ({meshgen.service_name(0 if which == 'first' else int(count) - 1)})",
-                f"{report.median_of(got, lambda s: float(s['rps'])):.0f}",
+                f"{report.median_of(got, _answered_rps):.0f}",
                 f"{report.median_of(got, lambda s: float(s['p50_ms'])):.2f}",
                 f"{report.median_of(got, _lookup_cpu):.0f}",
                 _idle_cell(scale, count, got),
@@ -656,10 +719,12 @@ def render(results: Mapping[str, Any]) -> str:
     )
     lines += [
         "",
-        "*of it idle*: Envoy's CPU in the same time without requests (the mean of a run's "
-        "length before and after the rounds), per request of the run: what the mesh's size "
-        "costs whether or not it serves. *errors*: wrk's (non-2xx answers and socket errors, "
-        "e.g. its 2 s timeout on a saturated machine).",
+        "Only 2xx answers count as requests (the lookups start once Envoy's health checks "
+        "pass for their endpoints). *of it idle*: Envoy's CPU in the same time without "
+        "requests (the mean of a run's length before and after the rounds), per 2xx answer "
+        "of the run: what the mesh's size costs whether or not it serves. *not 2xx*: wrk's "
+        "errors (non-2xx answers and socket errors, e.g. its 2 s timeout on a saturated "
+        "machine), all rounds.",
     ]
     for count, answers in scale.get("failed", {}).items():
         if answers:

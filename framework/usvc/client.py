@@ -125,6 +125,22 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# Distinct URLs whose span attributes and upstream name are kept.
+_TARGET_CACHE_SIZE = 256
+
+
+class _Target:
+    """What the attempts to one URL report: its upstream, and the span's URL attributes."""
+
+    __slots__ = ("full", "host", "port", "upstream")
+
+    def __init__(self, url: URL) -> None:
+        self.upstream = upstream_name(url)
+        self.full = str(url.with_query(None))
+        self.host = url.host or ""
+        self.port = url.port or 80
+
+
 class _Attempt:
     """One attempt's span and metrics observation, finished exactly once."""
 
@@ -222,14 +238,16 @@ class ClientInstrumentation:
         self.metrics = metrics
         self.request_hooks: list[RequestHook] = []
         self.response_hooks: list[ResponseHook] = []
+        # Per distinct URL, what each attempt to it reports: worked out once.
+        self._targets: dict[URL, _Target] = {}
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        url = request.url
-        span = self._inject(request)
+        target = self._target(request.url)
+        span = self._inject(request, target)
         if self.request_hooks:
             for request_hook in self.request_hooks:
                 _run_hook(request_hook, span, request)
-        attempt = _Attempt(self.metrics, span, upstream_name(url), method_label(request.method))
+        attempt = _Attempt(self.metrics, span, target.upstream, method_label(request.method))
         try:
             response = await handler(request)
         except BaseException as exc:
@@ -258,7 +276,15 @@ class ClientInstrumentation:
         for response_hook in self.response_hooks:
             _run_hook(response_hook, span, request, result)
 
-    def _inject(self, request: ClientRequest) -> Span:
+    def _target(self, url: URL) -> _Target:
+        target = self._targets.get(url)
+        if target is None:
+            target = _Target(url)
+            if len(self._targets) < _TARGET_CACHE_SIZE:  # URLs built per call would grow it
+                self._targets[url] = target
+        return target
+
+    def _inject(self, request: ClientRequest, target: _Target) -> Span:
         """Start the attempt's span and write the headers that carry it on."""
         tracing = self.tracing
         ctx = current_request.get()
@@ -287,12 +313,11 @@ class ClientInstrumentation:
             )
             if not sampled:
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED))
-        url = request.url
         attributes: dict[str, AttributeValue] = {
             "http.request.method": request.method,
-            "url.full": str(url.with_query(None)),
-            "server.address": url.host or "",
-            "server.port": url.port or 80,
+            "url.full": target.full,
+            "server.address": target.host,
+            "server.port": target.port,
         }
         resent = resend_count.get()
         if resent:

@@ -8,7 +8,7 @@ through a :class:`contextvars.ContextVar` without passing it by hand.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span
 
@@ -25,14 +25,24 @@ class RequestContext:
     request_id: str
     deadline: float  # event-loop time by which every egress call must be done
     route: str = ""
+    # The ids as hex, made on first use: the access line, log records, replies and
+    # problem documents each read them, and a 128-bit format is not free.
+    _trace_hex: str | None = field(default=None, repr=False, compare=False)
+    _span_hex: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def trace_id_hex(self) -> str:
-        return f"{self.trace_id:032x}"
+        text = self._trace_hex
+        if text is None:
+            text = self._trace_hex = f"{self.trace_id:032x}"
+        return text
 
     @property
     def span_id_hex(self) -> str:
-        return f"{self.span_id:016x}"
+        text = self._span_hex
+        if text is None:
+            text = self._span_hex = f"{self.span_id:016x}"
+        return text
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar("usvc_request", default=None)

@@ -58,6 +58,8 @@ __all__ = ["Egress", "EgressCall", "UpstreamError", "upstream_name"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Distinct URL strings whose parse is kept (a service calls a few upstreams).
+_URL_CACHE_SIZE = 256
 
 
 class Egress:
@@ -74,6 +76,12 @@ class Egress:
         # Give it to a ClientSession of your own to instrument that one too.
         self.middleware = ClientInstrumentation(propagator, tracing, metrics)
         self._session: aiohttp.ClientSession | None = None
+        # Built once, not per call: a service calls the same few URLs, with the
+        # same per-attempt timeout whenever the deadline is further away than it.
+        self._urls: dict[str, tuple[URL, str]] = {}
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.egress_timeout, sock_connect=settings.egress_connect_timeout
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -109,7 +117,27 @@ class Egress:
 
     def request(self, method: str, url: str | URL, **kwargs: Any) -> EgressCall:
         """Start a call; use as ``async with svc.egress.request("GET", url) as resp``."""
-        return EgressCall(self, method.upper(), URL(url), kwargs)
+        return EgressCall(self, method.upper(), *self._target(url), kwargs)
+
+    def _target(self, url: str | URL) -> tuple[URL, str]:
+        """The URL and its upstream's name, parsed once per distinct URL string."""
+        if isinstance(url, URL):
+            return url, upstream_name(url)
+        target = self._urls.get(url)
+        if target is None:
+            parsed = URL(url)
+            target = (parsed, upstream_name(parsed))
+            if len(self._urls) < _URL_CACHE_SIZE:  # URLs built per call would grow it
+                self._urls[url] = target
+        return target
+
+    def timeout(self, per_try: float) -> aiohttp.ClientTimeout:
+        """The attempt's timeout: aiohttp's total covers reading the body too."""
+        if per_try == self.settings.egress_timeout:
+            return self._timeout
+        return aiohttp.ClientTimeout(
+            total=per_try, sock_connect=self.settings.egress_connect_timeout
+        )
 
     def get(self, url: str | URL, **kwargs: Any) -> EgressCall:
         return self.request("GET", url, **kwargs)
@@ -140,12 +168,14 @@ class EgressCall:
     Each attempt is instrumented by the session's middleware, not here.
     """
 
-    def __init__(self, egress: Egress, method: str, url: URL, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, egress: Egress, method: str, url: URL, upstream: str, kwargs: dict[str, Any]
+    ) -> None:
         self.egress = egress
         self.method = method
         self.url = url
         self.kwargs = kwargs
-        self.upstream = upstream_name(url)
+        self.upstream = upstream
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
@@ -175,13 +205,10 @@ class EgressCall:
             per_try = min(settings.egress_timeout, remaining)
             token = resend_count.set(attempt) if attempt else None
             try:
-                # The total timeout covers reading the body too (aiohttp's rule).
                 response = await session.request(
                     self.method,
                     self.url,
-                    timeout=aiohttp.ClientTimeout(
-                        total=per_try, sock_connect=settings.egress_connect_timeout
-                    ),
+                    timeout=egress.timeout(per_try),
                     proxy=settings.egress_proxy,
                     allow_redirects=False,
                     **self.kwargs,

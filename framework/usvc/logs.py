@@ -20,6 +20,8 @@ from .context import current_request
 ACCESS_LOGGER = "usvc.access"
 # JSON string quoting in C: a quoted, escaped, ASCII-only string literal.
 _quote = json.encoder.encode_basestring_ascii
+# Distinct (method, path, route, status) whose quoted part of the line is kept.
+_MIDDLE_CACHE_SIZE = 1024
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -120,7 +122,7 @@ class AccessLog:
         self._second_text = ""
         self._millis = -1
         self._time_text = ""
-        self._routes: dict[str, str] = {}
+        self._middles: dict[tuple[str, str, str, int], str] = {}
 
     def _time(self, now: float) -> str:
         millis = int(now * 1000)
@@ -133,36 +135,44 @@ class AccessLog:
             self._time_text = f"{self._second_text}.{millis % 1000:03d}Z"
         return self._time_text
 
-    def _route(self, route: str) -> str:
-        quoted = self._routes.get(route)
-        if quoted is None:  # route templates are few: the app's own
-            quoted = self._routes[route] = _quote(route)
-        return quoted
+    def _middle(self, method: str, path: str, route: str, status: int) -> str:
+        """The line from its message to its status, for one (method, path, route, status)."""
+        # aiohttp accepts only token characters in a method: nothing to escape.
+        escaped_path = _quote(path)[1:-1]
+        return (
+            f'"{method} {escaped_path} {status}","method":"{method}","path":"{escaped_path}",'
+            f'"route":{_quote(route)},"status":{status},"duration_ms":'
+        )
 
     def write(self, method: str, path: str, route: str, status: int, duration: float) -> None:
         if not self.enabled:
             return
+        # A service answers few distinct (method, path, status): their part of the
+        # line is quoted once. Paths are the client's, so the cache is bounded.
+        key = (method, path, route, status)
+        middle = self._middles.get(key)
+        if middle is None:
+            middle = self._middle(method, path, route, status)
+            if len(self._middles) < _MIDDLE_CACHE_SIZE:
+                self._middles[key] = middle
+        now = time.time()
+        stamp = self._time_text if int(now * 1000) == self._millis else self._time(now)
         ctx = current_request.get()
-        ids = (
-            ""
-            if ctx is None
-            else f',"trace_id":"{ctx.trace_id_hex}","span_id":"{ctx.span_id_hex}"'
-            f',"request_id":{_quote(ctx.request_id)}'
-        )
-        # aiohttp accepts only token characters in a method: nothing to escape.
-        escaped_path = _quote(path)[1:-1]
-        self._pending.append(
-            f'{{"time":"{self._time(time.time())}"{self._head}'
-            f'"{method} {escaped_path} {status}","method":"{method}","path":"{escaped_path}",'
-            f'"route":{self._route(route)},"status":{status},'
-            f'"duration_ms":{duration * 1000:.3f}{ids}}}\n'
-        )
-        if len(self._pending) == 1:
+        pending = self._pending
+        if ctx is None:
+            pending.append(f'{{"time":"{stamp}"{self._head}{middle}{duration * 1000:.3f}}}\n')
+        else:
+            pending.append(
+                f'{{"time":"{stamp}"{self._head}{middle}{duration * 1000:.3f}'
+                f',"trace_id":"{ctx.trace_id_hex}","span_id":"{ctx.span_id_hex}"'
+                f',"request_id":{_quote(ctx.request_id)}}}\n'
+            )
+        if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
             except RuntimeError:  # no loop: nothing would flush later
                 self.flush()
-        elif len(self._pending) >= self.batch:
+        elif len(pending) >= self.batch:
             self.flush()
 
     def flush(self) -> None:

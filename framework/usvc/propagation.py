@@ -75,6 +75,8 @@ _TRACE_ID_LIMIT = 1 << 128
 _SPAN_ID_LIMIT = 1 << 64
 _FLAG_SAMPLED = 0x01
 _FLAG_RANDOM = 0x02
+# The flags usvc sends are those two bits: their hex, without a format per call.
+_FLAGS_HEX = ("00", "01", "02", "03")
 _OWS = " \t"
 
 # traceparent, §traceparent Header Field Values and §Versioning of traceparent:
@@ -692,6 +694,9 @@ class Propagator:
             raise ValueError("parent_span_id must be a non-zero 64-bit integer")
         debug = incoming.sampling is Sampling.DEBUG
         continuing = incoming.trace_id == trace_id
+        # Formatted once for W3C and B3 alike.
+        trace_hex32 = f"{trace_id:032x}"
+        span_hex = f"{span_id:016x}"
         if self._tracecontext:
             # Level 2 §Random Trace ID Flag: continuing a trace, the flag MUST be
             # kept as received; a trace we start uses new_trace_id, all random.
@@ -701,7 +706,7 @@ class Propagator:
                 flags = _FLAG_RANDOM if random_trace_id else 0
             if sampled or debug:
                 flags |= _FLAG_SAMPLED
-            out["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+            out["traceparent"] = f"00-{trace_hex32}-{span_hex}-{_FLAGS_HEX[flags]}"
             # §Mutating the traceparent Field, restart: "Vendors SHOULD clean up
             # tracestate collection on traceparent restart."
             if continuing and incoming.tracestate:
@@ -710,10 +715,9 @@ class Propagator:
             out["baggage"] = incoming.baggage
         if self._b3single or self._b3multi:
             if continuing and incoming.trace_id_64bit and trace_id < _SPAN_ID_LIMIT:
-                trace_hex = f"{trace_id:016x}"
+                trace_hex = trace_hex32[16:]
             else:
-                trace_hex = f"{trace_id:032x}"
-            span_hex = f"{span_id:016x}"
+                trace_hex = trace_hex32
             parent_hex = None if parent_span_id is None else f"{parent_span_id:016x}"
             if self._b3single:
                 state = "d" if debug else ("1" if sampled else "0")

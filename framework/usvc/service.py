@@ -44,6 +44,7 @@ from opentelemetry.trace import (
     SpanContext,
     SpanKind,
     TraceFlags,
+    get_current_span,
     set_span_in_context,
 )
 from opentelemetry.util.types import AttributeValue
@@ -182,6 +183,39 @@ class Service:
 
     def delete(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **kwargs)
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, AttributeValue] | None = None,
+    ) -> Span:
+        """Start a span under the request being served, as cheap as usvc's own.
+
+        Like ``svc.tracer.start_span(name, kind=..., attributes=...)``: a child
+        of the current span, not made current, ended by the caller. When the
+        current span is the request's server span it is a
+        :class:`usvc.spans.UsvcSpan` (recorded only when the request is
+        sampled; an unsampled request gets a non-recording span with a span id
+        of its own), which skips the SDK span's per-span cost; anywhere else
+        (outside a request, under a span the handler made current) it is
+        ``svc.tracer``'s span.
+        """
+        ctx = current_request.get()
+        if ctx is None or get_current_span() is not ctx.span:
+            return self.tracer.start_span(name, kind=kind, attributes=attributes)
+        tracing = self.tracing
+        span_id = tracing.new_span_id()
+        parent = ctx.span.get_span_context()
+        if type(ctx.span) is not UsvcSpan or not ctx.span.is_recording():
+            return NonRecordingSpan(SpanContext(ctx.trace_id, span_id, False, parent.trace_flags))
+        span = UsvcSpan(
+            tracing, name, SpanContext(ctx.trace_id, span_id, False, _SAMPLED), parent, kind, {}
+        )
+        if attributes:
+            span.set_attributes(attributes)  # users' values, cleaned as the SDK cleans them
+        return span
 
     def readiness_check(self, check: ReadinessCheck) -> ReadinessCheck:
         """Register ``async def check() -> bool``; /readyz is 503 while any is False."""

@@ -30,6 +30,9 @@ from opentelemetry.util import types
 if TYPE_CHECKING:
     from .tracing import Tracing
 
+# Every span starts with it; Status is immutable, so one is enough.
+_UNSET = Status(StatusCode.UNSET)
+
 
 class UsvcSpan(Span):
     """A recording, sampled span; exported as a ReadableSpan when it ends."""
@@ -66,7 +69,7 @@ class UsvcSpan(Span):
         self._attributes = attributes
         self._events: list[Event] = []
         self._links: list[Link] = []
-        self._status = Status(StatusCode.UNSET)
+        self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
         tracing.start(self, parent)
@@ -80,9 +83,30 @@ class UsvcSpan(Span):
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         if self._end is None:
-            # Validate as the SDK does: a bad value is dropped with a warning,
-            # a long one cut to the limit. The count limit applies at export.
             limits = self._tracing.span_limits
+            kind = type(value)
+            if (
+                type(key) is str
+                and key
+                and (
+                    kind is bool
+                    or kind is int
+                    or kind is float
+                    or (
+                        kind is str
+                        and (
+                            limits.max_span_attribute_length is None
+                            or len(value) <= limits.max_span_attribute_length  # type: ignore[arg-type]
+                        )
+                    )
+                )
+            ):
+                # A value the SDK keeps as it is: no BoundedAttributes (a lock, an
+                # OrderedDict) for it. The count limit applies at export.
+                self._attributes[key] = value
+                return
+            # Validate as the SDK does: a bad value is dropped with a warning,
+            # a long one cut to the limit.
             cleaned = BoundedAttributes(
                 attributes={key: value}, max_value_len=limits.max_span_attribute_length
             )

@@ -180,6 +180,8 @@ class Tracing:
 
     def start(self, span: UsvcSpan, parent: SpanContext | None) -> None:
         """Tell the span processors a span started, as the SDK's spans do."""
+        if not self._processor._span_processors:
+            return  # nobody listens (OTEL_TRACES_EXPORTER=none, no processor added)
         if parent is None:
             parent_context = None
         elif parent.is_remote:
@@ -190,8 +192,15 @@ class Tracing:
         self._processor.on_start(span, parent_context=parent_context)  # type: ignore[arg-type]
 
     def export(self, span: UsvcSpan) -> None:
-        """Hand a finished span to the span processors, as the SDK's spans are."""
-        self._processor.on_end(span.readable())
+        """Hand a finished span to the span processors, as the SDK's spans are.
+
+        With no processor (OTEL_TRACES_EXPORTER=none and none added) there is
+        nobody to hand it to, and no ReadableSpan is built. A processor added
+        later gets the spans that end after it was added, as with the SDK.
+        """
+        processor = self._processor
+        if processor._span_processors:
+            processor.on_end(span.readable())
 
     def shutdown(self) -> None:
         """Flush what is queued and stop the exporter."""

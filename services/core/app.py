@@ -35,6 +35,17 @@ TIME_SOURCE = Counter(
 )
 
 
+def host_of(url: str) -> str:
+    return URL(url).host or url
+
+
+# Parsed once: every request names the same upstream.
+UPSTREAM_HOST = host_of(UPSTREAM)
+SOURCE_SPAN = f"GET {UPSTREAM_HOST}"
+# The series nearly every request counts in, looked up once (labels() takes a lock).
+COUNTED_OK = TIME_SOURCE.labels(UPSTREAM_HOST, "ok", "false")
+
+
 def describe_worldtime(body: dict[str, Any]) -> str:
     """worldtimeapi's JSON (/api/timezone/Area/City) in one line."""
     return (
@@ -54,10 +65,10 @@ async def index(request: web.Request) -> web.Response:
     # The time source call as one client span of its own (the egress client's
     # spans are per attempt): what came of it and whether the fallback answered,
     # so a trace search for usvc.fallback=true finds the requests clock served.
-    source = svc.tracer.start_span(
-        f"GET {host_of(UPSTREAM)}",
+    source = svc.span(
+        SOURCE_SPAN,
         kind=SpanKind.CLIENT,
-        attributes={"server.address": host_of(UPSTREAM), "url.full": UPSTREAM},
+        attributes={"server.address": UPSTREAM_HOST, "url.full": UPSTREAM},
     )
     try:
         body = await ask(UPSTREAM)
@@ -71,7 +82,7 @@ async def index(request: web.Request) -> web.Response:
         reason = why(exc)
         if FALLBACK is None:
             raise usvc.UpstreamError(
-                504 if isinstance(exc, TimeoutError) else 502, host_of(UPSTREAM), reason
+                504 if isinstance(exc, TimeoutError) else 502, UPSTREAM_HOST, reason
             ) from None
         try:
             clock = await call_json(svc, FALLBACK)
@@ -80,7 +91,7 @@ async def index(request: web.Request) -> web.Response:
         ctx = usvc.current()
         if ctx is not None:
             ctx.span.set_attribute("usvc.fallback", True)
-        note = f"{host_of(UPSTREAM)} {reason}; answered from {host_of(FALLBACK)} (fallback)"
+        note = f"{UPSTREAM_HOST} {reason}; answered from {host_of(FALLBACK)} (fallback)"
         return respond(
             request, hop(svc, started, FALLBACK, upstream=clock, note=note, fallback=True)
         )
@@ -92,7 +103,7 @@ async def index(request: web.Request) -> web.Response:
     except KeyError:
         outcome(source, "bad_reply", "not worldtimeapi's timezone format")
         raise usvc.UpstreamError(
-            502, host_of(UPSTREAM), "answered JSON that is not worldtimeapi's timezone format"
+            502, UPSTREAM_HOST, "answered JSON that is not worldtimeapi's timezone format"
         ) from None
     outcome(source, "ok")
     return respond(request, hop(svc, started, UPSTREAM, upstream=line, worldtime=body))
@@ -100,7 +111,10 @@ async def index(request: web.Request) -> web.Response:
 
 def outcome(span: Span, result: str, reason: str = "", *, fallback: bool = False) -> None:
     """End the time source span with ``usvc.outcome`` (``ok`` or why not) and ``usvc.fallback``."""
-    TIME_SOURCE.labels(host_of(UPSTREAM), result, str(fallback).lower()).inc()
+    counter = COUNTED_OK if result == "ok" and not fallback else None
+    if counter is None:
+        counter = TIME_SOURCE.labels(UPSTREAM_HOST, result, str(fallback).lower())
+    counter.inc()
     span.set_attribute("usvc.outcome", result)
     span.set_attribute("usvc.fallback", fallback)
     if result != "ok":
@@ -114,10 +128,6 @@ def outcome_of(exc: Exception) -> str:
     if isinstance(exc, HopFailed):
         return f"http_{exc.status}"
     return "unreachable"
-
-
-def host_of(url: str) -> str:
-    return URL(url).host or url
 
 
 def why(exc: Exception) -> str:

@@ -8,6 +8,7 @@ goal and a verdict. No timing threshold anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 import usvc_mesh as mesh
 from bench import meshgen, report, scale
@@ -79,7 +81,7 @@ def test_n_log_n_is_told_from_n_by_its_own_exponent_over_the_sizes() -> None:
     assert scale.growth(sizes, 1.1) == "∝ n"
 
 
-def _sample(round_no: int, envoy_s: float, requests: int = 1000) -> dict[str, Any]:
+def _sample(round_no: int, envoy_s: float, requests: int = 1000, errors: int = 0) -> dict[str, Any]:
     return {
         "round": round_no,
         "started": 0.0,
@@ -87,7 +89,7 @@ def _sample(round_no: int, envoy_s: float, requests: int = 1000) -> dict[str, An
         "p50_ms": 1.0,
         "p99_ms": 2.0,
         "requests": requests,
-        "errors": 0,
+        "errors": errors,
         "cpu_s": {"envoy": envoy_s, "upstream": 0.01},
         "wrk_cpu_s": 0.0,
         "other_cores": 0.0,
@@ -169,6 +171,52 @@ def test_targets_state_goal_and_verdict_from_the_same_run() -> None:
     assert missed.column("per round")["Envoy CPU per request, 1,000 ÷ 10 services"] == "1.05 1.50"
 
 
+def test_a_lookup_counts_only_2xx_answers_as_requests() -> None:
+    results = _results(1.5, 0.5, [0.2, 0.2])
+    # Half of the largest mesh's answers were 503 UH: its cost is per answer that was routed.
+    results["scale"]["lookups"]["1000/last"] = [_sample(1, 0.2, errors=500)] * 2
+    text = scale.render(results)
+    lookups = table_with(text, "services", "virtual host")
+    last = {row[0]: row for row in lookups.rows if row[1].startswith("last")}["1,000"]
+    cells = dict(zip(scale.LOOKUP_COLUMNS, last, strict=True))
+    assert cells["2xx/s"] == "500"
+    assert cells["Envoy CPU µs/2xx"] == "400"  # 0.2 s over 500 answers, not over 1,000
+    assert cells["not 2xx"] == "1000"
+    ratio = table_with(text, "target (issue 13)").column("measured")
+    assert ratio["Envoy CPU per request, 1,000 ÷ 10 services"] == "2.00×"
+
+
+async def test_unhealthy_hosts_reads_the_health_flags_of_the_lookups_clusters(
+    aiohttp_server: Any,
+) -> None:
+    listing = "\n".join(
+        [
+            "outbound|80||svc-0.scale.svc.cluster.local::observability_name::x",
+            "outbound|80||svc-0.scale.svc.cluster.local::127.0.0.1:9::health_flags::healthy",
+            "outbound|80|v1|svc-0.scale.svc.cluster.local::127.0.0.1:9::health_flags::healthy",
+            "outbound|80|v2|svc-0.scale.svc.cluster.local::127.0.0.1:9::health_flags::"
+            "/failed_active_hc",
+            "outbound|80||svc-1.scale.svc.cluster.local::127.0.0.1:9::health_flags::"
+            "/failed_active_hc",
+        ]
+    )
+
+    async def clusters(request: web.Request) -> web.Response:
+        return web.Response(text=listing)
+
+    app = web.Application()
+    app.router.add_get("/clusters", clusters)
+    server = await aiohttp_server(app)
+    admin = ("127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+    hosts = [meshgen.host(0), meshgen.host(2)]
+    found = await loop.run_in_executor(None, scale.unhealthy_hosts, admin, hosts)
+    assert found == [
+        "outbound|80|v2|svc-0.scale.svc.cluster.local 127.0.0.1:9 /failed_active_hc",
+        "svc-2.scale.svc.cluster.local: no endpoint yet",
+    ]
+
+
 def test_the_growth_table_fits_the_medians_of_each_size() -> None:
     text = scale.render(_results(1.5, 0.5, [0.2, 0.2]))
     grown = table_with(text, "measure")
@@ -231,7 +279,9 @@ def test_a_small_scale_run_prints_every_table_and_states_each_target(tmp_path: P
         ("6", "first (svc-0)"),
         ("6", "last (svc-5)"),
     ]
-    assert set(lookups.column("errors").values()) == {"0"}, done.stderr
+    # The lookups wait for Envoy's health checks: no 503 UH (nor anything else) but 2xx.
+    assert set(lookups.column("not 2xx").values()) == {"0"}, done.stderr
+    assert all(s["errors"] == 0 for got in results["scale"]["lookups"].values() for s in got)
     targets = table_with(printed, "target (issue 13)")
     assert len(targets.rows) == 5
     for row in targets.rows:

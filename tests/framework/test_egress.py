@@ -437,3 +437,24 @@ async def test_with_aiohttps_own_response_class_the_attempt_ends_at_the_response
     assert "traceparent" in seen[0]
     host = f"127.0.0.1:{upstream.port}"
     assert f'http_client_requests_total{{method="GET",outcome="200",upstream="{host}"}} 1.0' in text
+
+
+async def test_urls_built_per_call_do_not_grow_the_parsed_url_caches_without_bound(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    svc = make_service("front")
+
+    @svc.get("/fan-out")
+    async def fan_out(request: web.Request) -> web.Response:
+        for n in range(300):  # more distinct URLs than either cache keeps
+            async with svc.egress.get(upstream.make_url(f"/item/{n}").human_repr()) as resp:
+                assert resp.status == 200
+        return web.Response(text="ok")
+
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/fan-out")) as resp:
+        assert resp.status == 200
+    assert len(seen) == 300
+    assert len(svc.egress._urls) == 256
+    assert len(svc.egress.middleware._targets) == 256

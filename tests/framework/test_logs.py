@@ -63,3 +63,21 @@ def test_access_and_framework_lines_name_the_instance_when_given() -> None:
     assert [(line["service"], line["instance"]) for line in lines] == [
         ("front", "front-7d9f-abcde")
     ] * 2
+
+
+def test_repeated_and_many_distinct_requests_log_the_same_fields_each_time() -> None:
+    stream = io.StringIO()
+    log = AccessLog("svc", True, stream=stream, batch=10_000)
+    hostile = '/a"b\\c/\u00e9\n'
+    for _ in range(2):  # the second line comes from the quoted-once cache
+        log.write("GET", hostile, "/{x}", 404, 0.0015)
+    for n in range(2000):  # more distinct paths than the cache keeps
+        log.write("GET", f"/item/{n}", "/item/{n}", 200, 0.001)
+    log.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2002
+    assert lines[0] == lines[1] | {"time": lines[0]["time"]}
+    assert lines[0]["path"] == hostile and lines[0]["message"] == f"GET {hostile} 404"
+    assert lines[0]["duration_ms"] == 1.5
+    assert [line["path"] for line in lines[2:]] == [f"/item/{n}" for n in range(2000)]
+    assert len(log._middles) == 1024

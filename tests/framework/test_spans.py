@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
 
 import usvc
+from usvc.spans import UsvcSpan
 from usvc.tracing import Tracing
 
 from .conftest import Serve, ServiceFactory
@@ -198,3 +199,90 @@ async def test_usvcs_spans_honour_the_processor_contract_limits_and_id_generator
     assert server_span.dropped_attributes > 0
     assert [event.name for event in server_span.events] == ["event 1", "event 2"]
     assert (recorder.ended[0].attributes or {}).get("added.on_start") == "yes"
+
+
+async def test_with_no_processor_no_span_is_built_for_export_and_one_added_later_gets_spans(
+    serve: Serve,
+) -> None:
+    # OTEL_TRACES_EXPORTER=none: the provider has no processor, so nothing is
+    # handed over; a processor added while the service runs gets what ends after.
+    settings = usvc.Settings.from_env("quiet", {"OTEL_TRACES_EXPORTER": "none"})
+    svc = usvc.Service("quiet", settings=settings)
+    built: list[str] = []
+    readable = UsvcSpan.readable
+
+    def counting(span: UsvcSpan) -> ReadableSpan:
+        built.append(span.name)
+        return readable(span)
+
+    @svc.get("/")
+    async def index(request: web.Request) -> web.Response:
+        assert trace.get_current_span().is_recording()  # sampled all the same
+        return web.Response(text="ok")
+
+    server = await serve(svc.app)
+    UsvcSpan.readable = counting  # type: ignore[method-assign,assignment]
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(server.make_url("/")) as resp:
+                assert resp.status == 200
+            assert built == []
+            mine = InMemorySpanExporter()
+            svc.tracing.provider.add_span_processor(SimpleSpanProcessor(mine))
+            async with client.get(server.make_url("/")) as resp:
+                assert resp.status == 200
+    finally:
+        UsvcSpan.readable = readable  # type: ignore[method-assign]
+    assert built == ["GET /"]
+    assert [span.name for span in mine.get_finished_spans()] == ["GET /"]
+
+
+async def test_svc_span_is_a_child_of_the_server_span_recorded_only_when_sampled(
+    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    svc = make_service(OTEL_TRACES_SAMPLER="parentbased_always_on")
+    seen: dict[str, object] = {}  # of the last request (the unsampled one)
+    first: dict[str, object] = {}
+
+    @svc.get("/")
+    async def index(request: web.Request) -> web.Response:
+        span = svc.span("ask", kind=SpanKind.CLIENT, attributes={"server.address": "clock"})
+        seen["recording"] = span.is_recording()
+        seen["same trace"] = (
+            span.get_span_context().trace_id == trace.get_current_span().get_span_context().trace_id
+        )
+        seen["own id"] = (
+            span.get_span_context().span_id != trace.get_current_span().get_span_context().span_id
+        )
+        span.set_attribute("usvc.outcome", "ok")
+        span.set_attribute("usvc.fallback", False)
+        span.end()
+        with svc.tracer.start_as_current_span("mine"):
+            nested = svc.span("nested")
+            nested.end()
+        first.setdefault("nested", nested)
+        return web.Response(text="ok")
+
+    server = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(server.make_url("/")) as resp:
+            assert resp.status == 200
+        # An unsampled caller: a non-recording span, still with an id of its own.
+        unsampled = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-00"}
+        async with client.get(server.make_url("/"), headers=unsampled) as resp:
+            assert resp.status == 200
+    assert seen["recording"] is False and seen["same trace"] and seen["own id"]
+    by_name = {span.name: span for span in spans.get_finished_spans()}
+    ask, server_span = by_name["ask"], by_name["GET /"]
+    assert ask.kind is SpanKind.CLIENT
+    assert ask.parent is not None and ask.parent.span_id == server_span.context.span_id
+    assert ask.context.trace_id == server_span.context.trace_id
+    assert dict(ask.attributes or {}) == {
+        "server.address": "clock",
+        "usvc.outcome": "ok",
+        "usvc.fallback": False,
+    }
+    # Under a span the handler made current: the SDK's span, a child of that one.
+    nested = by_name["nested"]
+    assert not isinstance(first["nested"], UsvcSpan)
+    assert nested.parent is not None and nested.parent.span_id == by_name["mine"].context.span_id

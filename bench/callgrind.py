@@ -1,0 +1,235 @@
+"""CPU instructions per request of one server process, counted by callgrind.
+
+``python -m bench.callgrind --suite chain --build usvc --hop middle`` starts the
+build's processes as the benchmark does (bench/builds.py), the chosen hop under
+``valgrind --tool=callgrind --instr-atstart=no``, sends ``--warmup`` requests,
+switches instrumentation on (``callgrind_control --instr=on``), sends exactly
+``--requests`` requests from ``--connections`` concurrent keep-alive clients,
+switches it off and reads the instructions executed (``Ir``) from callgrind's
+output. Instructions do not depend on what else the machine runs, so the
+figure compares builds and commits on a shared, busy machine where req/s does
+not; it is not a timing (the cache misses and the kernel's work are not in it).
+
+Several ``--build`` / ``--hop`` pairs (``--build usvc,bare``) are measured one
+after the other; ``--repeat N`` measures each N times (the spread says how
+stable the figure is: a few hundred instructions per request). Each result is
+one line of JSON on stdout and one row of the table printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from .builds import SUITES, Processes, _header_dict
+from .procs import Server, python_server, wait_ready
+
+# The chain's hops by the name --hop takes; "server" is a single build's process.
+DEFAULT_HOP = {"single": "server", "chain": "middle"}
+
+
+@dataclass
+class Count:
+    suite: str
+    build: str
+    hop: str
+    requests: int
+    connections: int
+    instructions: int
+    failed: int
+
+    @property
+    def per_request(self) -> float:
+        return self.instructions / self.requests
+
+
+def find_build(suite: str, name: str) -> Processes:
+    for build in SUITES[suite]():
+        if build.name == name:
+            if not isinstance(build, Processes):
+                raise SystemExit(f"bench.callgrind: {name} is not a build of plain processes")
+            return build
+    names = ", ".join(b.name for b in SUITES[suite]())
+    raise SystemExit(f"bench.callgrind: no build {name!r} in suite {suite} ({names})")
+
+
+def start(
+    build: Processes, hop: str, run_dir: Path, out_file: Path, env: Mapping[str, str]
+) -> list[Server]:
+    """Start the build's processes from the bottom up, ``hop`` under callgrind with ``env``."""
+    servers: list[Server] = []
+    upstream: str | None = None
+    labels = [label for label, _, _ in build.specs]
+    if hop not in labels:
+        raise SystemExit(f"bench.callgrind: {build.name} has no hop {hop!r} ({', '.join(labels)})")
+    for label, kind, spec_env in reversed(build.specs):
+        full = {**spec_env, "BENCH_LOOP": "uvloop", **(env if label == hop else {})}
+        if upstream is not None:
+            full["UPSTREAM_URI"] = upstream
+        server = python_server(f"{build.name}.{label}", ["-m", "bench.server", kind], full, run_dir)
+        if label == hop:
+            server.argv = [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out_file}",
+                *server.argv,
+            ]
+        server.start()
+        servers.insert(0, server)
+        upstream = server.url
+    return servers
+
+
+async def load(url: str, headers: dict[str, str], requests: int, connections: int) -> int:
+    """Send exactly ``requests`` GETs over ``connections`` keep-alive connections; failures."""
+    failed = 0
+    remaining = requests
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal failed, remaining
+            while remaining > 0:
+                remaining -= 1
+                async with session.get(url, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return failed
+
+
+def instructions(out_file: Path) -> int:
+    """The ``Ir`` total of a callgrind output file: its ``totals:`` line.
+
+    (Its ``summary:`` line, written at start-up, stays 0 with ``--instr-atstart=no``.)
+    """
+    for line in out_file.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals line in {out_file}")
+
+
+def control(pid: int, *args: str) -> None:
+    # vgdb names its pipes after $USER and $HOST, and HOST is the server's listen
+    # address (bench/procs.py): callgrind_control must see the same values.
+    env = {**os.environ, "HOST": "127.0.0.1"}
+    done = subprocess.run(
+        ["callgrind_control", *args, str(pid)], capture_output=True, text=True, timeout=60, env=env
+    )
+    # callgrind_control exits 0 even when it found no such run: read what it said.
+    if done.returncode != 0 or "OK." not in done.stdout:
+        raise RuntimeError(f"callgrind_control {' '.join(args)} {pid}: {done.stdout}{done.stderr}")
+
+
+def measure(
+    suite: str,
+    name: str,
+    hop: str,
+    requests: int,
+    warmup: int,
+    connections: int,
+    keep: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Count:
+    build = find_build(suite, name)
+    headers = _header_dict(build.headers)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
+    try:
+        out_file = run_dir / "callgrind.out"
+        servers = start(build, hop, run_dir, out_file, env or {})
+        try:
+            wait_ready(servers, path="/", timeout=180)
+            wait_ready(servers[:1], path="/", timeout=60, headers=headers)
+            url = servers[0].url
+            asyncio.run(load(url, headers, warmup, connections))
+            target = next(s for s in servers if s.name == f"{name}.{hop}")
+            control(target.pid, "--instr=on")
+            failed = asyncio.run(load(url, headers, requests, connections))
+            control(target.pid, "--instr=off")
+        finally:
+            for server in servers:
+                server.stop(timeout=60)
+        deadline = time.monotonic() + 30
+        while not out_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        count = instructions(out_file)
+    finally:
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return Count(suite, name, hop, requests, connections, count, failed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="chain")
+    parser.add_argument("--build", default="usvc", help="comma-separated builds (usvc)")
+    parser.add_argument("--hop", default="", help="comma-separated hops (chain: middle)")
+    parser.add_argument("--requests", type=int, default=2000, help="counted requests (2000)")
+    parser.add_argument("--warmup", type=int, default=300, help="requests before counting (300)")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent clients (8)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each run's directory (logs, callgrind.out)"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the measured process only (e.g. ACCESS_LOG=false, "
+        "to see what a part costs); repeatable",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="measurements of each (1)")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("bench.callgrind: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    hops = [h for h in args.hop.split(",") if h] or [DEFAULT_HOP[args.suite]]
+    env = dict(item.split("=", 1) for item in args.env)
+    counts: list[Count] = []
+    for _ in range(args.repeat):
+        for name in args.build.split(","):
+            for hop in hops:
+                count = measure(
+                    args.suite,
+                    name,
+                    hop,
+                    args.requests,
+                    args.warmup,
+                    args.connections,
+                    args.keep,
+                    env,
+                )
+                counts.append(count)
+                line = {**count.__dict__, "env": env, "per_request": round(count.per_request)}
+                print(json.dumps(line), flush=True)
+    print("\n| build | hop | requests | connections | instructions per request | failed |")
+    print("|---|---|---:|---:|---:|---:|")
+    for c in counts:
+        print(
+            f"| {c.build} | {c.hop} | {c.requests} | {c.connections} "
+            f"| {c.per_request / 1000:.1f}k | {c.failed} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

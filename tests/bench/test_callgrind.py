@@ -1,0 +1,52 @@
+"""bench/callgrind.py: instructions per request of one server process, from callgrind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import callgrind
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_count_is_the_totals_line_not_the_startup_summary(tmp_path: Path) -> None:
+    # With --instr-atstart=no callgrind writes "summary: 0" at start-up; the
+    # instructions of the instrumented part are in the totals line.
+    out = tmp_path / "callgrind.out"
+    out.write_text("version: 1\nevents: Ir\nsummary: 0\nfn=(1) main\n16 3\ntotals: 123456\n")
+    assert callgrind.instructions(out) == 123456
+    out.write_text("version: 1\nsummary: 0\n")
+    with pytest.raises(RuntimeError, match="no totals line"):
+        callgrind.instructions(out)
+
+
+def test_a_build_or_hop_the_suite_lacks_is_named() -> None:
+    with pytest.raises(SystemExit, match="no build 'nope' in suite chain"):
+        callgrind.find_build("chain", "nope")
+    with pytest.raises(SystemExit, match="is not a build of plain processes"):
+        callgrind.find_build("chain", "usvc+envoy")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_a_counted_run_reports_instructions_for_exactly_the_requests_sent() -> None:
+    argv = ["--suite", "single", "--build", "bare", "--requests", "40", "--warmup", "10"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.callgrind", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.splitlines()[0])
+    assert line["requests"] == 40 and line["failed"] == 0
+    # Serving a request takes instructions: a count of 0 means the toggle missed the process.
+    assert line["instructions"] > 0
+    assert "| bare | server | 40 |" in done.stdout
