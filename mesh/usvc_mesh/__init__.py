@@ -19,14 +19,14 @@ This module is the translator's API::
     ports = mesh.MeshPorts(gateway=8080, outbound=15001, admin=15000)
     mesh.write(config_dir, translation)                   # xDS files, atomically
     path = mesh.write_bootstrap(config_dir, ports,        # bootstrap.json; or mesh.bootstrap()
-                                zipkin=None, access_log=None, sampling=100.0, w3c=False)
+                                collector=None, access_log=None, sampling=100.0)
     mesh.validate(config_dir)                             # envoy --mode validate
     subprocess.Popen(mesh.envoy_command(path))            # envoy -c path --disable-hot-restart ...
     mesh.write(config_dir, mesh.translate(other_rules, ...))  # hot switch, no restart
     mesh.wait_applied(("127.0.0.1", 15000), new_translation)
 
 Files in ``config_dir``: ``bootstrap.json`` (static: admin, the two listeners,
-the Zipkin collector cluster), ``cds.json`` and ``rds-gateway.json`` /
+the trace collector cluster), ``cds.json`` and ``rds-gateway.json`` /
 ``rds-outbound.json`` (what :func:`write` replaces). Envoy needs the xDS files
 to exist when it starts, so call :func:`write` (or :func:`write_bootstrap`,
 which writes empty ones) first.

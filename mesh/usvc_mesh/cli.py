@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .envoy import DEFAULT_REQUEST_HEADERS_TIMEOUT
+from .envoy import DEFAULT_REQUEST_HEADERS_TIMEOUT, OPENTELEMETRY, ZIPKIN
 from .manifests import Layout, MeshError, load_documents
 from .supervisor import LocalMesh, find_run_dir, read_state, send_command
 from .telemetry import Telemetry
@@ -62,7 +62,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         env_overrides=parse_env_overrides(args.env or []),
         base_env={**_inherited_env(), **(telemetry.env if telemetry else {})},
-        zipkin=telemetry.zipkin if telemetry else args.zipkin,
+        collector=telemetry.otlp_address if telemetry else (args.otlp or args.zipkin),
+        tracer=ZIPKIN if args.zipkin and not telemetry else OPENTELEMETRY,
         request_headers_timeout=args.request_headers_timeout,
         report=say,
     )
@@ -240,12 +241,21 @@ def add_commands(sub: Any) -> None:
         "--root", default=".", help="the workloads' working directory, holding k8s/ (default .)"
     )
     up.add_argument("--run-dir", default=None, help="logs and Envoy config (default .run/mesh)")
-    up.add_argument(
+    reporting = up.add_mutually_exclusive_group()
+    reporting.add_argument(
+        "--otlp",
+        type=parse_gateway,
+        default=None,
+        metavar="HOST:PORT",
+        help="send Envoy's spans to an OTLP/HTTP collector's /v1/traces (Jaeger: 4318)",
+    )
+    reporting.add_argument(
         "--zipkin",
         type=parse_gateway,
         default=None,
         metavar="HOST:PORT",
-        help="send Envoy's spans to a Zipkin-compatible collector (Jaeger: 9411)",
+        help="trace with Envoy's Zipkin tracer (B3 headers, Istio's zipkin provider) instead,"
+        " to a Zipkin-compatible collector (Jaeger: 9411)",
     )
     up.add_argument(
         "--strict",

@@ -51,7 +51,11 @@ def rds_file(name: str) -> str:
     return RDS_FILES.get(name) or f"rds-{name}.json"
 
 
-ZIPKIN_CLUSTER = "zipkin"
+# The cluster Envoy's tracer reports to (an OTLP/HTTP collector, or Zipkin's).
+COLLECTOR_CLUSTER = "trace-collector"
+OPENTELEMETRY = "opentelemetry"
+ZIPKIN = "zipkin"
+TRACERS = (OPENTELEMETRY, ZIPKIN)
 # Worker threads of the mesh's one Envoy. One worker serves a laptop's mesh (every
 # listener's connections share its event loop, so under load one wakeup handles several
 # requests' events) and costs less CPU per request than two on a 2-core machine that also
@@ -152,9 +156,10 @@ def bootstrap(
     config_dir: Path,
     ports: MeshPorts,
     *,
-    zipkin: tuple[str, int] | None = None,
+    collector: tuple[str, int] | None = None,
     access_log: Path | None = None,
     sampling: float = 100.0,
+    tracer: str = OPENTELEMETRY,
     w3c: bool = False,
     node_id: str = "usvc-local-mesh",
     outbound_host: str = "127.0.0.1",
@@ -164,12 +169,14 @@ def bootstrap(
 ) -> dict[str, Any]:
     """The static Envoy bootstrap that reads routes and clusters from ``config_dir``.
 
-    Tracing is Istio's: the Zipkin tracer with 128-bit trace ids and B3
-    headers, sampling ``sampling`` percent; ``w3c`` also reads ``traceparent``
-    when a request has no B3 headers and writes both (Istio's sidecars write B3
-    only). Without ``zipkin`` the spans go to
-    a collector cluster with no endpoints, so Envoy still propagates B3 to the
-    workloads but reports nothing. The access log is one JSON object per
+    Tracing samples ``sampling`` percent and reports to ``collector``; the
+    ``tracer`` is Istio's ``opentelemetry`` extension provider (the default:
+    OTLP/HTTP protobuf to ``/v1/traces``, W3C ``traceparent``) or its ``zipkin``
+    provider (Zipkin v2 JSON to ``/api/v2/spans``, 128-bit trace ids, B3
+    headers; ``w3c`` then also reads ``traceparent`` when a request has no B3
+    headers and writes both). Without ``collector`` the spans go to a collector
+    cluster with no endpoints, so Envoy still propagates the trace context to
+    the workloads but reports nothing. The access log is one JSON object per
     request, to ``access_log`` or else to Envoy's stdout.
 
     In a container (compose), ``outbound_host`` is ``0.0.0.0`` so that other
@@ -191,21 +198,16 @@ def bootstrap(
     config_dir = Path(config_path) if config_path is not None else config_dir.absolute()
     if not 0.0 <= sampling <= 100.0:
         raise ValueError(f"sampling must be a percentage, not {sampling}")
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {', '.join(TRACERS)}, not {tracer!r}")
+    if w3c and tracer != ZIPKIN:
+        raise ValueError("w3c is the Zipkin tracer's option; the OpenTelemetry tracer is W3C")
     if request_headers_timeout < 0:
         raise ValueError(
             "request_headers_timeout must be 0 (off) or more seconds, "
             f"not {request_headers_timeout}"
         )
-    collector: dict[str, Any] = {
-        "name": ZIPKIN_CLUSTER,
-        "type": "STRICT_DNS" if zipkin and not is_ip_address(zipkin[0]) else "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": ZIPKIN_CLUSTER,
-            "endpoints": [{"lb_endpoints": [_lb_endpoint(*zipkin)]}] if zipkin else [],
-        },
-    }
-    tracing = _tracing(zipkin, sampling, w3c)
+    tracing = _tracing(collector, sampling, w3c, tracer, service_name=node_id)
     log = _access_log(access_log)
     listeners = [
         _gateway_listener(gateway, config_dir, tracing, log, request_headers_timeout)
@@ -248,7 +250,7 @@ def bootstrap(
                 },
             }
         ],
-        "static_resources": {"listeners": listeners, "clusters": [collector]},
+        "static_resources": {"listeners": listeners, "clusters": [_collector_cluster(collector)]},
         "dynamic_resources": {
             "cds_config": _file_source(config_dir / CDS_FILE),
             "lds_config": _file_source(config_dir / LDS_FILE),
@@ -786,36 +788,23 @@ def _inbound_routes(inbound: Inbound) -> dict[str, Any]:
     }
 
 
-def _tracing(zipkin: tuple[str, int] | None, sampling: float, w3c: bool) -> dict[str, Any]:
-    zipkin_config: dict[str, Any] = {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-        "collector_cluster": ZIPKIN_CLUSTER,
-        "collector_endpoint": "/api/v2/spans",
-        "collector_endpoint_version": "HTTP_JSON",
-        "collector_hostname": zipkin[0] if zipkin else ZIPKIN_CLUSTER,
-        "trace_id_128bit": True,
-        "shared_span_context": False,
-    }
-    if w3c:
-        zipkin_config["trace_context_option"] = "USE_B3_WITH_W3C_PROPAGATION"
-    return {
-        "random_sampling": {"value": sampling},
-        "provider": {"name": "envoy.tracers.zipkin", "typed_config": zipkin_config},
-    }
-
-
 def _tagged_tracing(tracing: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, Any]:
     """``tracing`` with the span tags that name the workload (Istio's ``istio.*`` tags).
 
     Envoy's Zipkin tracer names every span's service after the process's
     ``node.cluster``, one for the whole local Envoy; the tags are what tells
     the sidecars apart (:mod:`usvc_mesh.telemetry.collector` names the
-    service from them).
+    service from them). The OpenTelemetry tracer's service is per tracer, so
+    each sidecar's names itself ``<app>.<namespace>`` (what istiod's node
+    cluster, and so its spans' service, is for a sidecar).
     """
-    return {
-        **tracing,
-        "custom_tags": [{"tag": k, "literal": {"value": v}} for k, v in sorted(tags.items())],
-    }
+    tagged: dict[str, Any] = json.loads(json.dumps(dict(tracing)))
+    tagged["custom_tags"] = [{"tag": k, "literal": {"value": v}} for k, v in sorted(tags.items())]
+    app, namespace = tags.get("istio.canonical_service"), tags.get("istio.namespace")
+    provider = tagged["provider"]
+    if provider["name"] == "envoy.tracers.opentelemetry" and app and namespace:
+        provider["typed_config"]["service_name"] = f"{app}.{namespace}"
+    return tagged
 
 
 def _rds(name: str, config_dir: Path) -> dict[str, Any]:
@@ -837,6 +826,69 @@ def _passthrough_filter() -> dict[str, Any]:
             "dns_cache_config": dict(DNS_CACHE),
         },
     }
+
+
+def _collector_cluster(collector: tuple[str, int] | None) -> dict[str, Any]:
+    return {
+        "name": COLLECTOR_CLUSTER,
+        "type": "STRICT_DNS" if collector and not is_ip_address(collector[0]) else "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": COLLECTOR_CLUSTER,
+            "endpoints": [{"lb_endpoints": [_lb_endpoint(*collector)]}] if collector else [],
+        },
+    }
+
+
+def _tracing(
+    collector: tuple[str, int] | None,
+    sampling: float,
+    w3c: bool,
+    tracer: str = OPENTELEMETRY,
+    service_name: str = "usvc-local-mesh",
+) -> dict[str, Any]:
+    """Every listener's HCM ``tracing``: Istio's ``opentelemetry`` or ``zipkin`` provider.
+
+    The OpenTelemetry tracer is the default because it is the cheaper of the two that
+    istiod can configure (``./dev bench --suite envoy --callgrind``, bench/README.md):
+    per request, Envoy's Zipkin tracer runs about 390,000 more instructions than no
+    tracer, nearly all of it writing Zipkin v2 JSON (istiod always asks for
+    ``HTTP_JSON``: pilot/pkg/networking/core/tracing.go), the OpenTelemetry tracer
+    about 160,000 (OTLP protobuf). Its exporter flushes every 5 spans or 5 s
+    (envoyproxy.io: OpenTelemetry tracer; runtime ``tracing.opentelemetry.*``), and
+    names its spans' service ``service_name`` (Envoy's node, as the Zipkin tracer does).
+    """
+    host = collector[0] if collector else COLLECTOR_CLUSTER
+    if tracer == OPENTELEMETRY:
+        port = f":{collector[1]}" if collector else ""
+        provider: dict[str, Any] = {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "http_service": {
+                    "http_uri": {
+                        "uri": f"http://{host}{port}/v1/traces",
+                        "cluster": COLLECTOR_CLUSTER,
+                        "timeout": "1s",
+                    }
+                },
+                "service_name": service_name,
+            },
+        }
+    else:
+        zipkin_config: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+            "collector_cluster": COLLECTOR_CLUSTER,
+            "collector_endpoint": "/api/v2/spans",
+            "collector_endpoint_version": "HTTP_JSON",
+            "collector_hostname": host,
+            "trace_id_128bit": True,
+            "shared_span_context": False,
+        }
+        if w3c:
+            zipkin_config["trace_context_option"] = "USE_B3_WITH_W3C_PROPAGATION"
+        provider = {"name": "envoy.tracers.zipkin", "typed_config": zipkin_config}
+    return {"random_sampling": {"value": sampling}, "provider": provider}
 
 
 def _access_log(path: Path | None) -> list[dict[str, Any]]:

@@ -246,7 +246,8 @@ class LocalMesh:
     stand_ins: dict[str, WorkloadProcess] = field(default_factory=dict)
     proxy: subprocess.Popen[bytes] | None = None  # the Envoy process
     ports: envoy.MeshPorts | None = None
-    zipkin: tuple[str, int] | None = None  # where Envoy reports its spans, if anywhere
+    collector: tuple[str, int] | None = None  # where Envoy reports its spans, if anywhere
+    tracer: str = envoy.OPENTELEMETRY  # Envoy's tracer (envoy.TRACERS)
     # What istiod would accept but the local mesh doubts or applies differently.
     warnings: list[str] = field(default_factory=list)
     backoff: Backoff = field(default_factory=Backoff)
@@ -442,11 +443,12 @@ class LocalMesh:
             config_dir,
             self.ports,
             access_log=self.run_dir / "envoy-access.log",
-            zipkin=self.zipkin,
-            # Workloads that write traceparent as well as B3 (the usvc framework,
-            # OpenTelemetry SDKs) prefer it; a B3-only sidecar would leave it
-            # naming the caller's span and the waterfall would skip the sidecars.
-            w3c=True,
+            collector=self.collector,
+            tracer=self.tracer,
+            # With the Zipkin tracer: workloads that write traceparent as well as B3 (the
+            # usvc framework, OpenTelemetry SDKs) prefer it; a B3-only sidecar would leave
+            # it naming the caller's span and the waterfall would skip the sidecars.
+            w3c=self.tracer == envoy.ZIPKIN,
             request_headers_timeout=self.request_headers_timeout,
             gateways=self.gateway.listeners,
         )

@@ -25,8 +25,8 @@ helm repo update istio >/dev/null
 helm upgrade --install istio-base istio/base --version "$ISTIO_VERSION" \
   --namespace "$ISTIO_NAMESPACE" --create-namespace --wait
 
-# Sidecars send Zipkin (B3) spans to Jaeger's Zipkin port; the app itself can
-# export OTLP to jaeger-collector (telemetry.tracing.otlpEndpoint in the chart).
+# Sidecars send OTLP/HTTP spans (W3C traceparent) to jaeger-collector:4318; the
+# app itself can export OTLP there too (telemetry.tracing.otlpEndpoint in the chart).
 helm upgrade --install istiod istio/istiod --version "$ISTIO_VERSION" \
   --namespace "$ISTIO_NAMESPACE" --wait \
   -f "$REPO_ROOT/scripts/cluster/istiod-values.yaml"

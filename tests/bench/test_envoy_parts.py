@@ -36,7 +36,7 @@ def test_the_mesh_variant_is_the_outbound_listener_the_mesh_writes(tmp_path: Pat
     mesh = next(v for v in envoy_parts.variants() if v.name == "mesh")
     (listener,) = mesh.bootstrap(ctx, 18001, 18002)["static_resources"]["listeners"]
     ports = envoy.MeshPorts(gateway=1, outbound=2, admin=3)
-    written = envoy.bootstrap(tmp_path, ports, zipkin=("127.0.0.1", ctx.collector_port))
+    written = envoy.bootstrap(tmp_path, ports, collector=("127.0.0.1", ctx.collector_port))
     outbound = next(x for x in written["static_resources"]["listeners"] if x["name"] == "outbound")
     ours, theirs = (
         x["filter_chains"][0]["filters"][0]["typed_config"] for x in (listener, outbound)

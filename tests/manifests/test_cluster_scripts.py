@@ -134,9 +134,11 @@ def test_istiod_traces_to_jaeger_by_default() -> None:
     providers = {p["name"]: p for p in values["extensionProviders"]}
     assert values["enableTracing"] is True
     assert values["defaultProviders"]["tracing"] == ["jaeger"]
-    assert providers["jaeger"]["zipkin"] == {
-        "service": "zipkin.istio-system.svc.cluster.local",
-        "port": 9411,
+    # The local mesh's tracer (usvc_mesh.envoy: OpenTelemetry, OTLP/HTTP): one set of rules.
+    assert providers["jaeger"]["opentelemetry"] == {
+        "service": "jaeger-collector.istio-system.svc.cluster.local",
+        "port": 4318,
+        "http": {"path": "/v1/traces", "timeout": "1s"},
     }
 
 

@@ -42,6 +42,7 @@ class Backend:
     tls: ssl.SSLContext | None = None
     hits: int = 0
     seen: list[dict[str, Any]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # as sent (OTLP protobuf is not text)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -53,7 +54,9 @@ class Backend:
             "headers": {k.lower(): v for k, v in request.headers.items()},
         }
         if request.can_read_body:
-            record["body"] = await request.text()
+            raw = await request.read()
+            record["body"] = raw.decode("utf-8", "replace")
+            self.bodies.append(raw)
         self.seen.append(record)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -70,6 +73,7 @@ class Backend:
     def reset(self) -> None:
         self.hits = 0
         self.seen.clear()
+        self.bodies.clear()
 
 
 class Backends:

@@ -38,6 +38,7 @@ from tests.mesh.conftest import (
     stop_envoy,
     virtual_service,
 )
+from usvc_mesh.telemetry.collector import otlp_from_protobuf, spans_of
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ WORKLOADS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     "relay": ({"app": "relay"}, {}),
     "delayed": ({"app": "delayed"}, {}),
     "stand-in": ({"app": "stand-in"}, {}),
-    "zipkin": ({"app": "zipkin"}, {}),
+    "collector": ({"app": "collector"}, {}),
 }
 SERVICES = {
     "echo-svc": "echo",
@@ -112,7 +113,7 @@ class Mesh:
         objects: list[dict[str, Any]] = [
             deployment(name, **labels)
             for name, (labels, _) in WORKLOADS.items()
-            if name not in {"stand-in", "zipkin"}
+            if name not in {"stand-in", "collector"}
         ]
         objects.append(deployment("dead", app="dead"))
         objects += [service(name, {"app": app}) for name, app in SERVICES.items()]
@@ -130,7 +131,7 @@ class Mesh:
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
         endpoints = {**self.backends.endpoints(), "dead": ("127.0.0.1", self.dead_port)}
-        del endpoints["stand-in"], endpoints["zipkin"]
+        del endpoints["stand-in"], endpoints["collector"]
         return endpoints
 
     def externals(self) -> dict[str, tuple[str, int]]:
@@ -487,7 +488,7 @@ async def test_a_mirrored_copy_keeps_the_original_host(
 # -- tracing -----------------------------------------------------------------------------
 
 
-async def test_request_id_and_b3_headers_reach_the_backend(
+async def test_request_id_and_traceparent_reach_the_backend(
     envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
 ) -> None:
     front = virtual_service(
@@ -500,12 +501,12 @@ async def test_request_id_and_b3_headers_reach_the_backend(
     _, body = await call(session, f"{envoy.gateway_url}/")
     headers = body["headers"]
     assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-request-id"])
-    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-b3-traceid"])
-    assert re.fullmatch(r"[0-9a-f]{16}", headers["x-b3-spanid"])
-    assert headers["x-b3-sampled"] == "1"
+    # Envoy's OpenTelemetry tracer: W3C, sampled (100 %), no B3.
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", headers["traceparent"])
+    assert "x-b3-traceid" not in headers
 
 
-async def test_the_outbound_proxy_continues_the_callers_b3_trace(
+async def test_the_outbound_proxy_continues_the_callers_w3c_trace(
     envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
 ) -> None:
     envoy.apply(mesh.translate())
@@ -514,13 +515,32 @@ async def test_the_outbound_proxy_continues_the_callers_b3_trace(
         session,
         "http://echo-svc/",
         proxy=envoy.proxy_url,
-        **{
-            "x-b3-traceid": trace,
-            "x-b3-spanid": span,
-            "x-b3-sampled": "1",
-            "x-request-id": "req-1",
-        },
+        traceparent=f"00-{trace}-{span}-01",
     )
+    _, trace_id, parent, flags = body["headers"]["traceparent"].split("-")
+    assert (trace_id, flags) == (trace, "01")
+    assert parent != span  # Envoy's own span, the caller's as its parent
+
+
+async def test_the_zipkin_tracer_continues_the_callers_b3_trace(
+    mesh: Mesh, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    traced = start_envoy(tmp_path, mesh.translate(), tracer="zipkin")
+    trace, span = "463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312"
+    try:
+        _, body = await call(
+            session,
+            "http://echo-svc/",
+            proxy=traced.proxy_url,
+            **{
+                "x-b3-traceid": trace,
+                "x-b3-spanid": span,
+                "x-b3-sampled": "1",
+                "x-request-id": "req-1",
+            },
+        )
+    finally:
+        stop_envoy(traced)
     headers = body["headers"]
     assert headers["x-b3-traceid"] == trace
     assert headers["x-b3-parentspanid"] == span
@@ -528,19 +548,19 @@ async def test_the_outbound_proxy_continues_the_callers_b3_trace(
     assert headers["x-request-id"] == "req-1"
 
 
-async def test_spans_reach_the_zipkin_collector_with_the_trace_the_backend_saw(
+async def test_spans_reach_the_otlp_collector_with_the_trace_the_backend_saw(
     mesh: Mesh, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    collector = mesh.backends["zipkin"]
+    collector = mesh.backends["collector"]
     front = virtual_service(
         "front",
         ["*"],
         [{"route": [{"destination": {"host": "echo-svc"}}]}],
         gateways=["front-gateway"],
     )
-    traced = start_envoy(tmp_path, mesh.translate(front), zipkin=("127.0.0.1", collector.port))
+    traced = start_envoy(tmp_path, mesh.translate(front), collector=("127.0.0.1", collector.port))
     try:
-        # Envoy's Zipkin tracer flushes once it holds 5 spans.
+        # Envoy's OpenTelemetry tracer flushes once it holds 5 spans.
         results = [await call(session, f"{traced.gateway_url}/") for _ in range(6)]
         deadline = time.monotonic() + 5
         while not collector.seen and time.monotonic() < deadline:
@@ -548,15 +568,22 @@ async def test_spans_reach_the_zipkin_collector_with_the_trace_the_backend_saw(
     finally:
         stop_envoy(traced)
     post = collector.seen[0]
-    assert post["path"] == "/api/v2/spans"
-    reported = {span["traceId"] for span in json.loads(post["body"])}
-    assert results[0][1]["headers"]["x-b3-traceid"] in reported
+    assert post["path"] == "/v1/traces"
+    assert post["headers"]["content-type"] == "application/x-protobuf"
+    # What the mesh's own collector (usvc up --telemetry) makes of it.
+    request = otlp_from_protobuf(collector.bodies[0])
+    (resource,) = request["resourceSpans"]
+    assert {"key": "service.name", "value": {"stringValue": "usvc-local-mesh"}} in (
+        resource["resource"]["attributes"]
+    )
+    reported = {span["traceId"] for span in spans_of(request)}
+    assert results[0][1]["headers"]["traceparent"].split("-")[1] in reported
 
 
 async def test_with_w3c_the_proxy_continues_a_traceparent_and_writes_both_formats(
     mesh: Mesh, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    traced = start_envoy(tmp_path, mesh.translate(), w3c=True)
+    traced = start_envoy(tmp_path, mesh.translate(), tracer="zipkin", w3c=True)
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     try:
         _, body = await call(

@@ -1289,26 +1289,55 @@ def test_the_outbound_listener_resolves_passthrough_hosts_before_routing() -> No
     assert names.index("envoy.filters.http.dynamic_forward_proxy") == len(names) - 2
 
 
-def test_listeners_generate_request_ids_and_trace_with_zipkin_like_istio_sidecars() -> None:
-    manager = hcm(tr.bootstrap(CONFIG_DIR, PORTS, zipkin=("127.0.0.1", 9411)), "outbound")
+def test_listeners_generate_request_ids_and_trace_with_opentelemetry_over_otlp_http() -> None:
+    config = tr.bootstrap(CONFIG_DIR, PORTS, collector=("127.0.0.1", 4318))
+    manager = hcm(config, "outbound")
     assert manager["generate_request_id"] is True
     assert manager["tracing"]["random_sampling"] == {"value": 100.0}
+    assert manager["tracing"]["provider"]["name"] == "envoy.tracers.opentelemetry"
+    otel = manager["tracing"]["provider"]["typed_config"]
+    assert otel["http_service"]["http_uri"] == {
+        "uri": "http://127.0.0.1:4318/v1/traces",
+        "cluster": "trace-collector",
+        "timeout": "1s",
+    }
+    # Envoy's spans are the node's service, as the Zipkin tracer names them.
+    assert otel["service_name"] == config["node"]["id"] == "usvc-local-mesh"
+    assert hcm(config, "gateway")["tracing"] == manager["tracing"]
+
+
+def test_the_zipkin_tracer_is_istios_zipkin_provider_with_b3() -> None:
+    manager = hcm(
+        tr.bootstrap(CONFIG_DIR, PORTS, collector=("127.0.0.1", 9411), tracer="zipkin"),
+        "outbound",
+    )
     zipkin = manager["tracing"]["provider"]["typed_config"]
     assert manager["tracing"]["provider"]["name"] == "envoy.tracers.zipkin"
     assert (zipkin["trace_id_128bit"], zipkin["shared_span_context"]) == (True, False)
     assert zipkin["collector_endpoint"] == "/api/v2/spans"
+    # istiod always asks for JSON (pilot/pkg/networking/core/tracing.go).
+    assert zipkin["collector_endpoint_version"] == "HTTP_JSON"
 
 
 def test_w3c_adds_traceparent_to_the_b3_headers_envoy_reads_and_writes() -> None:
-    plain = hcm(tr.bootstrap(CONFIG_DIR, PORTS), "outbound")["tracing"]["provider"]["typed_config"]
-    both = hcm(tr.bootstrap(CONFIG_DIR, PORTS, w3c=True), "outbound")["tracing"]["provider"]
-    assert "trace_context_option" not in plain
-    assert both["typed_config"]["trace_context_option"] == "USE_B3_WITH_W3C_PROPAGATION"
+    plain = hcm(tr.bootstrap(CONFIG_DIR, PORTS, tracer="zipkin"), "outbound")["tracing"]
+    both = hcm(tr.bootstrap(CONFIG_DIR, PORTS, tracer="zipkin", w3c=True), "outbound")["tracing"]
+    assert "trace_context_option" not in plain["provider"]["typed_config"]
+    assert both["provider"]["typed_config"]["trace_context_option"] == (
+        "USE_B3_WITH_W3C_PROPAGATION"
+    )
+
+
+def test_w3c_is_refused_with_the_opentelemetry_tracer_which_is_w3c_anyway() -> None:
+    with pytest.raises(ValueError, match="w3c"):
+        tr.bootstrap(CONFIG_DIR, PORTS, w3c=True)
+    with pytest.raises(ValueError, match="tracer"):
+        tr.bootstrap(CONFIG_DIR, PORTS, tracer="jaeger")
 
 
 def test_without_a_collector_spans_go_to_a_cluster_with_no_endpoints() -> None:
     (collector,) = tr.bootstrap(CONFIG_DIR, PORTS)["static_resources"]["clusters"]
-    assert collector["name"] == "zipkin"
+    assert collector["name"] == "trace-collector"
     assert collector["load_assignment"]["endpoints"] == []
 
 

@@ -154,7 +154,7 @@ def main() -> int:
         gateway_port=free_port(),
         run_dir=run_dir,
         base_env={"PATH": "/usr/bin:/bin", **telemetry.env},
-        zipkin=telemetry.zipkin,
+        collector=telemetry.otlp_address,
     )
     mesh.env_overrides = mesh.layout.scenario_env("retry")  # clock honours `fail`
     mesh.start()

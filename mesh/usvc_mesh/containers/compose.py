@@ -52,7 +52,8 @@ STAND_IN_PORT = 8080
 STATS_PORT = 15090
 ADMIN_CLUSTER = "envoy-admin"
 PROMETHEUS_FILE = Path("prometheus/prometheus.yml")
-ZIPKIN = ("jaeger", 9411)
+# Jaeger's OTLP/HTTP port: Envoy's OpenTelemetry tracer and the workloads report there.
+COLLECTOR = ("jaeger", 4318)
 COMPOSE_NOTE = (
     "Unlike `usvc up`: one shared outbound listener (envoy:15001) for every container and no "
     "inbound listeners, no sidecar per workload, so callers are not told apart (no identity, "
@@ -341,7 +342,7 @@ def _write_envoy(config: Path, chosen: Plan) -> None:
     path = envoy.write_bootstrap(
         config,
         PORTS,
-        zipkin=ZIPKIN,
+        collector=COLLECTOR,
         outbound_host="0.0.0.0",
         config_path=CONTAINER_CONFIG,
         node_id="usvc-compose",
@@ -350,7 +351,7 @@ def _write_envoy(config: Path, chosen: Plan) -> None:
     # JSON has no comments: the note is node metadata, which Envoy keeps and ignores.
     bootstrap["node"]["metadata"] = {"usvc.note": COMPOSE_NOTE}
     resources = bootstrap["static_resources"]
-    for cluster in resources["clusters"]:  # the Zipkin collector (Jaeger, a profile)
+    for cluster in resources["clusters"]:  # the trace collector (Jaeger, a profile)
         cluster["wait_for_warm_on_init"] = False
     resources["listeners"].append(_stats_listener())
     resources["clusters"].append(envoy.static_cluster(ADMIN_CLUSTER, "127.0.0.1", PORTS.admin))

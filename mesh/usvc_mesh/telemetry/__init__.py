@@ -2,7 +2,7 @@
 
 :class:`Telemetry` is the whole hook into ``usvc up``: its :attr:`~Telemetry.env`
 goes into every workload's environment (the OTLP exporter pointed at the local
-collector), its :attr:`~Telemetry.zipkin` is where Envoy reports, and
+collector), its :attr:`~Telemetry.otlp_address` is where Envoy reports (OTLP/HTTP), and
 :meth:`~Telemetry.start` / :meth:`~Telemetry.stop` bracket the running mesh.
 """
 
@@ -66,7 +66,8 @@ class Telemetry:
         }
 
     @property
-    def zipkin(self) -> tuple[str, int]:
+    def otlp_address(self) -> tuple[str, int]:
+        """Where Envoy's OpenTelemetry tracer sends its spans: this collector's /v1/traces."""
         return ("127.0.0.1", self.collector_port)
 
     def rule_files(self) -> list[Path]:
