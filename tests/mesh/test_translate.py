@@ -1303,7 +1303,10 @@ def test_listeners_generate_request_ids_and_trace_with_opentelemetry_over_otlp_h
     }
     # Envoy's spans are the node's service, as the Zipkin tracer names them.
     assert otel["service_name"] == config["node"]["id"] == "usvc-local-mesh"
-    assert hcm(config, "gateway")["tracing"] == manager["tracing"]
+    # The gateway's spans name the ingress gateway, as a sidecar's name its workload.
+    gateway = hcm(config, "gateway")["tracing"]["provider"]
+    assert gateway["name"] == "envoy.tracers.opentelemetry"
+    assert gateway["typed_config"]["service_name"] == "istio-ingressgateway.istio-ingress"
 
 
 def test_the_zipkin_tracer_is_istios_zipkin_provider_with_b3() -> None:
@@ -1350,3 +1353,19 @@ def test_only_the_gateway_is_the_edge_for_x_forwarded_for() -> None:
     config = tr.bootstrap(CONFIG_DIR, PORTS)
     assert hcm(config, "gateway")["use_remote_address"] is True
     assert hcm(config, "outbound")["use_remote_address"] is False
+
+
+def test_each_sidecars_opentelemetry_spans_name_its_workload_as_istiod_does() -> None:
+    from usvc_mesh import envoy
+
+    tags = {"istio.canonical_service": "front", "istio.namespace": "usvc"}
+    otel = envoy._tagged_tracing(envoy._tracing(None, 100.0, False), tags)
+    assert otel["provider"]["typed_config"]["service_name"] == "front.usvc"
+    assert {"tag": "istio.namespace", "literal": {"value": "usvc"}} in otel["custom_tags"]
+    # The Zipkin tracer has one service per process: the tags alone name the sidecar.
+    zipkin = envoy._tagged_tracing(envoy._tracing(None, 100.0, False, envoy.ZIPKIN), tags)
+    assert "service_name" not in zipkin["provider"]["typed_config"]
+    # The shared tracing is not changed for the next listener.
+    assert envoy._tracing(None, 100.0, False)["provider"]["typed_config"]["service_name"] == (
+        "usvc-local-mesh"
+    )
