@@ -573,9 +573,11 @@ async def test_spans_reach_the_otlp_collector_with_the_trace_the_backend_saw(
     # What the mesh's own collector (usvc up --telemetry) makes of it.
     request = otlp_from_protobuf(collector.bodies[0])
     (resource,) = request["resourceSpans"]
-    assert {"key": "service.name", "value": {"stringValue": "usvc-local-mesh"}} in (
-        resource["resource"]["attributes"]
-    )
+    # The gateway listener's spans: the ingress gateway's service, as istiod names it.
+    assert {
+        "key": "service.name",
+        "value": {"stringValue": "istio-ingressgateway.istio-ingress"},
+    } in (resource["resource"]["attributes"])
     reported = {span["traceId"] for span in spans_of(request)}
     assert results[0][1]["headers"]["traceparent"].split("-")[1] in reported
 
