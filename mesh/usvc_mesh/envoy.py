@@ -277,8 +277,9 @@ def sidecar_listeners(
 ) -> list[dict[str, Any]]:
     """Each workload's outbound listener and its replicas' inbound and plain listeners.
 
-    An outbound listener routes by the shared ``outbound`` route
-    configuration (RDS); an inbound listener sends everything to its
+    An outbound listener routes by its view's route configuration (RDS:
+    ``outbound``, shared by every workload unless sourceLabels/sourceNamespace
+    matches give some another view); an inbound listener sends everything to its
     replica's process. Both report the workload in their spans (Istio's
     ``istio.*`` span tags) and access lines (``workload``). A replica's plain
     listener (its pod address, for clients outside the mesh) is its inbound
@@ -300,7 +301,7 @@ def sidecar_listeners(
                 f"{sidecar.workload}|outbound",
                 host,
                 sidecar.outbound,
-                _rds(OUTBOUND_ROUTES, config_dir),
+                _rds(sidecar.routes, config_dir),
                 _tagged_tracing(tracing, tags),
                 [_tagged(entry, OUTBOUND_ROUTES, sidecar.workload) for entry in log],
                 edge=False,
@@ -357,6 +358,7 @@ def versions(translation: Translation) -> dict[str, str]:
         GATEWAY_ROUTES: _digest(translation.gateway_routes),
         OUTBOUND_ROUTES: _digest(translation.outbound_routes),
         **{routes["name"]: _digest(routes) for routes in translation.extra_routes},
+        **{view["name"]: _digest(view) for view in translation.outbound_views},
     }
 
 
@@ -374,6 +376,12 @@ def write(config_dir: Path, translation: Translation) -> None:
     """
     config_dir.mkdir(parents=True, exist_ok=True)
     version = versions(translation)
+    views = [(view["name"], view) for view in translation.outbound_views]
+    for name, routes in views:
+        # A view no listener used before: its file exists before a listener subscribes.
+        path = config_dir / rds_file(name)
+        if not path.exists():
+            _atomic_write(path, _discovery(version[name], [routes], _ROUTES_TYPE))
     defaults = _defaults(config_dir)
     listeners = sidecar_listeners(translation.sidecars, config_dir, defaults)
     lds_path = config_dir / LDS_FILE
@@ -409,6 +417,7 @@ def write(config_dir: Path, translation: Translation) -> None:
         (GATEWAY_ROUTES, translation.gateway_routes),
         (OUTBOUND_ROUTES, translation.outbound_routes),
         *((extra["name"], extra) for extra in translation.extra_routes),
+        *views,
     ):
         path = config_dir / rds_file(name)
         text = _text(_discovery(version[name], [routes], _ROUTES_TYPE))
@@ -432,6 +441,7 @@ def sidecar_key(sidecar: Sidecar) -> dict[str, Any]:
         # same listeners must give the same version whatever the order of replicas.
         "inbounds": sorted([i.instance, list(i.app)] for i in sidecar.inbounds),
         "http_filters": list(sidecar.http_filters),
+        "routes": sidecar.routes,
     }
 
 
@@ -559,6 +569,10 @@ def runs_versions(seen: Mapping[str, str], translation: Translation) -> bool:
     """
     want = versions(translation)
     got = dict(seen)
+    for name in [n for n in got if n.startswith(f"{OUTBOUND_ROUTES}.") and n not in want]:
+        # A view no listener uses any longer (a `mesh use` switch): its subscription
+        # may outlive the listeners still draining on it.
+        got.pop(name)
     if not translation.sidecars and not got.get("lds"):
         want.pop("lds")
         got.pop("lds", None)

@@ -108,8 +108,9 @@ _MATCH_FIELDS = {
     "ignoreUriCase",
     "withoutHeaders",
     "statPrefix",
+    "sourceLabels",
+    "sourceNamespace",
 }
-_MATCH_UNSUPPORTED = {"sourceLabels", "sourceNamespace"}
 _STRING_MATCH = ("exact", "prefix", "regex")
 
 _VS = "VirtualService"
@@ -135,7 +136,6 @@ _MATCH = message(
     "HTTPMatchRequest",
     ["http[].match[]"],
     _MATCH_FIELDS,
-    dict.fromkeys(_MATCH_UNSUPPORTED, "one outbound listener serves every workload"),
 )
 _STRING_MATCH_MESSAGE = message(
     _VS,
@@ -213,6 +213,52 @@ _BODY = message(_VS, "HTTPBody", ["http[].directResponse.body"], {"string"}, {"b
 
 
 @dataclass(frozen=True)
+class Source:
+    """The proxy routes are built for: its pod labels and namespace.
+
+    istiod builds each proxy's routes for that proxy and drops the match
+    conditions whose ``sourceLabels``/``sourceNamespace`` it does not satisfy
+    (pilot/pkg/networking/core/route/route.go ``sourceMatchHTTP``); locally the
+    proxy is a workload's outbound listener (:mod:`usvc_mesh.sidecars`) or the
+    gateway. ``None`` stands for no proxy in particular: validation.
+    """
+
+    labels: frozenset[tuple[str, str]]
+    namespace: str | None  # None: a caller of no namespace (compose's shared listener)
+
+    @classmethod
+    def of(cls, labels: Mapping[str, str], namespace: str | None) -> Source:
+        return cls(frozenset(labels.items()), namespace)
+
+
+ANONYMOUS = Source(frozenset(), None)
+
+
+def source_conditioned(match: Mapping[str, Any]) -> bool:
+    """Whether a match's ``sourceLabels``/``sourceNamespace`` decide where it applies.
+
+    istiod checks them only when the match names no ``gateways``: with
+    ``gateways`` set, those alone decide (route.go ``sourceMatchHTTP``).
+    """
+    if match.get("gateways"):
+        return False
+    return bool(match.get("sourceLabels")) or bool(match.get("sourceNamespace"))
+
+
+def source_applies(match: Spec, source: Source) -> bool:
+    """istiod's ``sourceMatchHTTP`` for a match without ``gateways``.
+
+    istio.io VirtualService, HTTPMatchRequest: ``sourceLabels`` "one or more
+    labels that constrain the applicability of a rule to source (client)
+    workloads with the given labels"; ``sourceNamespace`` "the source namespace
+    constraining the applicability of a rule to workloads in that namespace".
+    """
+    wanted = frozenset(match.string_map("sourceLabels").items())
+    namespace = match.text("sourceNamespace") or ""
+    return wanted <= source.labels and (not namespace or namespace == source.namespace)
+
+
+@dataclass(frozen=True)
 class VirtualService:
     name: str
     namespace: str
@@ -276,16 +322,21 @@ class RouteBuilder:
         self.warnings: list[str] = []
 
     def routes(
-        self, vs: VirtualService, *, port: int | None, gateway: str | None
+        self,
+        vs: VirtualService,
+        *,
+        port: int | None,
+        gateway: str | None,
+        source: Source | None = None,
     ) -> list[dict[str, Any]]:
-        """Routes of ``vs`` for a listener on ``port`` serving ``gateway``.
+        """Routes of ``vs`` for a listener on ``port`` serving ``gateway``, seen by ``source``.
 
-        ``None`` for both checks every rule without filtering any out, which is
+        ``None`` for all three checks every rule without filtering any out, which is
         how a VirtualService is validated even where nothing binds it.
         """
         out: list[dict[str, Any]] = []
         for http in vs.http:
-            routes, catch_all = self._http(vs, http, port, gateway)
+            routes, catch_all = self._http(vs, http, port, gateway, source)
             out.extend(routes)
             if catch_all and port is not None:
                 break
@@ -311,7 +362,12 @@ class RouteBuilder:
     # -- one http[] rule ------------------------------------------------------
 
     def _http(
-        self, vs: VirtualService, http: Spec, port: int | None, gateway: str | None
+        self,
+        vs: VirtualService,
+        http: Spec,
+        port: int | None,
+        gateway: str | None,
+        source: Source | None,
     ) -> tuple[list[dict[str, Any]], bool]:
         """The routes of one rule, and whether it catches all requests (istiod stops there)."""
         http.only(_HTTP_ROUTE)
@@ -327,7 +383,7 @@ class RouteBuilder:
         operations = _headers(http.child("headers"))
         catch_all = not http.children("match")
         for match in matches:
-            if match is not None and not self._applies(vs, match, port, gateway):
+            if match is not None and not self._applies(vs, match, port, gateway, source):
                 continue
             route_name = name
             if match is not None and match.text("name"):
@@ -402,9 +458,17 @@ class RouteBuilder:
         return 80
 
     def _applies(
-        self, vs: VirtualService, match: Spec, port: int | None, gateway: str | None
+        self,
+        vs: VirtualService,
+        match: Spec,
+        port: int | None,
+        gateway: str | None,
+        source: Source | None,
     ) -> bool:
+        """istiod's TranslateRoute filters: the match's port, then ``sourceMatchHTTP``."""
         match.only(_MATCH)
+        match.string_map("sourceLabels")
+        match.text("sourceNamespace")
         wanted_port = match.integer("port", minimum=1)
         gateways = set()
         for index, name in enumerate(match.strings("gateways")):
@@ -416,7 +480,17 @@ class RouteBuilder:
             gateways.add(key)
         if port is not None and wanted_port is not None and wanted_port != port:
             return False
-        return gateway is None or not gateways or gateway in gateways
+        if gateways:
+            if match.has("sourceLabels") or match.has("sourceNamespace"):
+                warning = (
+                    f"{match.where}: {match.path} sets gateways, so istiod ignores its "
+                    "sourceLabels/sourceNamespace (route.go sourceMatchHTTP);"
+                    " so does the local mesh"
+                )
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+            return gateway is None or gateway in gateways
+        return source is None or source_applies(match, source)
 
     def _action(
         self,

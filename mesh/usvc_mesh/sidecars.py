@@ -160,6 +160,9 @@ class Sidecar:
     http_filters: tuple[dict[str, Any], ...] = ()
     # PeerAuthentication STRICT: its plain listeners refuse plaintext clients.
     plaintext_refused: bool = False
+    # Its outbound listener's route configuration (RDS): ``outbound``, or the view of
+    # the routes its sourceLabels/sourceNamespace matches give it (usvc_mesh.translation).
+    routes: str = "outbound"
 
     @property
     def principal(self) -> str:

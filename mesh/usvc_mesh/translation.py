@@ -34,7 +34,7 @@ RequestAuthentications that select it add ``jwt_authn`` (:mod:`usvc_mesh.authn`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,8 +57,18 @@ from .registry import (
     addresses,
     build_registry,
 )
-from .routes import MESH, RouteBuilder, VirtualService, read_virtual_service, route_timeout
-from .sidecars import Inbound, Sidecar, inbound_http_filters
+from .routes import (
+    ANONYMOUS,
+    MESH,
+    RouteBuilder,
+    Source,
+    VirtualService,
+    read_virtual_service,
+    route_timeout,
+    source_applies,
+    source_conditioned,
+)
+from .sidecars import GATEWAY_NAMESPACE, Inbound, Sidecar, inbound_http_filters
 from .spec import Spec, UnsupportedField, message, metadata_name, metadata_namespace
 
 GATEWAY_ROUTES = "gateway"
@@ -177,6 +187,9 @@ class Translation:
     # Each workload's outbound and inbound listeners (usvc_mesh.sidecars); none:
     # one shared outbound listener for every workload (compose, most tests).
     sidecars: tuple[Sidecar, ...] = field(default=())
+    # The outbound route configurations besides ``outbound`` (each Sidecar.routes
+    # names its own): one per distinct view of sourceLabels/sourceNamespace matches.
+    outbound_views: tuple[dict[str, Any], ...] = field(default=())
 
     def cluster(self, name: str) -> dict[str, Any]:
         for cluster in self.clusters:
@@ -190,6 +203,7 @@ class Translation:
             GATEWAY_ROUTES: self.gateway_routes,
             OUTBOUND_ROUTES: self.outbound_routes,
             **{extra["name"]: extra for extra in self.extra_routes},
+            **{view["name"]: view for view in self.outbound_views},
         }
         for virtual_host in configs[routes]["virtual_hosts"]:
             if domain in virtual_host["domains"]:
@@ -276,19 +290,24 @@ def translate(
     builder = RouteBuilder(registry, rules, jwt_issuers=authn.issuers)
     for vs in services:
         builder.routes(vs, port=None, gateway=None)
+    gateway_source = Source.of(_gateway_labels(objects), GATEWAY_NAMESPACE)
     listeners, gateway_routes = _gateway_listeners(
-        services, gateways, registry, builder, gateway_ports or {}
+        services, gateways, registry, builder, gateway_ports or {}, gateway_source
     )
     clusters, warnings = build_clusters(registry, rules, health_checks=health_checks)
     mode = _outbound_mode(objects, namespace, outbound_traffic_policy)
     if mode == ALLOW_ANY:
         clusters.append(_passthrough_cluster())
     clusters.extend(_inbound_cluster(i) for s in sidecars for i in s.inbounds)
+    bound = _mesh_bound(services, registry)
+    outbound_hosts, varying = _outbound_hosts(bound, registry, builder, mode)
+    outbound_routes = _route_config(OUTBOUND_ROUTES, outbound_hosts)
+    sidecars, views = _outbound_views(sidecars, bound, outbound_routes, varying, builder)
+    if not sidecars:
+        builder.warnings.extend(_unviewed(bound))
     return Translation(
         gateway_routes=gateway_routes[0],
-        outbound_routes=_route_config(
-            OUTBOUND_ROUTES, _outbound_hosts(services, registry, builder, mode)
-        ),
+        outbound_routes=outbound_routes,
         clusters=tuple(clusters),
         warnings=tuple(
             [*export_warnings, *warnings, *authn.warnings, *builder.warnings, *authz_warnings]
@@ -297,6 +316,7 @@ def translate(
         extra_routes=tuple(gateway_routes[1:]),
         gateway_filters=authn.http_filters,
         sidecars=sidecars,
+        outbound_views=views,
     )
 
 
@@ -489,9 +509,10 @@ def _passthrough_cluster() -> dict[str, Any]:
     return {"name": PASSTHROUGH_CLUSTER, "connect_timeout": "10s", **forward_proxy_cluster()}
 
 
-def _outbound_hosts(
-    services: Sequence[VirtualService], registry: Registry, builder: RouteBuilder, mode: str
-) -> list[dict[str, Any]]:
+def _mesh_bound(
+    services: Sequence[VirtualService], registry: Registry
+) -> dict[str, VirtualService]:
+    """Each host's VirtualService bound to ``mesh`` (the sidecars), by FQDN."""
     bound: dict[str, VirtualService] = {}
     for vs in services:
         if MESH not in vs.gateways:
@@ -508,7 +529,30 @@ def _outbound_hosts(
                     f"{bound[host.fqdn].where}"
                 )
             bound[host.fqdn] = vs
+    return bound
+
+
+# A virtual host whose routes depend on the caller: its index in the outbound
+# virtual hosts, its host and port, and the VirtualService with source matches.
+_Varying = tuple[int, MeshHost, Port, VirtualService]
+
+
+def _source_matches(vs: VirtualService) -> list[Spec]:
+    """The matches of ``vs`` whose sourceLabels/sourceNamespace decide where they apply."""
+    return [m for http in vs.http for m in http.children("match") if source_conditioned(m.data)]
+
+
+def _outbound_hosts(
+    bound: Mapping[str, VirtualService], registry: Registry, builder: RouteBuilder, mode: str
+) -> tuple[list[dict[str, Any]], list[_Varying]]:
+    """The ``outbound`` virtual hosts, seen by a caller no source match selects.
+
+    Also returns the virtual hosts whose routes another caller may see otherwise
+    (:func:`_outbound_views` rebuilds those alone).
+    """
+    conditioned = {(vs.namespace, vs.name) for vs in bound.values() if _source_matches(vs)}
     virtual_hosts = []
+    varying: list[_Varying] = []
     for host in registry.hosts:
         bare_port = _bare_port(host)
         for port in host.ports:
@@ -516,17 +560,10 @@ def _outbound_hosts(
                 virtual_hosts.append(_tunnel(host, port))
                 continue
             routed = bound.get(host.fqdn)
-            routes = builder.routes(routed, port=port.number, gateway=MESH) if routed else []
-            domains = [f"{name}:{port.number}" for name in host.names]
-            if port.number == bare_port:
-                domains = [*host.names, *domains]
+            if routed is not None and (routed.namespace, routed.name) in conditioned:
+                varying.append((len(virtual_hosts), host, port, routed))
             virtual_hosts.append(
-                {
-                    "name": f"{host.fqdn}:{port.number}",
-                    "domains": domains,
-                    "routes": routes or [builder.default_route(host, port.number)],
-                    "include_request_attempt_count": True,
-                }
+                _mesh_virtual_host(host, port, routed, builder, ANONYMOUS, bare_port)
             )
     if mode == ALLOW_ANY:
         catch_all: dict[str, Any] = {
@@ -541,7 +578,86 @@ def _outbound_hosts(
             "direct_response": {"status": 502, "body": {"inline_string": _NO_ROUTE_BODY}},
         }
     virtual_hosts.append({"name": catch_all["name"], "domains": ["*"], "routes": [catch_all]})
-    return virtual_hosts
+    return virtual_hosts, varying
+
+
+def _mesh_virtual_host(
+    host: MeshHost,
+    port: Port,
+    routed: VirtualService | None,
+    builder: RouteBuilder,
+    source: Source,
+    bare_port: int | None,
+) -> dict[str, Any]:
+    routes = builder.routes(routed, port=port.number, gateway=MESH, source=source) if routed else []
+    domains = [f"{name}:{port.number}" for name in host.names]
+    if port.number == bare_port:
+        domains = [*host.names, *domains]
+    return {
+        "name": f"{host.fqdn}:{port.number}",
+        "domains": domains,
+        # istiod: a VirtualService none of whose routes this proxy sees leaves the
+        # host its default route (route.go buildSidecarVirtualHostsForVirtualService).
+        "routes": routes or [builder.default_route(host, port.number)],
+        "include_request_attempt_count": True,
+    }
+
+
+def _outbound_views(
+    sidecars: tuple[Sidecar, ...],
+    bound: Mapping[str, VirtualService],
+    outbound: Mapping[str, Any],
+    varying: Sequence[_Varying],
+    builder: RouteBuilder,
+) -> tuple[tuple[Sidecar, ...], tuple[dict[str, Any], ...]]:
+    """Each sidecar's outbound route configuration: one per distinct view.
+
+    istiod builds every proxy's routes for that proxy, dropping the matches whose
+    ``sourceLabels``/``sourceNamespace`` it does not satisfy (route.go
+    ``sourceMatchHTTP``). Locally the workloads that see the same matches share one
+    RouteConfiguration; those that see what a caller no source match selects share
+    ``outbound``. Without such matches there is one, whatever the number of workloads.
+    A view differs from ``outbound`` only in the ``varying`` virtual hosts, the others
+    are shared, so the work is O(services + views x varying hosts).
+    """
+    matches = [m for vs in _distinct(v for *_, v in varying) for m in _source_matches(vs)]
+    if not matches or not sidecars:
+        return sidecars, ()
+    anonymous = tuple(source_applies(m, ANONYMOUS) for m in matches)
+    names: dict[tuple[bool, ...], str] = {anonymous: OUTBOUND_ROUTES}
+    views: list[dict[str, Any]] = []
+    placed = []
+    for sidecar in sidecars:
+        source = Source.of(sidecar.labels, sidecar.namespace)
+        key = tuple(source_applies(m, source) for m in matches)
+        if key not in names:
+            names[key] = f"{OUTBOUND_ROUTES}.{sidecar.workload}"
+            virtual_hosts = list(outbound["virtual_hosts"])
+            for index, host, port, vs in varying:
+                virtual_hosts[index] = _mesh_virtual_host(
+                    host, port, vs, builder, source, _bare_port(host)
+                )
+            views.append({**outbound, "name": names[key], "virtual_hosts": virtual_hosts})
+        placed.append(replace(sidecar, routes=names[key]))
+    return tuple(placed), tuple(views)
+
+
+def _distinct(services: Iterable[VirtualService]) -> list[VirtualService]:
+    seen: dict[tuple[str, str], VirtualService] = {}
+    for vs in services:
+        seen.setdefault((vs.namespace, vs.name), vs)
+    return list(seen.values())
+
+
+def _unviewed(bound: Mapping[str, VirtualService]) -> list[str]:
+    """Without sidecars one outbound listener serves every caller: say what it drops."""
+    return [
+        f"{match.where}: {match.path} has sourceLabels/sourceNamespace, but the local mesh has "
+        "one outbound proxy for every workload here (no per-workload sidecars): the match "
+        "applies to no caller"
+        for vs in _distinct(bound.values())
+        for match in _source_matches(vs)
+    ]
 
 
 def _bare_port(host: MeshHost) -> int | None:
@@ -667,6 +783,7 @@ def _gateway_listeners(
     registry: Registry,
     builder: RouteBuilder,
     local_ports: Mapping[int, int],
+    source: Source,
 ) -> tuple[list[GatewayListener], list[dict[str, Any]]]:
     """One listener per distinct server port, the first named ``gateway``.
 
@@ -718,7 +835,7 @@ def _gateway_listeners(
     routes = [c.routes for listener in listeners for c in listener.chains]
     for route in routes or [GATEWAY_ROUTES]:
         selected = {k for k, name in names.items() if name == route}
-        hosts = _gateway_hosts(services, gateways, registry, builder, selected, https_ports)
+        hosts = _gateway_hosts(services, gateways, registry, builder, selected, https_ports, source)
         configs.append(_route_config(route, hosts))
     return listeners, configs
 
@@ -787,8 +904,15 @@ def _gateway_hosts(
     builder: RouteBuilder,
     selected: set[tuple[str, int]],
     https_ports: Mapping[str, int],
+    source: Source,
 ) -> list[dict[str, Any]]:
-    """The virtual hosts of one gateway route configuration: the ``selected`` servers'."""
+    """The virtual hosts of one gateway route configuration: the ``selected`` servers'.
+
+    ``source`` is the gateway as a caller: a ``sourceLabels`` match of a gateway-bound
+    VirtualService applies if the gateway's pod labels (every Gateway's ``selector``)
+    include them, as istiod checks them against the gateway proxy's labels
+    (route.go ``sourceMatchHTTP``).
+    """
     by_host: dict[str, dict[str, Any]] = {}
     contributors: dict[str, int] = {}
     redirects: dict[str, int | None] = {}
@@ -809,7 +933,9 @@ def _gateway_hosts(
                         entry = by_host.setdefault(
                             name, {"name": name, "domains": domains, "routes": []}
                         )
-                        entry["routes"].extend(builder.routes(vs, port=server.port, gateway=key))
+                        entry["routes"].extend(
+                            builder.routes(vs, port=server.port, gateway=key, source=source)
+                        )
                         if server.https_redirect:
                             redirects[name] = https_ports.get(key)
                         contributors[name] = contributors.get(name, 0) + 1

@@ -52,7 +52,7 @@ def test_the_check_command_fails_on_a_stale_file(
         ("VirtualService", "http[].match[].headers.<name>.prefix", APPLIED),
         ("VirtualService", "http[].delegate", NOT_APPLIED),
         ("VirtualService", "http[].delegate.name", NOT_APPLIED),  # inherits its parent's
-        ("VirtualService", "http[].match[].sourceLabels", NOT_APPLIED),
+        ("VirtualService", "http[].match[].sourceLabels", APPLIED),
         ("VirtualService", "http[].redirect.prefixRewrite", NOT_APPLIED),  # newer than models
         ("VirtualService", "tls[].match[].sniHosts", NOT_APPLIED),
         ("DestinationRule", "trafficPolicy.tls.credentialName", NOT_APPLIED),

@@ -866,7 +866,6 @@ UNSUPPORTED = {
     "http[0].delegate": vs_with(delegate={"name": "x"}),
     "tcp": middle_vs(MIDDLE_RULE, tcp=[{"route": [to()]}]),
     "tls": middle_vs(MIDDLE_RULE, tls=[{"route": [to()]}]),
-    "http[0].match[0].sourceLabels": vs_with(match=[{"sourceLabels": {"app": "front"}}]),
     "http[0].fault.delay.exponentialDelay": vs_with(fault={"delay": {"exponentialDelay": "1s"}}),
     "http[0].fault.abort.http2Error": vs_with(fault={"abort": {"http2Error": "x"}}),
 }
