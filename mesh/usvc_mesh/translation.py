@@ -24,7 +24,10 @@ route), one CONNECT tunnel per non-HTTP port, and a catch-all for hosts the
 registry does not know: passed through to the host itself (Istio's default
 ``outboundTrafficPolicy`` ALLOW_ANY; Envoy's dynamic forward proxy resolves it)
 or answered 502 (REGISTRY_ONLY). The mode is the mesh's default unless a
-namespace-wide ``Sidecar`` sets it. ``gateway`` stands in
+namespace-wide ``Sidecar`` sets it. A workload some VirtualService match's
+``sourceLabels``/``sourceNamespace`` select sees other routes: its view is
+another outbound route configuration, ``outbound.WORKLOAD``
+(``Translation.outbound_views``, :func:`_outbound_views`). ``gateway`` stands in
 for the ingress gateway: the VirtualServices bound to Gateway objects, on the
 hosts their servers accept. The gateway has a listener per distinct server port
 (``Translation.gateway_listeners``; HTTPS servers: :mod:`usvc_mesh.gateway_tls`),
@@ -631,7 +634,10 @@ def _outbound_views(
         source = Source.of(sidecar.labels, sidecar.namespace)
         key = tuple(source_applies(m, source) for m in matches)
         if key not in names:
-            names[key] = f"{OUTBOUND_ROUTES}.{sidecar.workload}"
+            name = f"{OUTBOUND_ROUTES}.{sidecar.workload}"
+            if name in names.values():  # the same Deployment name in another namespace
+                name = f"{name}.{sidecar.namespace}"
+            names[key] = name
             virtual_hosts = list(outbound["virtual_hosts"])
             for index, host, port, vs in varying:
                 virtual_hosts[index] = _mesh_virtual_host(

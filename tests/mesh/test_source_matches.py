@@ -168,6 +168,12 @@ def test_a_match_with_gateways_ignores_its_source_labels_as_istiod_does() -> Non
     assert any("istiod ignores its sourceLabels" in w for w in translation.warnings)
 
 
+def test_source_labels_must_map_strings_to_strings() -> None:
+    rule = core_vs(to("a", match=[{"sourceLabels": ["app=front"]}]))
+    with pytest.raises(ValueError, match=r"http\[0\]\.match\[0\]\.sourceLabels must be a mapping"):
+        translated(rule)
+
+
 def test_views_change_only_the_hosts_with_source_matches() -> None:
     """Every other virtual host of a view is ``outbound``'s own (no rebuild per view)."""
     other = service("other", {"app": "middle"})
