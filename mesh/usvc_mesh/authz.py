@@ -7,9 +7,12 @@ that name none, as elsewhere in the translator):
   the ``envoy.filters.http.rbac`` HTTP filters of the inbound listener of ``workload``
   (anything with ``namespace`` and ``labels``: ``registry.Workload``, ``sidecars.Sidecar``)
   for the workload port ``port`` (the container port the manifests name, e.g. 8080;
-  ``to.operation.ports`` and ``destination.port`` are decided for it now). Put them
-  before the router, in this order. :func:`authorization` returns them with the
-  warnings of what was not applied.
+  ``to.operation.ports`` and ``destination.port`` are decided for it now; without it
+  they are reported and fail closed). Put them before the router, in this order.
+  :func:`authorization` returns them with the warnings of what was not applied.
+- ``gateway_authorization(policies, gateway_labels, *, namespace)``: the same for the
+  local ingress gateway, where RequestAuthentication applies (``requestPrincipals``,
+  ``request.auth.*``); the translator puts them after the gateway's ``jwt_authn``.
 - ``peer_mode(policies, workload, port=None, *, namespace="default") -> str``:
   ``STRICT``, ``PERMISSIVE`` or ``DISABLE`` for that port (:func:`peer_authentication`).
 - ``refuses_plaintext(mode)`` and :data:`PLAINTEXT_REFUSED_CHAIN_MATCH`: what STRICT means
@@ -46,7 +49,7 @@ filter exists once any ALLOW policy selects the workload, so a policy without ru
 all. ``istio.io/dry-run: "true"`` puts a policy in ``shadow_rules``. A denied request
 is Envoy's ``403`` ``RBAC: access denied``.
 
-**What is not applied** (istiod's own rule for conditions a proxy cannot check,
+**What is not applied** at a sidecar (istiod's own rule for conditions a proxy cannot check,
 model/model.go checkError): in an ALLOW policy the whole rule is dropped (it allows
 less), in DENY and AUDIT only the condition (it matches more). That covers
 ``requestPrincipals``/``notRequestPrincipals`` and ``request.auth.*`` (the sidecars
@@ -84,6 +87,7 @@ from typing import Any, Protocol
 from .spec import Spec, message, metadata_name, metadata_namespace
 
 ROOT_NAMESPACE = "istio-system"
+GATEWAY_NAMESPACE = "istio-ingress"  # as usvc_mesh.authn
 # The filter state the caller's outbound listener sets (envoy.string), shared with the
 # upstream (internal) connection; istiod's equivalent is io.istio.peer_principal.
 PEER_PRINCIPAL = "usvc.peer_principal"
@@ -170,6 +174,13 @@ _PEER_SELECTOR = message(_PA, "WorkloadSelector", ["selector"], {"matchLabels"})
 _MTLS = message(_PA, "MutualTLS", ["mtls", "portLevelMtls.<name>"], {"mode"})
 
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+# builder.go build: the filters' order, and the RBAC action each is built with.
+_RBAC_ACTIONS = {"CUSTOM": "DENY", "AUDIT": "LOG", "DENY": "DENY", "ALLOW": "ALLOW"}
+_NO_PORT = (
+    "not applied locally: the workload port is not known here (the local gateway "
+    "listens on other ports than the cluster's)"
+)
+JWT_FILTER = "envoy.filters.http.jwt_authn"  # its payload: usvc_mesh.authn.PAYLOAD
 # The when keys istiod knows (model/model.go) that are applied here, and those reported.
 _PRINCIPAL_KEYS = tuple(_SOURCE_KEYS.values())
 _PERMISSION_KEYS = ("destination.port", "destination.ip")
@@ -242,15 +253,61 @@ def authorization(
         if policy.targeted or not _selects(policy, workload):
             continue
         by_action[policy.action].append(policy)
+    return _filters(by_action, port, warnings, jwt=False)
+
+
+def _filters(
+    by_action: Mapping[str, Sequence[_Policy]], port: int | None, warnings: list[str], *, jwt: bool
+) -> Authorization:
     filters: list[Json] = []
-    for action, rbac_action in (("CUSTOM", "DENY"), ("AUDIT", "LOG"), ("DENY", "DENY")):
-        built = _build(by_action[action], rbac_action, port, warnings)
+    for action, rbac_action in _RBAC_ACTIONS.items():
+        built = _build(by_action[action], rbac_action, port, warnings, jwt=jwt)
         if built is not None:
             filters.append(built)
-    built = _build(by_action["ALLOW"], "ALLOW", port, warnings)
-    if built is not None:
-        filters.append(built)
     return Authorization(tuple(filters), tuple(dict.fromkeys(warnings)))
+
+
+def gateway_authorization(
+    objects: Iterable[Mapping[str, Any]],
+    gateway_labels: Mapping[str, str],
+    *,
+    namespace: str = "default",
+) -> Authorization:
+    """The RBAC filters of the local ingress gateway (after its ``jwt_authn`` filter).
+
+    The gateway is a workload of namespace :data:`GATEWAY_NAMESPACE` with the Gateways'
+    ``selector`` as labels (``istio: ingressgateway``), as in :mod:`usvc_mesh.authn`.
+    There, RequestAuthentication applies: ``requestPrincipals`` and ``request.auth.*``
+    match the verified token (the ``jwt_authn`` payload in dynamic metadata, as istiod
+    matches its ``istio_authn`` metadata: generator.go requestPrincipalGenerator).
+    Clients of the gateway come from outside the mesh: no peer principal, as in a
+    cluster. ``ports`` and ``destination.port`` are not applied (the local gateway
+    listens on other ports than the cluster's), reported and failing closed.
+    """
+    gateway = _Gateway(GATEWAY_NAMESPACE, dict(gateway_labels))
+    by_action: dict[str, list[_Policy]] = {action: [] for action in ACTIONS}
+    warnings: list[str] = []
+    for obj in objects:
+        if not _is(obj, _AP):
+            continue
+        policy = _read_policy(obj, namespace)
+        if policy.targeted or not gateway_labels:
+            continue
+        if _selects(policy, gateway):
+            by_action[policy.action].append(policy)
+        elif policy.match_labels and _labels_match(policy.match_labels, gateway.labels):
+            warnings.append(
+                f"{policy.where}: selects the gateway's labels but is in namespace "
+                f"{policy.namespace}: not applied to the local gateway, which runs in "
+                f"{GATEWAY_NAMESPACE} (as in a cluster where the gateway runs there)"
+            )
+    return _filters(by_action, None, warnings, jwt=True)
+
+
+@dataclass(frozen=True)
+class _Gateway:
+    namespace: str
+    labels: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -409,8 +466,11 @@ def _port(spec: Spec, key: str, value: str) -> int:
 def _selects(policy: _Policy, workload: WorkloadLike) -> bool:
     if policy.namespace not in (ROOT_NAMESPACE, workload.namespace):
         return False
-    labels = policy.match_labels or {}
-    return all(workload.labels.get(k) == v for k, v in labels.items())
+    return _labels_match(policy.match_labels or {}, workload.labels)
+
+
+def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
 
 
 _MATCH_NEVER: Json = {
@@ -420,7 +480,7 @@ _MATCH_NEVER: Json = {
 
 
 def _build(
-    policies: Sequence[_Policy], action: str, port: int | None, warnings: list[str]
+    policies: Sequence[_Policy], action: str, port: int | None, warnings: list[str], *, jwt: bool
 ) -> Json | None:
     """One RBAC filter of ``policies`` (builder.go build + buildHTTP)."""
     if not policies:
@@ -434,7 +494,7 @@ def _build(
             target[_policy_name(policy, 0) + suffix] = _MATCH_NEVER
         for index, rule in enumerate(policy.rules or ()):
             reported: list[str] = []
-            generated = _rule(rule, action == "ALLOW", port, policy.namespace, reported)
+            generated = _rule(rule, action == "ALLOW", port, policy.namespace, reported, jwt)
             for line in reported:
                 warnings.append(f"{policy.where}: {line}")
             if generated is not None:
@@ -461,11 +521,12 @@ def _policy_name(policy: _Policy, index: int) -> str:
 
 
 def _rule(
-    rule: Spec, allow: bool, port: int | None, namespace: str, reported: list[str]
+    rule: Spec, allow: bool, port: int | None, namespace: str, reported: list[str], jwt: bool
 ) -> Json | None:
     """One rule as an Envoy policy (model.New + Generate); None: dropped (ALLOW only).
 
-    ``namespace`` is the policy's (a service account without one is in it).
+    ``namespace`` is the policy's (a service account without one is in it); ``jwt``:
+    a verified token's payload is in the ``jwt_authn`` metadata (the gateway).
     """
 
     def part(build: Any, where: str, *args: Any) -> list[Json] | None:
@@ -486,7 +547,7 @@ def _rule(
             values = condition.strings("values")
             negated = condition.strings("notValues")
             where = condition.at("key") + f" {key}"
-            built = part(_condition, where, key, values, negated, port, namespace)
+            built = part(_condition, where, key, values, negated, port, namespace, jwt)
             if built is None:
                 continue
             if key in ("source.ip", "remote.ip", "destination.ip"):
@@ -502,7 +563,7 @@ def _rule(
                 if not values and not negated:
                     continue
                 where = source.at(key if values else negation)
-                built = part(_source, where, key, values, negated, namespace)
+                built = part(_source, where, key, values, negated, namespace, jwt)
                 if built is not None:
                     ids.extend(built)
                     if key in ("ipBlocks", "remoteIpBlocks"):
@@ -519,7 +580,11 @@ def _rule(
             rules: list[Json] = []
             for key, negation in _OPERATION_FIELDS.items():
                 values, negated = operation.strings(key), operation.strings(negation)
-                rules.extend(_operation(key, values, negated, port))
+                if not values and not negated:
+                    continue
+                where = operation.at(key if values else negation)
+                built = part(_operation, where, key, values, negated, port)
+                rules.extend(built or [])
             permissions.append(_and_rules([*rules, *base_permission]))
         if not rule.has("to"):
             permissions.append(_and_rules(base_permission))
@@ -625,9 +690,14 @@ def _identity(key: str, namespace: str) -> Callable[[str], Json]:
     return makers[key]
 
 
-def _source(key: str, values: Sequence[str], negated: Sequence[str], namespace: str) -> list[Json]:
+def _source(
+    key: str, values: Sequence[str], negated: Sequence[str], namespace: str, jwt: bool
+) -> list[Json]:
     if key == "requestPrincipals":
-        raise _NotApplied(f"not applied locally ({_JWT})")
+        if not jwt:
+            raise _NotApplied(f"not applied locally ({_JWT})")
+        out = [_request_principals(values)] if values else []
+        return out + ([{"not_id": _request_principals(negated)}] if negated else [])
     make = _identity(_SOURCE_KEYS[key], namespace)
     return _with_negation(make, values, negated, principal=True)
 
@@ -657,7 +727,7 @@ _NEVER: Json = {"not_rule": {"any": True}}
 def _port_rule(port: int | None) -> Any:
     def make(value: str) -> Json:
         if port is None:
-            return {"destination_port": int(value)}
+            raise _NotApplied(_NO_PORT)
         # One inbound listener per workload port: decided now (Envoy would see the
         # local listener's random port, not the container port the policy names).
         return _ANY if int(value) == port else _NEVER
@@ -678,9 +748,16 @@ def _operation(
 
 
 def _condition(
-    key: str, values: Sequence[str], negated: Sequence[str], port: int | None, namespace: str
+    key: str,
+    values: Sequence[str],
+    negated: Sequence[str],
+    port: int | None,
+    namespace: str,
+    jwt: bool,
 ) -> list[Json]:
     """One ``when`` condition (model.go New, generator.go)."""
+    if jwt and key.startswith("request.auth."):
+        return _jwt_condition(key, values, negated)
     for reported, why in _REPORTED_KEYS.items():
         if key == reported or key.startswith(reported):
             raise _NotApplied(f"not applied locally ({why})")
@@ -699,10 +776,76 @@ def _condition(
     )
 
 
-def findings(obj: Mapping[str, Any], namespace: str = "default") -> list[str]:
+def _claim(path: Sequence[str], matcher: Json) -> Json:
+    """A verified token's claim (a string, or a list holding one) matching ``matcher``."""
+    keys = [{"key": "payload"}, *({"key": part} for part in path)]
+
+    def metadata(value: Json) -> Json:
+        return {"metadata": {"filter": JWT_FILTER, "path": keys, "value": value}}
+
+    as_string = metadata({"string_match": matcher})
+    in_list = metadata({"list_match": {"one_of": {"string_match": matcher}}})
+    return {"or_ids": {"ids": [as_string, in_list]}}
+
+
+def _request_principals(values: Sequence[str]) -> Json:
+    """generator.go requestPrincipalGenerator: "iss/sub" split at the last "/", "*" parts."""
+    any_value: Json = {"safe_regex": {"regex": ".+"}}
+    ids: list[Json] = []
+    for value in values:
+        issuer, slash, subject = value.rpartition("/")
+        if not slash:
+            issuer, subject = value, ""
+        iss: Json
+        sub: Json
+        if value == "*":
+            iss, sub = any_value, any_value
+        elif value.startswith("*"):
+            if slash:
+                iss = any_value if issuer == "*" else {"suffix": issuer[1:]}
+                sub = {"exact": subject}
+            else:
+                iss, sub = any_value, {"suffix": value[1:]}
+        elif value.endswith("*"):
+            if slash:
+                iss = {"exact": issuer}
+                sub = any_value if subject == "*" else {"prefix": subject[:-1]}
+            else:
+                iss, sub = {"prefix": value[:-1]}, any_value
+        else:
+            iss, sub = {"exact": issuer}, {"exact": subject}
+        ids.append({"and_ids": {"ids": [_claim(["iss"], iss), _claim(["sub"], sub)]}})
+    return ids[0] if len(ids) == 1 else {"or_ids": {"ids": ids}}
+
+
+def _jwt_condition(key: str, values: Sequence[str], negated: Sequence[str]) -> list[Json]:
+    """request.auth.principal / audiences / presenter / claims[...] on the verified token."""
+    if key == "request.auth.principal":
+        out = [_request_principals(values)] if values else []
+        return out + ([{"not_id": _request_principals(negated)}] if negated else [])
+    if key in ("request.auth.audiences", "request.auth.presenter"):
+        path = ["aud" if key.endswith("audiences") else "azp"]
+    else:
+        # istiod's extractNameInNestedBrackets: claims[a][b] is the nested claim a.b.
+        path = key[len("request.auth.claims[") : -1].split("][")
+
+    def make(value: str) -> Json:
+        return _claim(path, string_matcher(value))
+
+    return _with_negation(make, values, negated, principal=True)
+
+
+def findings(
+    obj: Mapping[str, Any],
+    namespace: str = "default",
+    gateway_labels: Mapping[str, str] | None = None,
+) -> list[str]:
     """What of one AuthorizationPolicy or PeerAuthentication the local mesh does not apply.
 
-    Raises ValueError (naming the field) for what Istio would reject.
+    A policy may apply to the mesh's workloads (any namespace but the gateway's) and to
+    the local gateway (``gateway_labels``: the Gateways' selector), where more applies
+    (:func:`gateway_authorization`). Raises ValueError (naming the field) for what
+    Istio would reject.
     """
     if _is(obj, _PA):
         _read_peer(obj, namespace)
@@ -713,8 +856,12 @@ def findings(obj: Mapping[str, Any], namespace: str = "default") -> list[str]:
     if policy.targeted:
         return [f"targetRef(s) not applied locally: it {_TARGETS}"]
     lines: list[str] = []
-    rbac_action = {"CUSTOM": "DENY", "AUDIT": "LOG"}.get(policy.action, policy.action)
-    _build([policy], rbac_action, None, lines)
+    rbac_action = _RBAC_ACTIONS[policy.action]
+    if policy.namespace != GATEWAY_NAMESPACE:
+        # The workload port is decided per listener; any port reports the same.
+        _build([policy], rbac_action, 0, lines, jwt=False)
+    if gateway_labels and _selects(policy, _Gateway(GATEWAY_NAMESPACE, gateway_labels)):
+        _build([policy], rbac_action, None, lines, jwt=True)
     where = policy.where + ": "
     return [line.removeprefix(where) for line in lines if "applied; " not in line]
 

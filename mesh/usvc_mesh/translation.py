@@ -32,7 +32,8 @@ for the ingress gateway: the VirtualServices bound to Gateway objects, on the
 hosts their servers accept. The gateway has a listener per distinct server port
 (``Translation.gateway_listeners``; HTTPS servers: :mod:`usvc_mesh.gateway_tls`),
 each of the others' route configurations is in ``extra_routes``, and the
-RequestAuthentications that select it add ``jwt_authn`` (:mod:`usvc_mesh.authn`).
+RequestAuthentications that select it add ``jwt_authn`` (:mod:`usvc_mesh.authn`), and
+AuthorizationPolicies that select it RBAC filters (:mod:`usvc_mesh.authz`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .authn import gateway_authn
+from .authz import gateway_authorization
 from .clusters import (
     HTTP_OPTIONS,
     UNLIMITED,
@@ -282,6 +284,7 @@ def translate(
     )
     gateways = _read_gateways(objects, namespace)
     authn = gateway_authn(objects, _gateway_labels(objects), namespace)
+    authz = gateway_authorization(objects, _gateway_labels(objects), namespace=namespace)
     rules = read_destination_rules(objects, registry, namespace)
     services = [
         read_virtual_service(
@@ -313,11 +316,19 @@ def translate(
         outbound_routes=outbound_routes,
         clusters=tuple(clusters),
         warnings=tuple(
-            [*export_warnings, *warnings, *authn.warnings, *builder.warnings, *authz_warnings]
+            [
+                *export_warnings,
+                *warnings,
+                *authn.warnings,
+                *authz.warnings,
+                *builder.warnings,
+                *authz_warnings,
+            ]
         ),
         gateway_listeners=tuple(listeners),
         extra_routes=tuple(gateway_routes[1:]),
-        gateway_filters=authn.http_filters,
+        # istiod's order: authentication (jwt_authn) before authorization (RBAC).
+        gateway_filters=(*authn.http_filters, *authz.http_filters),
         sidecars=sidecars,
         outbound_views=views,
     )

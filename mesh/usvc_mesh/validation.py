@@ -623,7 +623,7 @@ def unapplied(objects: Iterable[Mapping[str, Any]]) -> list[Finding]:
             continue
         if is_istio(obj) and kind in ("AuthorizationPolicy", "PeerAuthentication"):
             try:
-                lines = authz_findings(obj)
+                lines = authz_findings(obj, gateway_labels=gateway_labels)
             except ValueError:
                 lines = []  # an error: translation_errors reports it
             found += [Finding(describe(obj), line, NOT_APPLIED) for line in lines]

@@ -118,8 +118,9 @@ def plan(layout: Layout, scenario: str = "current") -> Plan:
     if len(listeners) > 1 or any(g.https for g in listeners) or translation.gateway_filters:
         # The compose gateway is one plain listener; say so rather than drop the rest.
         raise MeshError(
-            f"scenario {scenario}: HTTPS Gateway servers, more than one gateway port and "
-            "RequestAuthentication at the gateway are applied by `usvc up` only, not in compose"
+            f"scenario {scenario}: HTTPS Gateway servers, more than one gateway port, and "
+            "RequestAuthentication or AuthorizationPolicy at the gateway are applied by "
+            "`usvc up` only, not in compose"
         )
     security = [
         f"{d['kind']} {d.get('metadata', {}).get('name', '?')}: not applied in compose, which "
