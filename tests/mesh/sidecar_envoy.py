@@ -70,16 +70,36 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _hcm(name: str, http_filters: Sequence[Mapping[str, Any]], routes: list[Any]) -> Any:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": f"{_HCM}.HttpConnectionManager",
-            "stat_prefix": name,
-            "route_config": {"name": name, "virtual_hosts": routes},
-            "http_filters": [*http_filters, _ROUTER],
-        },
+# An access line per request at an inbound listener: the path, the status, and
+# whether an RBAC LOG (AUDIT) policy matched (envoy.common access_log_hint).
+ACCESS_FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% %DYNAMIC_METADATA(envoy.common:access_log_hint)%\n"
+
+
+def _hcm(
+    name: str,
+    http_filters: Sequence[Mapping[str, Any]],
+    routes: list[Any],
+    access_log: Path | None = None,
+) -> Any:
+    config: dict[str, Any] = {
+        "@type": f"{_HCM}.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": {"name": name, "virtual_hosts": routes},
+        "http_filters": [*http_filters, _ROUTER],
     }
+    if access_log is not None:
+        config["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                    "FileAccessLog",
+                    "path": str(access_log),
+                    "log_format": {"text_format_source": {"inline_string": ACCESS_FORMAT}},
+                },
+            }
+        ]
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
 
 
 def _to(cluster: str, domains: list[str]) -> dict[str, Any]:
@@ -112,6 +132,7 @@ def config(
     callers: Mapping[str, tuple[int, str | None]],
     targets: Sequence[Target],
     factory: str = PRINCIPAL_FACTORY,
+    logs: Path | None = None,
 ) -> dict[str, Any]:
     """The static Envoy configuration (``callers``: name -> (port, principal or None)).
 
@@ -192,7 +213,8 @@ def config(
                 },
             }
         )
-        chain = [_hcm(inbound, target.http_filters, [_to(app, ["*"])])]
+        log = logs / f"{inbound}.log" if logs is not None else None
+        chain = [_hcm(inbound, target.http_filters, [_to(app, ["*"])], log)]
         listeners.append(
             {"name": inbound, "internal_listener": {}, "filter_chains": [{"filters": chain}]}
         )
@@ -271,7 +293,7 @@ class SidecarEnvoy:
                 target.backend = existing or backends.add(Backend(target.name))
             target.plain_port = free_port()
         self.admin = free_port()
-        self.document = config(self.admin, self.callers, targets, factory)
+        self.document = config(self.admin, self.callers, targets, factory, scratch)
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> SidecarEnvoy:
@@ -340,6 +362,17 @@ class SidecarEnvoy:
     ) -> Reply:
         """A plaintext request straight to ``target``'s plain TCP listener (no principal)."""
         return _request(self.targets[target].plain_port, target, path, method, headers)
+
+    def access_lines(self, target: str, count: int) -> list[str]:
+        """The first ``count`` access lines of ``target``'s inbound listener (Envoy flushes
+        them every 100 ms: waits up to 10 s for them)."""
+        path = self.scratch / f"inbound-{target}.log"
+        deadline = time.monotonic() + 10
+        while True:
+            lines = path.read_text().splitlines() if path.exists() else []
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines[:count]
+            time.sleep(0.05)
 
     def stats(self, prefix: str) -> dict[str, int]:
         url = f"http://127.0.0.1:{self.admin}/stats?format=json&filter={prefix}"

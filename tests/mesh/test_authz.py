@@ -235,10 +235,25 @@ def test_audit_logs_and_custom_without_a_provider_denies(
     ]
     with sidecars(tmp_path, backends, objects, workload("a"), workload("b")) as envoy:
         assert set(statuses(envoy, "a").values()) == {200}
+        # Matched AUDIT rules set Envoy's access_log_hint, which Istio's access logs read.
+        assert envoy.access_lines("a", 1) == ["/ 200 true"]
         assert envoy.call("front", "b", "/admin/x").status == 403
         assert envoy.call("front", "b", "/public").status == 200
     (line,) = authz.findings(objects[1])
     assert "CUSTOM is not applied locally" in line and "denied" in line
+
+
+@pytest.mark.slow
+def test_a_dry_run_policy_is_evaluated_and_not_enforced(tmp_path: Path, backends: Backends) -> None:
+    """istio.io "Dry Run" (istio.io/dry-run: "true"): the result is counted in the shadow
+    stats (istio_dry_run_allow_shadow_denied, as istiod names them), the request passes."""
+    obj = policy("try", {"rules": [source(principals=["cluster.local/ns/usvc/sa/front"])]})
+    obj["metadata"]["annotations"] = {"istio.io/dry-run": "true"}
+    with sidecars(tmp_path, backends, [obj], workload("a")) as envoy:
+        assert set(statuses(envoy, "a").values()) == {200}
+        shadow = envoy.stats("inbound-a.rbac.istio_dry_run_allow_")
+        assert shadow["http.inbound-a.rbac.istio_dry_run_allow_.shadow_allowed"] == 1
+        assert shadow["http.inbound-a.rbac.istio_dry_run_allow_.shadow_denied"] == len(CALLERS) - 1
 
 
 def test_dry_run_policies_are_shadow_rules() -> None:
