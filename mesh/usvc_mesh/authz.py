@@ -66,8 +66,9 @@ wins (workload selector in the workload's namespace > namespace-wide > mesh-wide
 root namespace), the oldest (``metadata.creationTimestamp``, else first in the files) of
 one scope; ``UNSET`` inherits; ``portLevelMtls`` (only with a selector, as Istio
 validates) overrides per workload port; nothing set is PERMISSIVE. Locally mTLS is the
-one Envoy's internal connections (the principal above) and does not depend on the
-mode. What the mode changes is the plain TCP listener: STRICT refuses plaintext, as a
+one Envoy's internal connections (the principal above); under DISABLE callers send
+plaintext in a cluster (auto mTLS), so :func:`authorization` makes principal rules match
+no caller there. The mode also decides the plain TCP listener: STRICT refuses plaintext, as a
 STRICT sidecar does: its inbound listener has filter chains only for TLS, so a plaintext
 connection matches none and Envoy closes it before any HTTP (the client sees the
 connection closed or reset, no response); locally the plain listener's chain gets
@@ -243,7 +244,13 @@ def authorization(
     *,
     namespace: str = "default",
 ) -> Authorization:
-    """:func:`rbac_filters` with the warnings (every object is checked, selected or not)."""
+    """:func:`rbac_filters` with the warnings (every object is checked, selected or not).
+
+    The PeerAuthentications among ``objects`` matter too: where the port's mode is
+    DISABLE, callers' sidecars send plaintext (Istio's auto mTLS), so the workload
+    sees no peer principal from any caller, and principal rules match none.
+    """
+    objects = list(objects)
     by_action: dict[str, list[_Policy]] = {action: [] for action in ACTIONS}
     warnings: list[str] = []
     for obj in objects:
@@ -253,7 +260,30 @@ def authorization(
         if policy.targeted or not _selects(policy, workload):
             continue
         by_action[policy.action].append(policy)
-    return _filters(by_action, port, warnings, jwt=False)
+    result = _filters(by_action, port, warnings, jwt=False)
+    if peer_mode(objects, workload, port, namespace=namespace) != "DISABLE":
+        return result
+    filters = tuple(_without_peer(f) for f in result.http_filters)
+    if filters == result.http_filters:
+        return result
+    where = f"port {port}" if port is not None else "the workload"
+    note = (
+        f"PeerAuthentication mode DISABLE on {where}: callers come in plaintext, with no "
+        "principal (as in a cluster), so principal rules match no caller"
+    )
+    return Authorization(filters, (*result.warnings, note))
+
+
+def _without_peer(node: Any) -> Any:
+    """``node`` with every peer-principal matcher made one that never matches."""
+    if isinstance(node, list):
+        return [_without_peer(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    state = node.get("filter_state")
+    if isinstance(state, dict) and state.get("key") == PEER_PRINCIPAL and len(node) == 1:
+        return {"not_id": {"any": True}}
+    return {key: _without_peer(value) for key, value in node.items()}
 
 
 def _filters(

@@ -727,6 +727,21 @@ def test_strict_refuses_plaintext_and_permissive_accepts_it_without_a_principal(
         assert envoy.call("middle", "permissive").status == 200
 
 
+@pytest.mark.slow
+def test_disable_means_no_caller_has_a_principal(tmp_path: Path, backends: Backends) -> None:
+    """istio.io PeerAuthentication DISABLE: the server accepts plaintext only, so callers'
+    sidecars (auto mTLS) send plaintext and no source.principal reaches the policies;
+    principal rules match no caller (notPrincipals every one)."""
+    rules = {"rules": [source(principals=["cluster.local/ns/usvc/sa/middle"])]}
+    objects = [policy("core", rules), peer("off", {"mtls": {"mode": "DISABLE"}})]
+    core = workload("core")
+    result = authz.authorization(objects, core, 8080)
+    assert any("DISABLE on port 8080" in line for line in result.warnings)
+    with SidecarEnvoy(tmp_path, backends, CALLERS, [Target("core", result.http_filters)]) as envoy:
+        assert set(statuses(envoy, "core").values()) == {403}
+    assert authz.rbac_filters(objects[:1], core, 8080) != list(result.http_filters)
+
+
 # -- reporting ----------------------------------------------------------------------------
 
 
