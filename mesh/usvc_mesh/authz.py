@@ -380,7 +380,8 @@ def _read_policy(obj: Mapping[str, Any], namespace: str) -> _Policy:
             raise spec.error("provider", f"must not be with non CUSTOM action, found {action}")
     if action == "CUSTOM" and (provider is None or not provider.text("name")):
         raise spec.error("provider.name", "must not be empty (action CUSTOM)")
-    if action in ("CUSTOM", "DENY") and not spec.has("rules"):
+    # An empty list is no rules to Istio too (protobuf has no empty repeated field).
+    if action in ("CUSTOM", "DENY") and not spec.sequence("rules"):
         raise spec.error(
             "rules", f"are required with action {action} (add a rule {{}} to match every request)"
         )

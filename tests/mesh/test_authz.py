@@ -601,6 +601,7 @@ def test_what_istio_rejects_is_an_error_naming_the_field() -> None:
     ValidatePeerAuthentication."""
     cases: list[tuple[dict[str, Any], str]] = [
         ({"action": "DENY"}, "rules are required with action DENY"),
+        ({"action": "DENY", "rules": []}, "rules are required with action DENY"),
         ({"action": "CUSTOM", "rules": [{}]}, "provider.name must not be empty"),
         ({"provider": {"name": "x"}, "rules": [{}]}, "must not be with non CUSTOM action"),
         ({"rules": [{"from": [{"source": {}}]}]}, "source must not be empty"),
