@@ -162,11 +162,17 @@ _OPERATION_FIELDS = {
     "paths": "notPaths",
     "ports": "notPorts",
 }
+_PORTS = (
+    "the local listeners do not know the workload port (one inbound listener serves every "
+    "port of a replica; the gateway listens on other ports than the cluster's): reported, "
+    "and a rule with it fails closed; rbac_filters(port=...) applies it where the port is known"
+)
 _OPERATION = message(
     _AP,
     "Operation",
     ["rules[].to[].operation"],
-    {*_OPERATION_FIELDS, *_OPERATION_FIELDS.values()},
+    {*_OPERATION_FIELDS, *_OPERATION_FIELDS.values()} - {"ports", "notPorts"},
+    {"ports": _PORTS, "notPorts": _PORTS},
 )
 _CONDITION = message(_AP, "Condition", ["rules[].when[]"], {"key", "values", "notValues"})
 
@@ -178,8 +184,8 @@ ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 # builder.go build: the filters' order, and the RBAC action each is built with.
 _RBAC_ACTIONS = {"CUSTOM": "DENY", "AUDIT": "LOG", "DENY": "DENY", "ALLOW": "ALLOW"}
 _NO_PORT = (
-    "not applied locally: the workload port is not known here (the local gateway "
-    "listens on other ports than the cluster's)"
+    "not applied locally: the workload port is not known here (one inbound listener serves "
+    "every port of a replica; the gateway listens on other ports than the cluster's)"
 )
 JWT_FILTER = "envoy.filters.http.jwt_authn"  # its payload: usvc_mesh.authn.PAYLOAD
 # The when keys istiod knows (model/model.go) that are applied here, and those reported.
@@ -444,7 +450,7 @@ def _check_rule(rule: Spec, index: int) -> None:
         operation = item.child("operation")
         if operation is None:
             raise item.error("operation", "must not be nil")
-        operation.only(_OPERATION)
+        _without(operation, _OPERATION.unsupported).only(_OPERATION)
         if not any(operation.sequence(key) for key in operation.data):
             raise item.error("operation", f"must not be empty, found at rule {index}")
         for key in ("ports", "notPorts"):
@@ -889,8 +895,8 @@ def findings(
     lines: list[str] = []
     rbac_action = _RBAC_ACTIONS[policy.action]
     if policy.namespace != GATEWAY_NAMESPACE:
-        # The workload port is decided per listener; any port reports the same.
-        _build([policy], rbac_action, 0, lines, jwt=False)
+        # As sidecars.inbound_http_filters builds them: for no port in particular.
+        _build([policy], rbac_action, None, lines, jwt=False)
     if gateway_labels and _selects(policy, _Gateway(GATEWAY_NAMESPACE, gateway_labels)):
         _build([policy], rbac_action, None, lines, jwt=True)
     where = policy.where + ": "

@@ -524,6 +524,24 @@ def test_paths_methods_hosts_and_ports(tmp_path: Path, backends: Backends) -> No
         assert envoy.call("front", "notport").status == 200
 
 
+def test_ports_are_reported_where_the_listener_port_is_unknown() -> None:
+    """The sidecar's inbound listener serves every port of a replica (port=None): ports and
+    destination.port are reported and fail closed (model.go checkError), as in findings."""
+    allow = policy("p", {"rules": [{"to": [{"operation": {"ports": ["8080"]}}]}]})
+    result = authz.authorization([allow], workload("a"))
+    assert result.http_filters[0]["typed_config"]["rules"]["policies"] == {}
+    assert any("ports: not applied locally" in line for line in result.warnings)
+    (line,) = authz.findings(allow)
+    assert line.startswith("rules[0].to[0].operation.ports: not applied locally")
+    deny = policy(
+        "d",
+        {"action": "DENY", "rules": [{"when": [{"key": "destination.port", "values": ["9090"]}]}]},
+    )
+    (config,) = [f["typed_config"] for f in authz.rbac_filters([deny], workload("a"))]
+    generated = config["rules"]["policies"]["ns[usvc]-policy[d]-rule[0]"]
+    assert generated["permissions"] == [{"and_rules": {"rules": [{"any": True}]}}]  # wider
+
+
 # -- conditions -------------------------------------------------------------------------
 
 
