@@ -301,6 +301,17 @@ def test_policies_select_by_labels_in_their_namespace_or_the_root_namespace() ->
     ]
 
 
+def test_only_policies_that_may_select_the_workload_are_read() -> None:
+    """A malformed policy for another workload is reported once by validation, not read
+    again for every workload (authorization reads only what may select it)."""
+    bad = policy("other", {"selector": {"matchLabels": {"app": "b"}}, "action": "NOPE"})
+    assert authz.rbac_filters([bad], workload("a")) == []
+    with pytest.raises(ValueError, match="action must be one of"):
+        authz.rbac_filters([bad], workload("b"))
+    (error,) = validation.translation_errors([bad], NS)
+    assert error.where == "AuthorizationPolicy other"
+
+
 # -- sources ----------------------------------------------------------------------------
 
 
