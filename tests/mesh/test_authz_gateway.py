@@ -51,6 +51,8 @@ POLICIES = [
             "rules": [
                 {"when": [{"key": "request.auth.claims[groups]", "values": ["banned"]}]},
                 {"when": [{"key": "request.auth.claims[org][team]", "values": ["evil*"]}]},
+                {"when": [{"key": "request.auth.presenter", "values": ["bad-client"]}]},
+                {"when": [{"key": "request.auth.principal", "values": [f"{ISSUER}/mallory"]}]},
             ],
         },
     ),
@@ -104,6 +106,15 @@ def test_deny_on_claims_beats_allow(gateway: Gateway, signer: Signer) -> None:
     assert status(gateway, signer.token(aud="usvc", groups="banned"))[0] == 403
     assert status(gateway, signer.token(aud="usvc", org={"team": "evil-corp"}))[0] == 403
     assert status(gateway, signer.token(aud="usvc", groups=["dev"]))[0] == 200
+
+
+@pytest.mark.slow
+def test_deny_on_the_presenter_and_the_request_principal(gateway: Gateway, signer: Signer) -> None:
+    """request.auth.presenter (the azp claim) and request.auth.principal ("iss/sub")."""
+    assert status(gateway, signer.token(aud="usvc", azp="bad-client"))[0] == 403
+    assert status(gateway, signer.token(aud="usvc", azp="web"))[0] == 200
+    assert status(gateway, signer.token(aud="usvc", sub="mallory"), "/public/x")[0] == 403
+    assert status(gateway, signer.token(aud="usvc", sub="bob"), "/public/x")[0] == 200
 
 
 @pytest.mark.slow
