@@ -17,8 +17,9 @@ that name none, as elsewhere in the translator):
   ``STRICT``, ``PERMISSIVE`` or ``DISABLE`` for that port (:func:`peer_authentication`).
 - ``refuses_plaintext(mode)`` and :data:`PLAINTEXT_REFUSED_CHAIN_MATCH`: what STRICT means
   for the plain TCP (pod address) listener, see below.
-- ``findings(obj)``: what of one object the local mesh does not apply
-  (:func:`usvc_mesh.validation.unapplied` reports them at start, ``--strict`` refuses).
+- ``findings(obj, namespace="default", gateway_labels=None)``: what of one object the
+  local mesh does not apply (:func:`usvc_mesh.validation.unapplied` reports them at start,
+  ``--strict`` refuses); raises ValueError for what Istio's webhook rejects.
 
 **Identity.** In a cluster the inbound sidecar learns the caller's identity from its mTLS
 certificate (``source.principal``, Envoy's ``authenticated`` principal). Inside the one
@@ -54,8 +55,9 @@ model/model.go checkError): in an ALLOW policy the whole rule is dropped (it all
 less), in DENY and AUDIT only the condition (it matches more). That covers
 ``requestPrincipals``/``notRequestPrincipals`` and ``request.auth.*`` (the sidecars
 validate no JWTs locally: RequestAuthentication applies at the gateway only, see
-:mod:`usvc_mesh.authn`), ``connection.sni`` (no TLS between local sidecars) and
-``experimental.envoy.filters.*``. Each is reported. ``ipBlocks``, ``source.ip``,
+:mod:`usvc_mesh.authn`), ``connection.sni`` (no TLS between local sidecars),
+``experimental.envoy.filters.*``, and ``ports``/``destination.port`` where the listener's
+workload port is not given. Each is reported. ``ipBlocks``, ``source.ip``,
 ``remote.ip`` and ``destination.ip`` are applied as Envoy's ``direct_remote_ip`` /
 ``remote_ip`` / ``destination_ip``, with a warning: every local caller is 127.0.0.1 or
 an internal address.
