@@ -37,6 +37,14 @@ from .spec import (
 )
 
 UNLIMITED = 4_294_967_295
+# istiod's default thresholds: every circuit breaker at the maximum (a DestinationRule's
+# connectionPool lowers them).
+UNLIMITED_THRESHOLDS = {
+    "max_connections": UNLIMITED,
+    "max_pending_requests": UNLIMITED,
+    "max_requests": UNLIMITED,
+    "max_retries": UNLIMITED,
+}
 DEFAULT_CONNECT_TIMEOUT = "10s"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -397,16 +405,7 @@ def _cluster(
         "lb_policy": load_balancer.lb_policy,
         **load_balancer.extra,
         "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": UNLIMITED,
-                    "max_pending_requests": UNLIMITED,
-                    "max_requests": UNLIMITED,
-                    "max_retries": UNLIMITED,
-                    "track_remaining": True,
-                    **pool.thresholds,
-                }
-            ]
+            "thresholds": [{**UNLIMITED_THRESHOLDS, "track_remaining": True, **pool.thresholds}]
         },
         "load_assignment": {
             "cluster_name": name,

@@ -497,7 +497,14 @@ def validate(config_dir: Path) -> None:
     all-static configuration; that also checks that every route names an
     existing cluster. Raises :class:`EnvoyConfigError` with Envoy's message.
     """
-    config = static_config(config_dir)
+    validate_static(static_config(config_dir), str(config_dir))
+
+
+def validate_static(config: Mapping[str, Any], what: str) -> None:
+    """``envoy --mode validate`` on an all-static ``config``.
+
+    Raises :class:`EnvoyConfigError` naming ``what``, with Envoy's message.
+    """
     with tempfile.TemporaryDirectory(prefix="usvc-envoy-validate-") as scratch:
         path = Path(scratch) / "static.json"
         path.write_text(json.dumps(config))
@@ -519,7 +526,7 @@ def validate(config_dir: Path) -> None:
         )
     if result.returncode != 0:
         message = (result.stderr.strip() + "\n" + result.stdout.strip()).strip()
-        raise EnvoyConfigError(f"envoy rejected {config_dir}: {message}")
+        raise EnvoyConfigError(f"envoy rejected {what}: {message}")
 
 
 def applied(admin: tuple[str, int], translation: Translation) -> bool:

@@ -46,7 +46,7 @@ from .authn import gateway_authn
 from .authz import gateway_authorization
 from .clusters import (
     HTTP_OPTIONS,
-    UNLIMITED,
+    UNLIMITED_THRESHOLDS,
     build_clusters,
     cluster_name,
     forward_proxy_cluster,
@@ -360,16 +360,7 @@ def _inbound_cluster(inbound: Inbound) -> dict[str, Any]:
         # pkg/config/mesh/mesh.go DefaultMeshConfig: connectTimeout 10s; istiod
         # lifts the inbound cluster's circuit breakers to the maximum.
         "connect_timeout": "10s",
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": UNLIMITED,
-                    "max_pending_requests": UNLIMITED,
-                    "max_requests": UNLIMITED,
-                    "max_retries": UNLIMITED,
-                }
-            ]
-        },
+        "circuit_breakers": {"thresholds": [dict(UNLIMITED_THRESHOLDS)]},
         "typed_extension_protocol_options": {
             HTTP_OPTIONS: {
                 "@type": f"type.googleapis.com/{HTTP_OPTIONS}",

@@ -31,14 +31,16 @@ TRAVERSALS = 4
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(*argv: str) -> subprocess.CompletedProcess[str]:
-    """``python -m bench ARGV`` from the project root, its output captured; it must succeed."""
+def run_bench(
+    *argv: str, module: str = "bench", timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGV`` from the project root, its output captured; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
+        [sys.executable, "-m", module, *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr
     return done

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench import callgrind
 
-ROOT = Path(__file__).resolve().parents[2]
+from .checks import run_bench
 
 
 def test_the_count_is_the_totals_line_not_the_startup_summary(tmp_path: Path) -> None:
@@ -37,14 +35,7 @@ def test_a_build_or_hop_the_suite_lacks_is_named() -> None:
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_a_counted_run_reports_instructions_for_exactly_the_requests_sent() -> None:
     argv = ["--suite", "single", "--build", "bare", "--requests", "40", "--warmup", "10"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.callgrind", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_bench(*argv, module="bench.callgrind", timeout=300)
     line = json.loads(done.stdout.splitlines()[0])
     assert line["requests"] == 40 and line["failed"] == 0
     # Serving a request takes instructions: a count of 0 means the toggle missed the process.

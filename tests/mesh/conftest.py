@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import ssl
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 import usvc_mesh as mesh
-from usvc_mesh.procs import free_port
+from usvc_mesh.procs import free_port, http_ok, wait_until
 
 __all__ = ["free_port"]  # the tests import it from here
 
@@ -170,22 +170,28 @@ def start_envoy(config_dir: Path, translation: mesh.Translation, **options: Any)
             stderr=subprocess.STDOUT,
         )
     envoy = Envoy(process, ports, config_dir, log, access_log)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    try:
+        await_envoy(process, ports.admin, log, timeout=10)
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise
+    mesh.wait_applied(envoy.admin, translation)
+    return envoy
+
+
+def await_envoy(process: subprocess.Popen[bytes], admin: int, log: Path, timeout: float) -> None:
+    """Wait until a test's Envoy answers ``/ready``; RuntimeError with its log otherwise."""
+
+    def alive() -> None:
         if process.poll() is not None:
             raise RuntimeError(f"envoy exited {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{ports.admin}/ready", timeout=1
-            ) as response:
-                if response.status == 200:
-                    mesh.wait_applied(envoy.admin, translation)
-                    return envoy
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.02)
-    process.kill()
-    raise RuntimeError(f"envoy not ready in 10 s:\n{log.read_text()}")
+
+    try:
+        ready = functools.partial(http_ok, f"http://127.0.0.1:{admin}/ready")
+        wait_until(ready, timeout, "envoy", alive, interval=0.02)
+    except TimeoutError:
+        raise RuntimeError(f"envoy not ready in {timeout:g} s:\n{log.read_text()}") from None
 
 
 def stop_envoy(envoy: Envoy) -> None:

@@ -38,10 +38,10 @@ from typing import Any
 
 import usvc_mesh as mesh
 from usvc_mesh.authz import PEER_PRINCIPAL, PRINCIPAL_FACTORY
-from usvc_mesh.envoy import envoy_binary, static_cluster
+from usvc_mesh.envoy import static_cluster
 from usvc_mesh.procs import free_port
 
-from .conftest import Backend, Backends
+from .conftest import Backend, Backends, await_envoy
 
 TARGET_HEADER = "x-target"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -248,30 +248,6 @@ def config(
     }
 
 
-def validate(document: Mapping[str, Any], scratch: Path) -> None:
-    """``envoy --mode validate`` on ``document``; raises EnvoyConfigError with Envoy's words."""
-    path = scratch / "validate.json"
-    path.write_text(json.dumps(document))
-    result = subprocess.run(
-        [
-            envoy_binary(),
-            "--mode",
-            "validate",
-            "-c",
-            str(path),
-            "--log-level",
-            "error",
-            "--disable-hot-restart",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise mesh.EnvoyConfigError(f"envoy rejected {path}: {result.stderr}{result.stdout}")
-
-
 class SidecarEnvoy:
     """The Envoy of :func:`config`, running; a context manager that stops it."""
 
@@ -304,22 +280,12 @@ class SidecarEnvoy:
             self.process = subprocess.Popen(
                 mesh.envoy_command(path, log_flush_ms=100), stdout=output, stderr=output
             )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise RuntimeError(f"envoy exited {code}:\n{self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.admin}/ready", timeout=1
-                ) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.02)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"envoy not ready in 15 s:\n{self.log.read_text()}")
+        try:
+            await_envoy(self.process, self.admin, self.log, timeout=15)
+        except RuntimeError:
+            self.__exit__(None, None, None)
+            raise
+        return self
 
     def __exit__(
         self,

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from tests.mesh.conftest import Backends
-from tests.mesh.sidecar_envoy import SidecarEnvoy, Target, refused, validate
+from tests.mesh.sidecar_envoy import SidecarEnvoy, Target, refused
 from usvc_mesh import authz, validation
+from usvc_mesh.envoy import validate_static
 from usvc_mesh.registry import Workload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -686,7 +687,7 @@ def test_the_translated_filters_pass_envoys_static_check(tmp_path: Path) -> None
     backends = Backends()
     try:
         envoy = sidecars(tmp_path, backends, objects, workload("core"))
-        validate(envoy.document, tmp_path)
+        validate_static(envoy.document, "the scaffold's configuration")
     finally:
         backends.close()
 
