@@ -271,13 +271,17 @@ def count_lookup(envoy: RunningEnvoy, out: Path, host: str, round_no: int) -> di
     failed = asyncio.run(callgrind.load(url, headers, COUNT_REQUESTS, COUNT_CONNECTIONS))
     callgrind.control(envoy.process.pid, "--instr=off")
     wall = time.perf_counter() - started
+    threads = thread_instructions(envoy.process.pid, out)
+    if not any(n for t, n in threads.items() if t != str(MAIN_THREAD)):
+        # e.g. callgrind_control reached no valgrind (vgdb's pipes are named after $HOST)
+        raise StartError(f"callgrind counted no worker instructions for {host}: {threads}")
     return {
         "round": round_no,
         "requests": COUNT_REQUESTS,
         "connections": COUNT_CONNECTIONS,
         "failed": failed,
         "wall_s": wall,
-        "threads": thread_instructions(envoy.process.pid, out),
+        "threads": threads,
     }
 
 
