@@ -351,6 +351,7 @@ def _hcms(config: Any) -> Iterator[dict[str, Any]]:
 EDITS = {
     "-tracing": "no tracer on any listener",
     "-log": "no access log on any listener",
+    "text_log": "the access log's fields as a text line (Istio's default encoding) instead of JSON",
     "-custom_tags": "no custom span tags",
     "otel:FIELD=VALUE": "a field of the OpenTelemetry tracer's config (e.g. max_cache_size=1)",
     "-filter:NAME": "without the HTTP filter NAME (e.g. envoy.filters.http.cors)",
@@ -368,6 +369,12 @@ def edit_config(config_dir: Path, edits: Sequence[str]) -> None:
                 hcm.pop("tracing", None)
             elif edit == "-log":
                 hcm.pop("access_log", None)
+            elif edit == "text_log":
+                for entry in hcm.get("access_log", []):
+                    log_format = entry["typed_config"]["log_format"]
+                    fields = log_format.pop("json_format")
+                    line = " ".join(f"{k}={v}" for k, v in fields.items()) + "\n"
+                    log_format["text_format_source"] = {"inline_string": line}
             elif edit == "-custom_tags":
                 hcm.get("tracing", {}).pop("custom_tags", None)
             elif edit.startswith("otel:") and "tracing" in hcm:
