@@ -19,7 +19,8 @@ Envoy also works while idle (health checks, timers, stats flushes), and under ca
 a run is long enough for that to show: after the counted requests the helper counts 5 s
 of idle Envoy and takes that out, scaled to the run's wall time. ``--edit`` changes the
 config Envoy starts on (:data:`EDITS`: a part taken out, a runtime key), to see what a
-part costs in the chain itself (bench/README.md, "The chain's Envoy, function by function").
+part costs in the chain itself (bench/README.md, "The chain's Envoy, function by function");
+``--collector`` gives Envoy a collector that answers (``usvc up --telemetry``'s).
 
 The count does not depend on what else the machine runs (it is instructions, not time:
 cache misses, the kernel's work and wakeups are not in it). ``--keep`` keeps the run
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shlex
 import shutil
@@ -50,7 +52,7 @@ from .builds import CHAIN_HEADERS, USVC_ENV, _Everyone, _header_dict, listener_r
 from .callgrind import load
 from .envoy_parts import _envoy_executable
 from .envoy_symbols import symbolized
-from .procs import ROOT, clean_env, fetch_text, free_port, http_ok
+from .procs import ROOT, Server, clean_env, fetch_text, free_port, http_ok, wait_ready
 
 # (component, pattern on the function's name), first match wins. A function whose name
 # matches none takes its callers' components (see the module docstring).
@@ -447,6 +449,7 @@ def run_chain(
     binary: str | None = None,
     edits: Sequence[str] = (),
     idle_seconds: float = 5.0,
+    collector: bool = False,
 ) -> Run:
     from usvc_mesh.manifests import Layout
 
@@ -465,7 +468,24 @@ def run_chain(
     mesh.out_file = out_file
     mesh.edits = edits
     headers = _header_dict(CHAIN_HEADERS)
+    receiver: Server | None = None
     try:
+        if collector:
+            # The mesh's own collector (usvc up --telemetry's), which decodes what it gets.
+            port = free_port()
+            receiver = Server(
+                "collector",
+                [
+                    *(sys.executable, "-m", "usvc_mesh.telemetry.collector"),
+                    *("--port", str(port), "--out", os.devnull),
+                ],
+                {},
+                port,
+                run_dir / "collector.log",
+            )
+            receiver.start()
+            wait_ready([receiver], path="/healthz")
+            mesh.collector = ("127.0.0.1", port)
         mesh.start(timeout=600)
         url = f"http://127.0.0.1:{mesh.ports.gateway}/"
         if not http_ok(url, headers):
@@ -493,6 +513,8 @@ def run_chain(
             idle_parts = {k: v * took / idle_took for k, v in by_component(quiet).items()}
     finally:
         mesh.stop()
+        if receiver is not None:
+            receiver.stop()
         if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     return Run(requests, failed, after - before, profile, run_dir, idle, idle_parts)
@@ -540,6 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "; ".join(f"{k}: {v}" for k, v in EDITS.items()),
     )
     parser.add_argument(
+        "--collector",
+        action="store_true",
+        help="give Envoy a trace collector that answers (usvc up --telemetry's), so that the"
+        " export is the real one; by default, as in the benchmark, it has no endpoints",
+    )
+    parser.add_argument(
         "--from-file", type=Path, help="analyse an existing callgrind file (no run)"
     )
     options = parser.parse_args(argv)
@@ -556,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.connections,
             options.keep,
             edits=options.edit,
+            collector=options.collector,
         )
     command = shlex.join(["python", "-m", "bench.envoy_profile", *(argv or sys.argv[1:])])
     print(f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
