@@ -32,14 +32,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
 from .context import current_request
 from .metrics import Metrics, method_label
 from .propagation import EMPTY, Propagator, Sampling
-from .spans import UsvcSpan
+from .spans import NOT_SAMPLED, SAMPLED, UnsampledSpan, UsvcSpan, span_context
 from .tracing import Tracing
 
 __all__ = [
@@ -65,8 +65,8 @@ ResponseHook = Callable[[Span, ClientRequest, "ClientResponse | BaseException"],
 # Set by usvc.egress.EgressCall around each retry: the span's resend count.
 resend_count: ContextVar[int] = ContextVar("usvc_resend_count", default=0)
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(0)
+_SAMPLED = SAMPLED
+_NOT_SAMPLED = NOT_SAMPLED
 
 
 class UpstreamError(Exception):
@@ -301,10 +301,13 @@ class ClientInstrumentation:
                 parent_span_id=ctx.span_id,
                 request_id=ctx.request_id,
                 random_trace_id=tracing.random_trace_ids,
+                # Formatted once per request: its log line reads them too.
+                trace_hex=ctx.trace_id_hex,
+                parent_hex=ctx.span_id_hex,
             )
-            parent = ctx.span.get_span_context()
             if not ctx.span.is_recording():  # unsampled (or tracing off): record nothing
-                return NonRecordingSpan(SpanContext(trace_id, span_id, False, parent.trace_flags))
+                return UnsampledSpan(trace_id, span_id, _SAMPLED if ctx.sampled else _NOT_SAMPLED)
+            parent = ctx.span.get_span_context()
         else:  # a call outside any request starts a trace of its own
             trace_id, parent = tracing.new_trace_id(), None
             sampled = tracing.enabled and tracing.head_sampler.sampled(Sampling.DEFER, trace_id)
@@ -312,7 +315,7 @@ class ClientInstrumentation:
                 EMPTY, trace_id, span_id, sampled, headers, random_trace_id=tracing.random_trace_ids
             )
             if not sampled:
-                return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED))
+                return UnsampledSpan(trace_id, span_id, _NOT_SAMPLED)
         attributes: dict[str, AttributeValue] = {
             "http.request.method": request.method,
             "url.full": target.full,
@@ -325,7 +328,7 @@ class ClientInstrumentation:
         return UsvcSpan(
             tracing,
             request.method,
-            SpanContext(trace_id, span_id, False, _SAMPLED),
+            span_context(trace_id, span_id, _SAMPLED),
             parent,
             SpanKind.CLIENT,
             attributes,

@@ -34,14 +34,15 @@ class RequestContext:
     def trace_id_hex(self) -> str:
         text = self._trace_hex
         if text is None:
-            text = self._trace_hex = f"{self.trace_id:032x}"
+            # to_bytes().hex(): cheaper than an f-string's format spec.
+            text = self._trace_hex = self.trace_id.to_bytes(16, "big").hex()
         return text
 
     @property
     def span_id_hex(self) -> str:
         text = self._span_hex
         if text is None:
-            text = self._span_hex = f"{self.span_id:016x}"
+            text = self._span_hex = self.span_id.to_bytes(8, "big").hex()
         return text
 
 

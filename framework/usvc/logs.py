@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .context import current_request
+from .context import RequestContext, current_request
 
 ACCESS_LOGGER = "usvc.access"
 # JSON string quoting in C: a quoted, escaped, ASCII-only string literal.
@@ -145,8 +145,20 @@ class AccessLog:
         )
 
     def write(self, method: str, path: str, route: str, status: int, duration: float) -> None:
-        if not self.enabled:
-            return
+        """The line of a request, with the ids of the request being served (if any)."""
+        if self.enabled:
+            self.write_request(current_request.get(), method, path, route, status, duration)
+
+    def write_request(
+        self,
+        ctx: RequestContext | None,
+        method: str,
+        path: str,
+        route: str,
+        status: int,
+        duration: float,
+    ) -> None:
+        """The line of a request, with ``ctx``'s ids: what the service calls, which has it."""
         # A service answers few distinct (method, path, status): their part of the
         # line is quoted once. Paths are the client's, so the cache is bounded.
         key = (method, path, route, status)
@@ -157,15 +169,19 @@ class AccessLog:
                 self._middles[key] = middle
         now = time.time()
         stamp = self._time_text if int(now * 1000) == self._millis else self._time(now)
-        ctx = current_request.get()
         pending = self._pending
         if ctx is None:
             pending.append(f'{{"time":"{stamp}"{self._head}{middle}{duration * 1000:.3f}}}\n')
         else:
+            request_id = ctx.request_id
+            # Request ids are visible ASCII (propagation checks them): only a quote
+            # or a backslash needs escaping.
+            if '"' in request_id or "\\" in request_id:
+                request_id = _quote(request_id)[1:-1]
             pending.append(
                 f'{{"time":"{stamp}"{self._head}{middle}{duration * 1000:.3f}'
-                f',"trace_id":"{ctx.trace_id_hex}","span_id":"{ctx.span_id_hex}"'
-                f',"request_id":{_quote(ctx.request_id)}}}\n'
+                f',"trace_id":"{ctx._trace_hex or ctx.trace_id_hex}"'
+                f',"span_id":"{ctx._span_hex or ctx.span_id_hex}","request_id":"{request_id}"}}\n'
             )
         if len(pending) == 1:
             try:

@@ -24,6 +24,8 @@ from prometheus_client.registry import Collector
 UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds; tuned for a few-hop request chain: sub-millisecond to a slow upstream.
+# Distinct (method, route, status) whose series is kept bound.
+_BOUND_SERIES = 1024
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -55,9 +57,16 @@ class RedSeries(Collector):
     def observe(self, labels: tuple[str, ...], seconds: float) -> None:
         series = self._series.get(labels)
         if series is None:
-            series = self._series[labels] = [0.0] * (len(self.bounds) + 2)
+            series = self.series(labels)
         series[bisect_left(self.bounds, seconds)] += 1
         series[-1] += seconds
+
+    def series(self, labels: tuple[str, ...]) -> list[float]:
+        """The counts of one label set ([per bucket..., +Inf, sum]), for observing into."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0] * (len(self.bounds) + 2)
+        return series
 
     def count(self, labels: tuple[str, ...]) -> int:
         series = self._series.get(labels)
@@ -128,13 +137,20 @@ class Metrics:
             registry=self.registry,
         )
         self.build_info.labels(service, version, env, usvc_version, instance).set(1)
-        self._codes: dict[int, str] = {}
+        # (method as sent, route, status) -> its series, bound on first use: a
+        # request then costs one lookup, not a label tuple and two.
+        self._bound: dict[tuple[str, str, int], list[float]] = {}
+        self._bounds = self.server.bounds
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        code = self._codes.get(status)
-        if code is None:
-            code = self._codes[status] = str(status)
-        self.server.observe((method, route, code), seconds)
+        """Count a request; ``method`` as the client sent it (unknown ones count as OTHER)."""
+        series = self._bound.get((method, route, status))
+        if series is None:
+            series = self.server.series((method_label(method), route, str(status)))
+            if len(self._bound) < _BOUND_SERIES:  # the client chooses the method
+                self._bound[(method, route, status)] = series
+        series[bisect_left(self._bounds, seconds)] += 1
+        series[-1] += seconds
 
     def observe_egress(self, upstream: str, method: str, outcome: str, seconds: float) -> None:
         self.egress.observe((upstream, method, outcome), seconds)

@@ -25,7 +25,6 @@ request's context (``usvc.context.current``).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, overload
 
 from opentelemetry import context as otel_context
@@ -149,8 +148,7 @@ class UsvcTextMapPropagator(TextMapPropagator):
             if request is not None and request.trace_id == trace_id:
                 incoming, request_id = request.incoming, request.request_id
             else:
-                incoming = replace(
-                    EMPTY,
+                incoming = EMPTY._replace(
                     trace_id=trace_id,
                     trace_flags=int(span_context.trace_flags),
                     tracestate=span_context.trace_state.to_header(),

@@ -28,8 +28,8 @@ import enum
 import random
 import re
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol, overload
+from dataclasses import FrozenInstanceError
+from typing import NamedTuple, Protocol, overload
 
 __all__ = [
     "BAGGAGE_MAX_BYTES",
@@ -75,8 +75,9 @@ _TRACE_ID_LIMIT = 1 << 128
 _SPAN_ID_LIMIT = 1 << 64
 _FLAG_SAMPLED = 0x01
 _FLAG_RANDOM = 0x02
-# The flags usvc sends are those two bits: their hex, without a format per call.
-_FLAGS_HEX = ("00", "01", "02", "03")
+# The flags usvc sends are those two bits: their hex (after traceparent's last
+# dash), without a format per call.
+_FLAGS_HEX = ("-00", "-01", "-02", "-03")
 _OWS = " \t"
 
 # traceparent, §traceparent Header Field Values and §Versioning of traceparent:
@@ -85,6 +86,10 @@ _OWS = " \t"
 _TRACEPARENT_RE = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL
 )
+# The version usvc and every current tracer send: exactly 55 characters, its
+# fields at fixed offsets, so the fast path checks it whole and slices.
+_TRACEPARENT_00_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_SPAN_HEX = "0" * 16
 # tracestate list-member, Level 2 grammar:
 #   key      = ( lcalpha / DIGIT ) 0*255 ( keychar )
 #   keychar  = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"
@@ -173,11 +178,23 @@ class Sampling(enum.Enum):
     DEBUG = "d"
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+# Read from globals in the per-request paths: an Enum member lookup is not cheap.
+_ACCEPT = Sampling.ACCEPT
+_DENY = Sampling.DENY
+_DEFER = Sampling.DEFER
+_DEBUG = Sampling.DEBUG
+_getrandbits = random.getrandbits
+
+
+class Incoming(NamedTuple):
     """What the caller sent, validated. Build it with :meth:`Propagator.extract`
     (or :data:`EMPTY` when there is no caller); :meth:`Propagator.inject` trusts
     its fields to be valid.
+
+    Immutable (``_replace`` makes a changed copy). A named tuple rather than a
+    frozen dataclass: one is built per request, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, several times
+    the cost of a tuple.
     """
 
     # None: no usable parent, a new trace starts (and parent_span_id is None too).
@@ -200,6 +217,13 @@ class Incoming:
     # Why parts were dropped; never quotes header values, so safe to log.
     problems: tuple[str, ...]
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # A named tuple's fields are read-only already; say so as a frozen dataclass would.
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+# Positional construction without NamedTuple's keyword-handling __new__.
+_new_incoming = tuple.__new__
 
 EMPTY = Incoming(
     trace_id=None,
@@ -253,7 +277,7 @@ def new_span_id() -> int:
 
 def new_request_id() -> str:
     """A random 128-bit request id as 32 hex characters (valid for extraction)."""
-    return f"{random.getrandbits(128):032x}"
+    return _getrandbits(128).to_bytes(16, "big").hex()  # cheaper than a format spec
 
 
 def with_request_id(incoming: Incoming, request_id: str) -> Incoming:
@@ -263,7 +287,7 @@ def with_request_id(incoming: Incoming, request_id: str) -> Incoming:
     """
     if _REQUEST_ID_RE.fullmatch(request_id) is None:
         raise ValueError(f"request id must be 1-{REQUEST_ID_MAX_LENGTH} visible ASCII characters")
-    return replace(incoming, request_id=request_id)
+    return incoming._replace(request_id=request_id)
 
 
 # A parsed trace context: (trace id, span id of the sender, sampling, 64-bit id).
@@ -297,6 +321,41 @@ def _parse_traceparent(values: list[str] | tuple[()]) -> tuple[int, int, int] | 
     if not parent_id:
         return "traceparent: all-zero parent-id is invalid"
     return trace_id, parent_id, int(flags_hex, 16)
+
+
+def _common_context(value: str, headers: Headers) -> tuple[int, int, int] | None:
+    """The common case, or None for the full parse: one version-00 ``traceparent``
+    and either no B3 headers or ``x-b3-*`` naming the same span without debug.
+
+    Whatever it accepts, the full parse reads the same way and finds no
+    problem in: B3's ids equal to traceparent's (so valid, and not 64-bit), a
+    sampled flag of 0 or 1 (which W3C's overrides), a valid ParentSpanId.
+    """
+    if len(value) != 55 or _TRACEPARENT_00_RE.fullmatch(value) is None:
+        return None
+    trace_id = int(value[3:35], 16)
+    parent_id = int(value[36:52], 16)
+    if not trace_id or not parent_id or "b3" in headers:
+        return None
+    b3_trace = headers.get("x-b3-traceid")
+    b3_span = headers.get("x-b3-spanid")
+    sampled = headers.get("x-b3-sampled")
+    if "x-b3-flags" in headers:
+        return None
+    if b3_trace is None and b3_span is None:
+        if sampled is not None or "x-b3-parentspanid" in headers:
+            return None
+    else:
+        if b3_trace != value[3:35] or b3_span != value[36:52]:
+            return None
+        if sampled is not None and sampled != "1" and sampled != "0":
+            return None
+        b3_parent = headers.get("x-b3-parentspanid")
+        if b3_parent is not None and (
+            b3_parent == _ZERO_SPAN_HEX or _B3_SPAN_ID_RE.fullmatch(b3_parent) is None
+        ):
+            return None
+    return trace_id, parent_id, int(value[53:55], 16)
 
 
 def _parse_tracestate(values: list[str]) -> tuple[str, str | None]:
@@ -532,7 +591,9 @@ class Propagator:
         self._passthrough = tuple(names)
         self._passthrough_set = frozenset(names)
         # Every header extract reads: when none is present the answer is EMPTY.
-        self._extracted = (*OWN_HEADERS, *names)
+        # The ones a request most often carries come first, to stop the scan early.
+        likely = ("traceparent", *names, "x-request-id", "b3", "x-b3-traceid")
+        self._extracted = (*likely, *sorted(OWN_HEADERS.difference(likely)))
 
     @property
     def passthrough(self) -> tuple[str, ...]:
@@ -557,55 +618,63 @@ class Propagator:
         trace_id: int | None = None
         parent_span_id: int | None = None
         trace_flags = 0
-        sampling = Sampling.DEFER
+        sampling = _DEFER
         is_64bit = False
         tracestate = ""
 
         traceparent = headers.getall("traceparent", ())
+        common = _common_context(traceparent[0], headers) if len(traceparent) == 1 else None
+        if common is not None:
+            trace_id, parent_span_id, trace_flags = common
+            sampling = _ACCEPT if trace_flags & _FLAG_SAMPLED else _DENY
+            w3c_valid = True
+        else:
+            w3c: tuple[int, int, int] | None = None
+            if traceparent:
+                parsed_w3c = _parse_traceparent(traceparent)
+                if isinstance(parsed_w3c, str):
+                    problems = [parsed_w3c]
+                else:
+                    w3c = parsed_w3c
+
+            b3: _B3Context | None = None
+            b3_single = headers.get("b3")
+            if b3_single is not None:
+                parsed = _parse_b3_single(b3_single)
+                if isinstance(parsed, str):
+                    problems = _add(problems, parsed)
+                else:
+                    b3 = parsed
+            if b3 is None:
+                # §Http Encodings: "The single-header variant takes precedence over the
+                # multiple header one"; the multiple headers count only without it.
+                b3, problem = _parse_b3_multi(headers)
+                if problem is not None:
+                    problems = _add(problems, problem)
+
+            w3c_valid = w3c is not None
+            if w3c is not None:
+                trace_id, parent_span_id, trace_flags = w3c
+                sampling = _ACCEPT if trace_flags & _FLAG_SAMPLED else _DENY
+                if b3 is not None:
+                    b3_trace, b3_span, b3_sampling, b3_64 = b3
+                    if b3_trace == trace_id and b3_span == parent_span_id:
+                        is_64bit = b3_64
+                        if b3_sampling is _DEBUG:
+                            sampling = _DEBUG
+                    elif b3_trace is None and b3_sampling is _DEBUG:
+                        # A bare "b3: d" (the curl use case) asks for debug whatever the ids.
+                        sampling = _DEBUG
+            elif b3 is not None:
+                trace_id, parent_span_id, sampling, is_64bit = b3
+
         tracestate_values = headers.getall("tracestate", ())
-        w3c: tuple[int, int, int] | None = None
-        if traceparent:
-            parsed_w3c = _parse_traceparent(traceparent)
-            if isinstance(parsed_w3c, str):
-                problems = [parsed_w3c]
-            else:
-                w3c = parsed_w3c
-
-        b3: _B3Context | None = None
-        b3_single = headers.get("b3")
-        if b3_single is not None:
-            parsed = _parse_b3_single(b3_single)
-            if isinstance(parsed, str):
-                problems = _add(problems, parsed)
-            else:
-                b3 = parsed
-        if b3 is None:
-            # §Http Encodings: "The single-header variant takes precedence over the
-            # multiple header one"; the multiple headers count only without it.
-            b3, problem = _parse_b3_multi(headers)
-            if problem is not None:
-                problems = _add(problems, problem)
-
-        if w3c is not None:
-            trace_id, parent_span_id, trace_flags = w3c
-            sampling = Sampling.ACCEPT if trace_flags & _FLAG_SAMPLED else Sampling.DENY
-            if b3 is not None:
-                b3_trace, b3_span, b3_sampling, b3_64 = b3
-                if b3_trace == trace_id and b3_span == parent_span_id:
-                    is_64bit = b3_64
-                    if b3_sampling is Sampling.DEBUG:
-                        sampling = Sampling.DEBUG
-                elif b3_trace is None and b3_sampling is Sampling.DEBUG:
-                    # A bare "b3: d" (the curl use case) asks for debug whatever the ids.
-                    sampling = Sampling.DEBUG
-            if tracestate_values:
+        if tracestate_values:
+            if w3c_valid:
                 tracestate, problem = _parse_tracestate(tracestate_values)
                 if problem is not None:
                     problems = _add(problems, problem)
-        else:
-            if b3 is not None:
-                trace_id, parent_span_id, sampling, is_64bit = b3
-            if tracestate_values and any(v.strip(_OWS) for v in tracestate_values):
+            elif any(v.strip(_OWS) for v in tracestate_values):
                 # §Tracestate Header: "If the vendor failed to parse traceparent, it
                 # MUST NOT attempt to parse tracestate."
                 problems = _add(problems, "tracestate: dropped without a valid traceparent")
@@ -641,18 +710,21 @@ class Propagator:
                 continue
             passthrough += ((name, value),)
 
-        return Incoming(
-            trace_id=trace_id,
-            parent_span_id=parent_span_id,
-            trace_flags=trace_flags,
-            sampling=sampling,
-            trace_id_64bit=is_64bit,
-            tracestate=tracestate,
-            baggage=baggage,
-            request_id=request_id,
-            ot_span_context=ot_span_context,
-            passthrough=passthrough,
-            problems=tuple(problems) if problems else (),
+        return _new_incoming(
+            Incoming,
+            (
+                trace_id,
+                parent_span_id,
+                trace_flags,
+                sampling,
+                is_64bit,
+                tracestate,
+                baggage,
+                request_id,
+                ot_span_context,
+                passthrough,
+                tuple(problems) if problems else (),
+            ),
         )
 
     def inject(
@@ -666,6 +738,8 @@ class Propagator:
         parent_span_id: int | None = None,
         request_id: str | None = None,
         random_trace_id: bool = True,
+        trace_hex: str | None = None,
+        parent_hex: str | None = None,
     ) -> None:
         """Write the headers for an egress call made from span ``span_id``.
 
@@ -683,6 +757,10 @@ class Propagator:
         :func:`new_trace_id`, so the random flag is set (unless ``random_trace_id``
         is False: an id generator that is not random) and tracestate is not sent.
 
+        ``trace_hex`` and ``parent_hex``, when given, are ``trace_id`` and
+        ``parent_span_id`` already formatted as 32 and 16 lowercase hex digits
+        (a request context has them for its log lines), so they are not formatted again.
+
         Raises ValueError for ids out of range: that is a bug in the caller, not
         bad input from the network.
         """
@@ -692,11 +770,11 @@ class Propagator:
             raise ValueError("span_id must be a non-zero 64-bit integer")
         if parent_span_id is not None and not 0 < parent_span_id < _SPAN_ID_LIMIT:
             raise ValueError("parent_span_id must be a non-zero 64-bit integer")
-        debug = incoming.sampling is Sampling.DEBUG
+        debug = incoming.sampling is _DEBUG
         continuing = incoming.trace_id == trace_id
-        # Formatted once for W3C and B3 alike.
-        trace_hex32 = f"{trace_id:032x}"
-        span_hex = f"{span_id:016x}"
+        # Formatted once for W3C and B3 alike (to_bytes: cheaper than a format spec).
+        trace_hex32 = trace_id.to_bytes(16, "big").hex() if trace_hex is None else trace_hex
+        span_hex = span_id.to_bytes(8, "big").hex()
         if self._tracecontext:
             # Level 2 §Random Trace ID Flag: continuing a trace, the flag MUST be
             # kept as received; a trace we start uses new_trace_id, all random.
@@ -706,7 +784,7 @@ class Propagator:
                 flags = _FLAG_RANDOM if random_trace_id else 0
             if sampled or debug:
                 flags |= _FLAG_SAMPLED
-            out["traceparent"] = f"00-{trace_hex32}-{span_hex}-{_FLAGS_HEX[flags]}"
+            out["traceparent"] = "00-" + trace_hex32 + "-" + span_hex + _FLAGS_HEX[flags]
             # §Mutating the traceparent Field, restart: "Vendors SHOULD clean up
             # tracestate collection on traceparent restart."
             if continuing and incoming.tracestate:
@@ -718,7 +796,10 @@ class Propagator:
                 trace_hex = trace_hex32[16:]
             else:
                 trace_hex = trace_hex32
-            parent_hex = None if parent_span_id is None else f"{parent_span_id:016x}"
+            if parent_span_id is None:
+                parent_hex = None
+            elif parent_hex is None:
+                parent_hex = parent_span_id.to_bytes(8, "big").hex()
             if self._b3single:
                 state = "d" if debug else ("1" if sampled else "0")
                 if parent_hex is None:

@@ -38,15 +38,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import (
-    NonRecordingSpan,
     Span,
-    SpanContext,
     SpanKind,
-    TraceFlags,
     get_current_span,
     set_span_in_context,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util.types import AttributeValue
 
 from . import faults, logs
@@ -55,10 +55,10 @@ from .connections import with_head_timeout
 from .context import RequestContext, current_request
 from .egress import Egress, UpstreamError
 from .health import Health, ReadinessCheck
-from .metrics import UNMATCHED_ROUTE, Metrics, method_label
+from .metrics import UNMATCHED_ROUTE, Metrics
 from .propagation import Incoming, Propagator, new_request_id
 from .settings import Settings, SettingsError, configuration_error
-from .spans import UsvcSpan
+from .spans import NOT_SAMPLED, SAMPLED, UnsampledSpan, UsvcSpan, span_context
 from .tracing import Tracing, header_attributes
 from .version import USVC_VERSION
 
@@ -68,8 +68,45 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 PROBLEM_TYPE = "application/problem+json"
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(0)
+_SAMPLED = SAMPLED
+_NOT_SAMPLED = NOT_SAMPLED
+
+
+def _span_attacher() -> tuple[Callable[[Span], object], Callable[[Any], None]]:
+    """(attach, detach) for making a request's span current.
+
+    With OpenTelemetry's default runtime context (one ContextVar holding a
+    Context) the span is set in that variable directly, which is what
+    ``context.attach(trace.set_span_in_context(span))`` does through four
+    calls; with any other runtime context, through the API.
+    """
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+
+        def attach_by_api(span: Span) -> object:
+            return otel_context.attach(set_span_in_context(span))
+
+        return attach_by_api, otel_context.detach
+    variable = runtime._current_context
+
+    def attach(span: Span) -> object:
+        current = variable.get()
+        if current:
+            values = dict(current)
+            values[_SPAN_KEY] = span
+            return variable.set(Context(values))
+        return variable.set(Context({_SPAN_KEY: span}))
+
+    def detach(token: Any) -> None:
+        try:
+            variable.reset(token)
+        except Exception:  # as otel_context.detach: never fail the request over it
+            log.exception("Failed to detach context")
+
+    return attach, detach
+
+
+_attach_span, _detach = _span_attacher()
 
 
 def problem(
@@ -128,6 +165,8 @@ class Service:
         self.cutting = False
         self._header_problems = ProblemLog()
         self._excluded_paths = frozenset(self.settings.telemetry_excluded_paths)
+        self._request_deadline = self.settings.request_deadline
+        self._fault_injection = self.settings.fault_injection
         # W3C baggage may be 8192 bytes; aiohttp's default header limit is 8190.
         self.app = web.Application(handler_args={"max_field_size": 16384})
         self.app[SERVICE_KEY] = self
@@ -207,11 +246,12 @@ class Service:
             return self.tracer.start_span(name, kind=kind, attributes=attributes)
         tracing = self.tracing
         span_id = tracing.new_span_id()
-        parent = ctx.span.get_span_context()
         if type(ctx.span) is not UsvcSpan or not ctx.span.is_recording():
-            return NonRecordingSpan(SpanContext(ctx.trace_id, span_id, False, parent.trace_flags))
+            # Unsampled (or tracing off): the request's own flags, as its span has.
+            return UnsampledSpan(ctx.trace_id, span_id, _SAMPLED if ctx.sampled else _NOT_SAMPLED)
+        parent = ctx.span.get_span_context()
         span = UsvcSpan(
-            tracing, name, SpanContext(ctx.trace_id, span_id, False, _SAMPLED), parent, kind, {}
+            tracing, name, span_context(ctx.trace_id, span_id, _SAMPLED), parent, kind, {}
         )
         if attributes:
             span.set_attributes(attributes)  # users' values, cleaned as the SDK cleans them
@@ -262,16 +302,9 @@ class Service:
         )
 
     # -- the request path ---------------------------------------------------
-    def _deadline(self, request: web.Request, now: float) -> float:
-        budget = self.settings.request_deadline
-        raw = request.headers.get(ENVOY_TIMEOUT_HEADER)
-        if raw is not None and raw.isdigit() and int(raw) > 0:
-            budget = min(budget, int(raw) / 1000)
-        return now + budget
-
     def _start(self, request: web.Request, incoming: Incoming, route: str) -> RequestContext:
-        # Decide sampling first: an unsampled request then costs a
-        # NonRecordingSpan, not an SDK span the exporter would drop anyway.
+        # Decide sampling first: an unsampled request then costs an
+        # UnsampledSpan, not an SDK span the exporter would drop anyway.
         tracing = self.tracing
         trace_id = incoming.trace_id or tracing.new_trace_id()
         sampled = tracing.head_sampler.sampled(incoming.sampling, trace_id)
@@ -280,38 +313,44 @@ class Service:
         if sampled and tracing.enabled:
             parent = None
             if incoming.trace_id is not None and incoming.parent_span_id is not None:
-                flags = TraceFlags(TraceFlags.SAMPLED if incoming.trace_flags & 1 else 0)
-                parent = SpanContext(incoming.trace_id, incoming.parent_span_id, True, flags)
+                flags = _SAMPLED if incoming.trace_flags & 1 else _NOT_SAMPLED
+                parent = span_context(incoming.trace_id, incoming.parent_span_id, flags, True)
+            method = request.method
             attributes: dict[str, AttributeValue] = {
-                "http.request.method": request.method,
+                "http.request.method": method,
                 "http.route": route,
                 "url.path": request.path,
             }
-            for header, key in self._span_headers:  # what users search traces by
-                value = request.headers.get(header)
-                if value is not None:
-                    attributes[key] = value
+            if self._span_headers:
+                headers = request.headers
+                for header, key in self._span_headers:  # what users search traces by
+                    value = headers.get(header)
+                    if value is not None:
+                        attributes[key] = value
             span = UsvcSpan(
                 tracing,
-                f"{request.method} {route}",
-                SpanContext(trace_id, span_id, False, _SAMPLED),
+                f"{method} {route}",
+                span_context(trace_id, span_id, _SAMPLED),
                 parent,
                 SpanKind.SERVER,
                 attributes,
             )
         else:
-            span = NonRecordingSpan(
-                SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED)
-            )
+            span = UnsampledSpan(trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED)
+        # The deadline: REQUEST_DEADLINE, or Envoy's shorter one.
+        deadline = self._request_deadline
+        raw = request.headers.get(ENVOY_TIMEOUT_HEADER)
+        if raw is not None and raw.isdigit() and int(raw) > 0:
+            deadline = min(deadline, int(raw) / 1000)
         return RequestContext(
-            incoming=incoming,
-            span=span,
-            trace_id=trace_id,
-            span_id=span_id,
-            sampled=sampled,
-            request_id=incoming.request_id or new_request_id(),
-            deadline=self._deadline(request, asyncio.get_running_loop().time()),
-            route=route,
+            incoming,
+            span,
+            trace_id,
+            span_id,
+            sampled,
+            incoming.request_id or new_request_id(),
+            asyncio.get_running_loop().time() + deadline,
+            route,
         )
 
     async def _seal(self, app: web.Application) -> None:
@@ -370,12 +409,20 @@ class Service:
         token = current_request.set(ctx)
         # One attach per request: trace.get_current_span() and spans users
         # start with svc.tracer see the server span as their parent.
-        otel_token = otel_context.attach(set_span_in_context(ctx.span))
+        otel_token = _attach_span(ctx.span)
         health = self.health
         health.in_flight += 1
         status = 500
         try:
-            response = await self._serve(request, handler, ctx)
+            if self._fault_injection:
+                response = await self._serve(request, handler, ctx)
+            else:  # _serve, inline: one coroutine less per request
+                try:
+                    response = await handler(request)
+                except web.HTTPException:
+                    raise
+                except Exception as exc:
+                    response = self._failed(request, exc, ctx)
             status = response.status
             response.headers["x-request-id"] = ctx.request_id
             return response
@@ -396,16 +443,20 @@ class Service:
                 span.end()
             health.in_flight -= 1
             method = request.method
-            self.metrics.observe_request(method_label(method), route, status, duration)
+            self.metrics.observe_request(method, route, status, duration)
             access_log = self.access_log
             if access_log.enabled:
-                access_log.write(method, request.path, route, status, duration)
-            otel_context.detach(otel_token)
+                access_log.write_request(ctx, method, request.path, route, status, duration)
+            _detach(otel_token)
             current_request.reset(token)
 
     async def _serve(
         self, request: web.Request, handler: Handler, ctx: RequestContext
     ) -> web.StreamResponse:
+        """The handler's answer, or the problem+json answer for what it raised.
+
+        :meth:`_observe` does the same inline when fault injection is off.
+        """
         if self.settings.fault_injection:
             try:
                 if faults.should_fail(request.headers.get(faults.FAULT_HEADER)):
@@ -422,16 +473,20 @@ class Service:
             return await handler(request)
         except web.HTTPException:
             raise
-        except aiohttp.ClientError as exc:
+        except Exception as exc:
+            return self._failed(request, exc, ctx)
+
+    def _failed(self, request: web.Request, exc: Exception, ctx: RequestContext) -> web.Response:
+        """The answer for an exception a handler raised (not an HTTPException)."""
+        if isinstance(exc, aiohttp.ClientError):
             # A call straight through svc.egress.session that failed before its body.
             _, status, detail = failure(exc)
             upstream = upstream_of(exc) or "an upstream"
             return self._upstream_problem(UpstreamError(status, upstream, detail), ctx)
-        except UpstreamError as exc:
+        if isinstance(exc, UpstreamError):
             return self._upstream_problem(exc, ctx)
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, ctx.route)
-            return problem(500, "Internal Server Error", "unexpected error", ctx, service=self.name)
+        log.exception("unhandled error in %s %s", request.method, ctx.route, exc_info=exc)
+        return problem(500, "Internal Server Error", "unexpected error", ctx, service=self.name)
 
     def _upstream_problem(self, exc: UpstreamError, ctx: RequestContext) -> web.Response:
         title = "Gateway Timeout" if exc.status == 504 else "Bad Gateway"

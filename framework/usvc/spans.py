@@ -24,7 +24,17 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    DEFAULT_TRACE_STATE,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.util import types
 
 if TYPE_CHECKING:
@@ -32,6 +42,56 @@ if TYPE_CHECKING:
 
 # Every span starts with it; Status is immutable, so one is enough.
 _UNSET = Status(StatusCode.UNSET)
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+NOT_SAMPLED = TraceFlags(0)
+_tuple_new = tuple.__new__
+
+
+def _layout_is_known() -> bool:
+    # SpanContext is a tuple (trace_id, span_id, is_remote, trace_flags,
+    # trace_state, is_valid) whose __new__ range-checks the ids; usvc's ids are
+    # valid by construction, so it builds the tuple itself when the layout is
+    # the one it knows, and calls the constructor otherwise.
+    made = SpanContext(3, 5, True, SAMPLED)
+    return made == (3, 5, True, SAMPLED, DEFAULT_TRACE_STATE, True) and made.is_valid
+
+
+_KNOWN_LAYOUT = _layout_is_known()
+
+
+def span_context(
+    trace_id: int, span_id: int, flags: TraceFlags, is_remote: bool = False
+) -> SpanContext:
+    """``SpanContext(trace_id, span_id, is_remote, flags)`` for ids known to be
+    valid (non-zero, in range), without the constructor's checks."""
+    if _KNOWN_LAYOUT:
+        return _tuple_new(
+            SpanContext, (trace_id, span_id, is_remote, flags, DEFAULT_TRACE_STATE, True)
+        )
+    return SpanContext(trace_id, span_id, is_remote, flags)
+
+
+class UnsampledSpan(NonRecordingSpan):
+    """The non-recording span of an unsampled request or egress attempt.
+
+    Its :class:`SpanContext` is made only if something asks for it (a user's
+    ``trace.get_current_span()``, a child span, a propagator): most unsampled
+    requests never do.
+    """
+
+    def __init__(self, trace_id: int, span_id: int, flags: TraceFlags) -> None:
+        self._ids = (trace_id, span_id, flags)
+        self._context: SpanContext | None = None  # type: ignore[assignment]
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            trace_id, span_id, flags = self._ids
+            context = self._context = span_context(trace_id, span_id, flags)
+        return context
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
 
 
 class UsvcSpan(Span):
@@ -72,7 +132,8 @@ class UsvcSpan(Span):
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
-        tracing.start(self, parent)
+        if tracing._processor._span_processors:  # else nobody listens (exporter none)
+            tracing.start(self, parent)
 
     # -- the API --------------------------------------------------------------
     def get_span_context(self) -> SpanContext:

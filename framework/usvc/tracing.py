@@ -12,6 +12,7 @@ provider's span limits and with ids from its id generator.
 from __future__ import annotations
 
 import logging
+import random
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -33,12 +34,13 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, set_span_in_context
 
-from .propagation import Sampling
+from .propagation import Sampling, new_span_id, new_trace_id
 from .settings import Settings
 from .spans import UsvcSpan
 from .version import USVC_VERSION
 
 log = logging.getLogger("usvc.tracing")
+_getrandbits = random.getrandbits
 
 
 class HeadSampler:
@@ -61,12 +63,15 @@ class HeadSampler:
         self.always = ratio >= 1.0
 
     def sampled(self, state: Sampling, trace_id: int) -> bool:
-        if self.parent_based:
-            if state is Sampling.ACCEPT or state is Sampling.DEBUG:
-                return True
-            if state is Sampling.DENY:
-                return False
-        return self.always or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self.bound
+        # The members read from module globals: an Enum's attribute lookup is not cheap.
+        if self.parent_based and state is not _DEFER:
+            return state is not _DENY  # accept or debug
+        return self.always or trace_id & _TRACE_ID_LIMIT < self.bound
+
+
+_DEFER = Sampling.DEFER
+_DENY = Sampling.DENY
+_TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 
 
 # Attribute names for request headers users search traces by; any other header
@@ -120,6 +125,14 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
     return OTLPSpanExporter(endpoint=endpoint, timeout=settings.otel_exporter_timeout)
 
 
+def _random_trace_id() -> int:
+    return _getrandbits(128) or new_trace_id()
+
+
+def _random_span_id() -> int:
+    return _getrandbits(64) or new_span_id()
+
+
 class Tracing:
     """A tracer provider with this service's resource, sampler and exporter.
 
@@ -155,6 +168,11 @@ class Tracing:
             span_limits=self.span_limits,
         )
         self.id_generator = self.provider.id_generator
+        if type(self.id_generator) is RandomIdGenerator:
+            # The SDK's default generator is random.getrandbits, non-zero: called
+            # directly, without its two method calls per id.
+            self.new_trace_id = _random_trace_id  # type: ignore[method-assign]
+            self.new_span_id = _random_span_id  # type: ignore[method-assign]
         # W3C Level 2: only a generator that says so earns the random-trace-id flag.
         self.random_trace_ids = self.id_generator.is_trace_id_random()
         self.head_sampler = HeadSampler(settings)

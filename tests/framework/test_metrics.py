@@ -61,3 +61,12 @@ def test_build_info_names_the_instance_apart_from_prometheus_own_instance_label(
         "usvc_version": "0.1.0",
         "service_instance": "front-7d9f-abcde",
     }
+
+
+def test_a_method_outside_the_known_ones_counts_as_other() -> None:
+    metrics = Metrics("front", "v1", "prod", "0")
+    for method in ("GET", "BREW", "PROPFIND", "GET"):
+        metrics.observe_request(method, "unmatched", 404, 0.01)
+    counters = families(metrics)["http_server_requests"]
+    by_method = {s[1]["method"]: s[2] for s in counters if s[0] == "http_server_requests_total"}
+    assert by_method == {"GET": 2.0, "OTHER": 2.0}

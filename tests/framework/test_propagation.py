@@ -27,6 +27,7 @@ from usvc.propagation import (
     Incoming,
     Propagator,
     Sampling,
+    _common_context,
     new_span_id,
     new_trace_id,
     with_request_id,
@@ -1404,3 +1405,87 @@ def test_a_request_without_any_context_header_is_the_shared_empty_context() -> N
     ):
         headers = CIMultiDictProxy(CIMultiDict({"Host": "a", name: value}))
         assert propagator.extract(headers) != EMPTY, name
+
+
+# --------------------------------------------------------------------------
+# The common case's fast path reads what the full parse reads
+
+_B3_VARIANTS = {
+    "x-b3-traceid": st.sampled_from([None, "same", B3_TRACE, B3_TRACE_64, "XYZ"]),
+    "x-b3-spanid": st.sampled_from([None, "same", B3_SPAN, "0" * 16]),
+    "x-b3-sampled": st.sampled_from([None, "0", "1", "true", "maybe"]),
+    "x-b3-flags": st.sampled_from([None, "1", "0"]),
+    "x-b3-parentspanid": st.sampled_from([None, B3_PARENT, "0" * 16, "NOTHEX0123456789"]),
+    "b3": st.sampled_from([None, "d", f"{B3_TRACE}-{B3_SPAN}-1"]),
+}
+
+
+def _fast_and_full(tp: str, b3: dict[str, str | None]) -> tuple[Incoming, Incoming]:
+    """The same headers twice, the second with OWS before traceparent: that
+    value is not 55 characters, so it takes the full parse (which strips OWS)."""
+    trace_hex, parent_hex = tp[3:35], tp[36:52]
+    pairs = []
+    for name, value in b3.items():
+        if value == "same":
+            value = trace_hex if name == "x-b3-traceid" else parent_hex
+        if value is not None:
+            pairs.append((name, value))
+    propagator = Propagator()
+    fast = propagator.extract(hdrs(("traceparent", tp), *pairs))
+    full = propagator.extract(hdrs(("traceparent", " " + tp), *pairs))
+    return fast, full
+
+
+@pytest.mark.parametrize(
+    "b3",
+    [
+        {},
+        {"x-b3-traceid": "same", "x-b3-spanid": "same", "x-b3-sampled": "1"},
+        {"x-b3-traceid": "same", "x-b3-spanid": "same", "x-b3-parentspanid": B3_PARENT},
+        {"x-b3-traceid": "same", "x-b3-spanid": "same", "x-b3-flags": "1"},
+        {"x-b3-traceid": "same", "x-b3-spanid": "same", "x-b3-parentspanid": "0" * 16},
+        {"x-b3-traceid": B3_TRACE, "x-b3-spanid": B3_SPAN, "x-b3-sampled": "0"},
+        {"x-b3-sampled": "maybe"},
+        {"b3": "d"},
+    ],
+)
+def test_a_usvc_hops_headers_read_the_same_by_the_fast_path_and_the_full_parse(
+    b3: dict[str, str | None],
+) -> None:
+    fast, full = _fast_and_full(TP_SAMPLED, b3)
+    assert fast == full
+    assert fast.trace_id == TRACE_ID
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(
+    st.integers(0, (1 << 128) - 1),
+    st.integers(0, (1 << 64) - 1),
+    st.integers(0, 255),
+    st.fixed_dictionaries(_B3_VARIANTS),
+)
+def test_the_fast_path_agrees_with_the_full_parse(
+    trace_id: int, parent_id: int, flags: int, b3: dict[str, str | None]
+) -> None:
+    tp = f"00-{trace_id:032x}-{parent_id:016x}-{flags:02x}"
+    fast, full = _fast_and_full(tp, b3)
+    assert fast == full
+
+
+def test_incoming_changes_only_by_copy() -> None:
+    incoming = extract(("traceparent", TP_SAMPLED))
+    changed = incoming._replace(request_id="r-1")
+    assert (changed.request_id, incoming.request_id) == ("r-1", None)
+    assert changed.trace_id == incoming.trace_id
+
+
+def test_what_a_usvc_hop_sends_takes_the_fast_path() -> None:
+    defaults = Propagator()  # tracecontext, baggage, b3multi
+    for sampled in (True, False):
+        out: CIMultiDict[str] = CIMultiDict()
+        incoming = extract(("traceparent", TP_SAMPLED))
+        defaults.inject(incoming, TRACE_ID, 0xABC, sampled, out, parent_span_id=0x77)
+        headers = hdrs(*out.items())
+        assert _common_context(out["traceparent"], headers) is not None
+        assert defaults.extract(headers).trace_id == TRACE_ID

@@ -10,10 +10,10 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcesso
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode
 
 import usvc
-from usvc.spans import UsvcSpan
+from usvc.spans import NOT_SAMPLED, SAMPLED, UnsampledSpan, UsvcSpan, span_context
 from usvc.tracing import Tracing
 
 from .conftest import Serve, ServiceFactory
@@ -286,3 +286,21 @@ async def test_svc_span_is_a_child_of_the_server_span_recorded_only_when_sampled
     nested = by_name["nested"]
     assert not isinstance(first["nested"], UsvcSpan)
     assert nested.parent is not None and nested.parent.span_id == by_name["mine"].context.span_id
+
+
+def test_usvc_builds_the_same_span_context_as_the_constructor() -> None:
+    for flags in (SAMPLED, NOT_SAMPLED):
+        for remote in (True, False):
+            made = span_context((1 << 128) - 1, 7, flags, remote)
+            expected = SpanContext((1 << 128) - 1, 7, remote, flags)
+            assert made == expected
+            assert (made.is_valid, made.is_remote, made.trace_flags) == (True, remote, flags)
+
+
+def test_an_unsampled_span_makes_its_context_when_asked() -> None:
+    span = UnsampledSpan(5, 6, NOT_SAMPLED)
+    assert isinstance(span, NonRecordingSpan)
+    assert not span.is_recording()
+    assert span.get_span_context() == SpanContext(5, 6, False, NOT_SAMPLED)
+    assert span.get_span_context() is span.get_span_context()
+    assert "trace_id=0x" in repr(span)
