@@ -342,11 +342,13 @@ def _common_context(value: str, headers: Headers) -> tuple[int, int, int] | None
     sampled = headers.get("x-b3-sampled")
     if "x-b3-flags" in headers:
         return None
-    if b3_trace is None and b3_span is None:
+    if b3_trace is None or b3_span is None:
+        if b3_trace is not None or b3_span is not None:
+            return None
         if sampled is not None or "x-b3-parentspanid" in headers:
             return None
     else:
-        if b3_trace != value[3:35] or b3_span != value[36:52]:
+        if b3_trace + "-" + b3_span != value[3:52]:
             return None
         if sampled is not None and sampled != "1" and sampled != "0":
             return None
@@ -686,12 +688,29 @@ class Propagator:
             if problem is not None:
                 problems = _add(problems, problem)
 
-        request_id, problems = _opaque(
-            headers, "x-request-id", _REQUEST_ID_RE, _BAD_REQUEST_ID, problems
-        )
-        ot_span_context, problems = _opaque(
-            headers, "x-ot-span-context", _OT_SPAN_CONTEXT_RE, _BAD_OT_SPAN_CONTEXT, problems
-        )
+        request_id: str | None = None
+        values = headers.getall("x-request-id", ())
+        if values:
+            value = values[0]
+            # The usual one, checked without a regex: sent once, 1-128 visible
+            # ASCII characters (isprintable leaves out the control characters).
+            if (
+                len(values) == 1
+                and 0 < len(value) <= REQUEST_ID_MAX_LENGTH
+                and value.isascii()
+                and value.isprintable()
+                and " " not in value
+            ):
+                request_id = value
+            else:
+                request_id, problems = _opaque(
+                    headers, "x-request-id", _REQUEST_ID_RE, _BAD_REQUEST_ID, problems
+                )
+        ot_span_context: str | None = None
+        if "x-ot-span-context" in headers:
+            ot_span_context, problems = _opaque(
+                headers, "x-ot-span-context", _OT_SPAN_CONTEXT_RE, _BAD_OT_SPAN_CONTEXT, problems
+            )
 
         passthrough: tuple[tuple[str, str], ...] = ()
         for name in self._passthrough:
@@ -705,7 +724,12 @@ class Propagator:
             value = values[0].strip(_OWS)
             if not value:
                 continue
-            if _PASSTHROUGH_VALUE_RE.fullmatch(value) is None:
+            # _PASSTHROUGH_VALUE_RE without the regex: tab and 0x20-0x7e, at most 1024.
+            if not (
+                len(value) <= PASSTHROUGH_MAX_LENGTH
+                and value.isascii()
+                and (value.isprintable() or value.replace("\t", " ").isprintable())
+            ):
                 problems = _add(problems, f"{name}: not printable ASCII or too long, dropped")
                 continue
             passthrough += ((name, value),)

@@ -127,8 +127,9 @@ class UsvcSpan(Span):
         self._kind = kind
         # usvc's own attributes are known-good; users' go through set_attribute.
         self._attributes = attributes
-        self._events: list[Event] = []
-        self._links: list[Link] = []
+        # Made on the first event or link: most spans have none.
+        self._events: list[Event] | None = None
+        self._links: list[Link] | None = None
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
@@ -188,6 +189,8 @@ class UsvcSpan(Span):
             bounded = BoundedAttributes(
                 limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length
             )
+            if self._events is None:
+                self._events = []
             self._events.append(Event(name, bounded, timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
@@ -196,6 +199,8 @@ class UsvcSpan(Span):
             bounded = BoundedAttributes(
                 limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length
             )
+            if self._links is None:
+                self._links = []
             self._links.append(Link(context, bounded))
 
     def update_name(self, name: str) -> None:
@@ -263,7 +268,7 @@ class UsvcSpan(Span):
             )
         else:
             attributes = MappingProxyType(self._attributes)
-        events, links = self._events, self._links
+        events, links = self._events or [], self._links or []
         # Over the count limit, the newest are kept (the SDK's BoundedList does the same).
         if limits.max_events is not None and len(events) > limits.max_events:
             events = events[len(events) - limits.max_events :]
