@@ -242,7 +242,7 @@ class ClientInstrumentation:
         self._targets: dict[URL, _Target] = {}
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        target = self._target(request.url)
+        target = self._targets.get(request.url) or self._target(request.url)
         span = self._inject(request, target)
         if self.request_hooks:
             for request_hook in self.request_hooks:

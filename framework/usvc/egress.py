@@ -195,7 +195,8 @@ class EgressCall:
         settings = egress.settings
         session = egress.session
         loop = asyncio.get_running_loop()
-        deadline = egress.deadline(current_request.get())
+        ctx = current_request.get()
+        deadline = egress.deadline(None) if ctx is None else ctx.deadline
         retries = settings.egress_retries if self.method in IDEMPOTENT_METHODS else 0
         attempt = 0
         while True:
@@ -220,13 +221,16 @@ class EgressCall:
                 answer: aiohttp.ClientResponse | None = None
             else:
                 answer = response
+                if response.status not in RETRYABLE_STATUS:  # the usual answer: done
+                    self._response = response
+                    return response
                 status, detail = 502, f"answered {response.status}"
             finally:
                 if token is not None:
                     resend_count.reset(token)
             may_retry = attempt < retries and deadline - loop.time() > 0
             if answer is not None:
-                if answer.status not in RETRYABLE_STATUS or not may_retry:
+                if not may_retry:
                     self._response = answer
                     return answer
                 answer.release()
