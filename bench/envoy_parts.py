@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from usvc_mesh import envoy
-from usvc_mesh.procs import terminate
+from usvc_mesh.procs import spawn, terminate
 from usvc_mesh.translation import OUTBOUND_ROUTES
 
 from . import wrk
@@ -659,7 +659,7 @@ def start_envoy(
     argv += ["--log-level", "warning", *variant.flags]
     argv += ["--base-id", str(1000 + index)] if variant.hot_restart else ["--disable-hot-restart"]
     log = (ctx.run_dir / f"envoy-{index}.log").open("ab")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = spawn(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     deadline = time.monotonic() + (600 if callgrind else 20)
     url = f"http://127.0.0.1:{port}/"

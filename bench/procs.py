@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usvc_mesh.procs import free_port as free_port  # the one free_port (builds.py uses it)
-from usvc_mesh.procs import port_taken, port_taken_message, terminate
+from usvc_mesh.procs import port_taken, port_taken_message, spawn, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -96,7 +96,7 @@ class Server:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 list(self.argv),
                 cwd=ROOT,
                 env={**clean_env(), **self.env, "HOST": "127.0.0.1", "PORT": str(self.port)},

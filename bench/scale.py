@@ -51,7 +51,7 @@ from typing import Any
 
 import usvc_mesh as mesh
 from usvc_mesh.envoy import MESH_CONCURRENCY
-from usvc_mesh.procs import terminate
+from usvc_mesh.procs import spawn, terminate
 
 from . import callgrind, meshgen, report
 from .builds import Build
@@ -151,7 +151,7 @@ def envoy_for(
         config_dir, ports, access_log=run_dir / f"envoy-{count}-access.log"
     )
     with (run_dir / f"envoy-{count}.log").open("ab") as out:
-        process = subprocess.Popen(
+        process = spawn(
             mesh.envoy_command(bootstrap, concurrency=CONCURRENCY),
             stdout=out,
             stderr=subprocess.STDOUT,

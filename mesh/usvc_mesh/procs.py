@@ -12,6 +12,8 @@ import errno
 import functools
 import ipaddress
 import itertools
+import os
+import queue
 import random
 import re
 import signal
@@ -22,9 +24,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 # Loopback checks must not go through a proxy the user's environment names.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -160,21 +165,105 @@ def wait_until(
 # prctl(2) option: the signal a child receives when the thread that forked it dies.
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# Looked up now: the child, between fork and exec, should do as little as it can.
+_PRCTL = _LIBC.prctl if _LIBC is not None else None
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """``preexec_fn``: SIGTERM this child when the thread that started it dies.
 
     For daemons a test run starts (dockerd, services): if the test process is
     killed (SIGKILL runs no finaliser), its children stop too instead of
     outliving it. The signal is sent when the *forking thread* exits, so use
     it only for children started from a thread that lives as long as they
-    should (the main thread). Preserved across exec (prctl(2)), so it reaches
-    the program a wrapper such as ``unshare``/``sh -c 'exec ...'`` becomes.
-    Linux only; elsewhere it does nothing.
+    should (the main thread, or :func:`spawn`'s). Preserved across exec
+    (prctl(2)), so it reaches the program a wrapper such as
+    ``unshare``/``sh -c 'exec ...'`` becomes. ``parent``: the starter's pid;
+    if it died before the prctl took effect the child exits at once. Linux
+    only; elsewhere it does nothing.
     """
-    if _LIBC is not None and _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if _PRCTL is None:
+        return
+    if _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # orphaned already: the signal will never come
+
+
+class _Forker:
+    """One thread that lives as long as the process and forks every :func:`spawn` child.
+
+    PR_SET_PDEATHSIG follows the forking thread, not the process: a replica
+    the supervisor restarts from its watch loop or its control socket's thread
+    would be killed when that thread ends. Forked here, a child dies with the
+    process and only then.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._starting = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def run(self, job: Callable[[], _T]) -> _T:
+        with self._starting:
+            # After a fork (a test's child process) the old thread is not there.
+            if self._thread is None or self._pid != os.getpid():
+                self._jobs = queue.SimpleQueue()
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._serve, args=(self._jobs,), name="usvc-forker", daemon=True
+                )
+                self._thread.start()
+        if threading.current_thread() is self._thread:
+            return job()
+        done: Future[_T] = Future()
+        self._jobs.put((job, done))
+        return done.result()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        while True:  # never returns: its exit would be every child's SIGTERM
+            job, done = jobs.get()
+            try:
+                done.set_result(job())
+            except BaseException as exc:  # the caller's to handle
+                done.set_exception(exc)
+
+
+_FORKER = _Forker()
+
+
+def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **popen)`` for a child that must not outlive this process.
+
+    Forked from one long-lived thread with :func:`die_with_parent`: whichever
+    thread asks, the child gets SIGTERM when this process dies, SIGKILL
+    included, and not before.
+    """
+    starter = os.getpid()
+    return _FORKER.run(
+        lambda: subprocess.Popen(
+            list(argv), preexec_fn=functools.partial(die_with_parent, starter), **popen
+        )
+    )
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat); None if it is gone.
+
+    With the pid it names one process: a pid is reused, a (pid, start) pair is not.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after ")" are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None  # exited, not yet reaped
+    return int(fields[19])  # field 22, starttime
 
 
 def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:

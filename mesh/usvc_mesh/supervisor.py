@@ -53,7 +53,16 @@ from .manifests import (
     stand_ins,
     workload_command,
 )
-from .procs import free_port, http_ok, port_taken, port_taken_message, reap, terminate
+from .procs import (
+    free_port,
+    http_ok,
+    port_taken,
+    port_taken_message,
+    reap,
+    spawn,
+    start_ticks,
+    terminate,
+)
 from .sidecars import IDENTITY_NOTE, INBOUND_HOST, Inbound, Sidecar, service_account
 from .spec import metadata_namespace
 from .translation import Translation, translate
@@ -125,7 +134,9 @@ class WorkloadProcess:
         if self.log_handle is not None:
             self.log_handle.close()
         self.log_handle = self.log_path.open("a")
-        self.process = subprocess.Popen(
+        # spawn: SIGTERM when the supervisor dies, even by SIGKILL, whichever
+        # thread (watch loop, control socket) restarts it.
+        self.process = spawn(
             self.argv,
             cwd=root,
             env=self.env,
@@ -355,6 +366,13 @@ class LocalMesh:
             pod_port=self.free_port(),
         )
 
+    def children(self) -> dict[str, subprocess.Popen[bytes]]:
+        """Every child process running now, by name (the instance, or ``envoy``)."""
+        running = {p.name: p.process for p in self.processes() if p.process and p.running()}
+        if self.proxy is not None and self.proxy.poll() is None:
+            running["envoy"] = self.proxy
+        return running
+
     def processes(self) -> list[WorkloadProcess]:
         """Every process the mesh runs but Envoy: stand-ins, then each workload's replicas."""
         return [
@@ -468,6 +486,13 @@ class LocalMesh:
         return time.monotonic() - started
 
     def _refuse_second_mesh(self) -> None:
+        """MeshError if the run directory's mesh, or what is left of it, still runs.
+
+        A supervisor that was SIGKILLed runs no finaliser: its state file stays,
+        and processes of an older version (started without PR_SET_PDEATHSIG)
+        may outlive it. A second mesh on top would fight them for the gateway
+        port and the log files.
+        """
         assert self.run_dir is not None
         try:
             state = json.loads((self.run_dir / STATE_FILE).read_text())
@@ -479,11 +504,20 @@ class LocalMesh:
                 f"a local mesh (pid {pid}, gateway {state.get('gateway')}) is already running "
                 f"from {self.run_dir}; stop it, or give this one another --run-dir"
             )
+        left = left_running(state)
+        if left:
+            pids = " ".join(str(p) for p in left.values())
+            raise MeshError(
+                f"the previous mesh from {self.run_dir} (supervisor pid {pid}, gone) left "
+                f"{len(left)} process(es) running: "
+                + ", ".join(f"{name} (pid {p})" for name, p in left.items())
+                + f"; end them with `kill {pids}`, or give this one another --run-dir"
+            )
 
     def _start_envoy(self, bootstrap: Path) -> None:
         assert self.run_dir is not None
         log = (self.run_dir / "envoy.log").open("w")
-        self.proxy = subprocess.Popen(
+        self.proxy = spawn(
             envoy.envoy_command(bootstrap, concurrency=self.envoy_concurrency),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -562,6 +596,7 @@ class LocalMesh:
                     process.restarts += 1
                     process.start(self.layout.root)
                     self.report(f"{process.name}: restarted (restart {process.restarts})")
+                    self._save_state()  # its new pid
         finally:
             self._lock.release()
 
@@ -795,6 +830,11 @@ class LocalMesh:
             "gateway_ca": str(self.gateway.ca) if self.gateway and self.gateway.ca else None,
             "workloads": {n: [m.port for m in w.members] for n, w in self.workloads.items()},
             "stand_ins": {h: w.port for h, w in self.stand_ins.items()},
+            # pid and start time (pids are reused) of each child, for the next `usvc up`
+            "processes": {
+                name: [process.pid, start_ticks(process.pid)]
+                for name, process in self.children().items()
+            },
         }
         path = self.run_dir / STATE_FILE
         temporary = path.with_suffix(".tmp")
@@ -840,6 +880,15 @@ def exit_status(returncode: int) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with status {returncode}"
+
+
+def left_running(state: Mapping[str, Any]) -> dict[str, int]:
+    """The children a state file names that still run: the same pid, started at the same time."""
+    left = {}
+    for name, (pid, ticks) in state.get("processes", {}).items():
+        if ticks is not None and start_ticks(pid) == ticks:
+            left[name] = pid
+    return left
 
 
 def _alive(pid: int) -> bool:

@@ -7,12 +7,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from usvc_mesh.procs import LISTEN_PORTS, ephemeral_ports, free_port, port_taken
+from usvc_mesh.procs import (
+    LISTEN_PORTS,
+    die_with_parent,
+    ephemeral_ports,
+    free_port,
+    port_taken,
+    spawn,
+    start_ticks,
+)
 
 # How usvc's start-up check and Envoy say it (the first from a benchmark run that lost the race).
 USVC_LINE = (
@@ -122,3 +131,67 @@ def test_a_child_started_with_die_with_parent_stops_when_its_starter_is_killed(
     finally:
         if not _gone(daemon, within=0):
             os.kill(daemon, signal.SIGKILL)  # ours: the control case's orphan
+
+
+def _started_by_a_thread_that_ends(start: str) -> subprocess.Popen[bytes]:
+    """A ``sleep`` started from a thread of its own, which has ended when this returns."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run() -> None:
+        argv = ["sleep", "120"]
+        if start == "spawn":
+            started.append(spawn(argv))
+        else:
+            started.append(subprocess.Popen(argv, preexec_fn=die_with_parent))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return started[0]
+
+
+@pytest.mark.parametrize("start", ["spawn", "die_with_parent"])
+def test_a_spawned_child_outlives_the_short_lived_thread_that_asked_for_it(start: str) -> None:
+    """PR_SET_PDEATHSIG follows the forking thread: spawn forks from one that never ends."""
+    child = _started_by_a_thread_that_ends(start)
+    try:
+        # The signal comes as the thread exits: by now, or never.
+        ended = child.wait(5) if start == "die_with_parent" else child.poll()
+        assert ended == (-signal.SIGTERM if start == "die_with_parent" else None)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the control case's child was not told its thread ended") from None
+    finally:
+        child.kill()
+        child.wait()
+
+
+_SPAWN = """
+import sys, time
+from usvc_mesh.procs import spawn
+print(spawn(["sh", "-c", "exec sleep 120"]).pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_spawned_child_stops_when_its_starter_is_killed() -> None:
+    run = subprocess.Popen([sys.executable, "-c", _SPAWN], stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    with run.stdout:
+        child = int(run.stdout.readline())
+    run.kill()
+    run.wait()
+    try:
+        assert _gone(child, within=10)
+    finally:
+        if not _gone(child, within=0):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_pid_and_its_start_time_name_one_process_and_none_once_it_ended() -> None:
+    child = subprocess.Popen(["sleep", "120"])
+    ticks = start_ticks(child.pid)
+    assert ticks is not None and ticks >= start_ticks(os.getpid())  # type: ignore[operator]
+    assert start_ticks(child.pid) == ticks
+    child.kill()
+    child.wait()
+    assert start_ticks(child.pid) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..manifests import MeshError
-from ..procs import free_port, http_ok, terminate
+from ..procs import free_port, http_ok, spawn, terminate
 from .prometheus import Prometheus, scrape_config
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class Telemetry:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / "collector.log").open("a")
         fd = self._listener.fileno()
-        self.collector = subprocess.Popen(
+        self.collector = spawn(
             [
                 sys.executable,
                 "-m",

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..manifests import MeshError
-from ..procs import http_ok, terminate
+from ..procs import http_ok, spawn, terminate
 
 POD_LABELS = ("app", "version", "env")
 MISSING = (
@@ -94,7 +94,7 @@ class Prometheus:
         config = self.directory / "prometheus.yml"
         config.write_text(yaml.safe_dump(dict(self.config), sort_keys=False))
         with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 [
                     binary,
                     f"--config.file={config}",
