@@ -391,10 +391,13 @@ async def test_a_fault_abort_of_50_percent_answers_503_to_about_half(
     assert mesh.backends["echo-v1"].hits == statuses[200]
 
 
+DELAY = 10.0  # long: whatever the machine's load, the caller's 0.3 s timeout comes first
+
+
 async def test_a_delay_on_the_callee_beyond_the_callers_timeout_gives_504_near_the_timeout(
     envoy: Envoy, mesh: Mesh, session: aiohttp.ClientSession
 ) -> None:
-    # gateway -(timeout 0.3 s)-> relay -(its sidecar)-> delayed, whose rule delays 2 s.
+    # gateway -(timeout 0.3 s)-> relay -(its sidecar)-> delayed, whose rule delays 10 s.
     # Envoy starts a route's timeout after that route's own fault delay, so the
     # timeout that cuts a delay short is the caller's, as in a cluster.
     relay = mesh.backends["relay"]
@@ -411,18 +414,24 @@ async def test_a_delay_on_the_callee_beyond_the_callers_timeout_gives_504_near_t
         [
             {
                 "route": [{"destination": {"host": "delayed-svc"}}],
-                "fault": {"delay": {"fixedDelay": "2s", "percentage": {"value": 100}}},
+                "fault": {"delay": {"fixedDelay": f"{DELAY:g}s", "percentage": {"value": 100}}},
             }
         ],
     )
     envoy.apply(mesh.translate(front, delayed))
+    reached = mesh.backends["delayed"].hits
+    timeouts = envoy.stats("upstream_rq_timeout$")
     started = time.monotonic()
     status, body = await call(session, f"{envoy.gateway_url}/")
     elapsed = time.monotonic() - started
     assert status == 504
     assert body["body"] == "upstream request timeout"
-    # cut by the 0.3 s timeout (clocks differ by a millisecond), well before the 2 s delay ends
-    assert 0.29 <= elapsed < 1.9
+    # The caller's route timed out (relay's cluster), not the delayed one's...
+    grown = {k for k, v in envoy.stats("upstream_rq_timeout$").items() if v > timeouts.get(k, 0)}
+    assert grown and all("relay-svc" in name for name in grown), grown
+    # ... while the delay still held the request (delayed never saw it), long before it ended.
+    assert mesh.backends["delayed"].hits == reached
+    assert elapsed < DELAY / 2
 
 
 async def test_retries_on_5xx_hide_a_backend_that_fails_half_the_time(
@@ -673,16 +682,22 @@ async def test_a_grpc_timeout_header_bounds_the_call_when_the_route_has_no_timeo
 ) -> None:
     # istiod's setTimeout (pilot/pkg/networking/core/route/route.go) sets max_grpc_timeout
     # 0s on a route without timeout, so Envoy honours the client's grpc-timeout.
-    envoy.apply(mesh.translate(*switch_rules("slow")))  # the slow backend answers after 1 s
+    envoy.apply(mesh.translate(*switch_rules("slow")))
+    slow = mesh.backends["slow"]
+    slow.delay = DELAY  # long: whatever the machine's load, the 200 ms grpc-timeout comes first
     headers = {"content-type": "application/grpc", "grpc-timeout": "200m", "te": "trailers"}
-    started = time.monotonic()
-    async with session.post(f"{envoy.gateway_url}/", headers=headers, data=b"") as response:
-        await response.read()
-        grpc = (response.headers.get("grpc-status"), response.headers.get("grpc-message"))
-    elapsed = time.monotonic() - started
-    # Envoy's own 504, as a trailers-only gRPC reply (HTTP 504 maps to UNAVAILABLE, 14)
+    try:
+        started = time.monotonic()
+        async with session.post(f"{envoy.gateway_url}/", headers=headers, data=b"") as response:
+            await response.read()
+            grpc = (response.headers.get("grpc-status"), response.headers.get("grpc-message"))
+        elapsed = time.monotonic() - started
+    finally:
+        slow.delay = WORKLOADS["slow"][1]["delay"]
+    # Envoy's own 504, as a trailers-only gRPC reply (HTTP 504 maps to UNAVAILABLE, 14),
+    # long before the backend would have answered
     assert grpc == ("14", "upstream request timeout")
-    assert elapsed < 0.9
+    assert elapsed < DELAY / 2
 
 
 async def test_a_hot_switch_takes_effect_without_restart_and_drops_no_request_in_flight(

@@ -33,8 +33,9 @@ GONE_WITHIN = 30.0  # generous: SIGTERM, then each child's graceful stop on a bu
 
 
 def usvc_up(run_dir: Path) -> list[str]:
+    gateway = f"127.0.0.1:{free_port()}"
     return [sys.executable, "-c", USVC_MESH, "up", "--root", str(GENERIC), "--scenario",
-            "split", "--gateway", f"127.0.0.1:{free_port()}", "--run-dir", str(run_dir)]  # fmt: skip
+            "split", "--gateway", gateway, "--run-dir", str(run_dir)]  # fmt: skip
 
 
 def test_a_sigkilled_usvc_up_takes_its_workloads_and_envoy_with_it(tmp_path: Path) -> None:
