@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ import pytest
 from tests.chain.conftest import scenario_with
 from tests.procs import ROOT, free_port
 from usvc_mesh.manifests import Layout
-from usvc_mesh.supervisor import Backoff, LocalMesh, WorkloadProcess
+from usvc_mesh.procs import wait_until
+from usvc_mesh.supervisor import ENDPOINT_PROPAGATION, Backoff, LocalMesh, WorkloadProcess
 
 pytestmark = pytest.mark.slow
 FRONT_RULE = "front-svc"
@@ -214,15 +216,27 @@ def member(s: Supervised, instance: str) -> WorkloadProcess:
 # -- the gateway ----------------------------------------------------------------------
 
 
+def header_timeouts(s: Supervised) -> int:
+    """The gateway's count of connections closed for a late request head (Envoy's HCM stats)."""
+    assert s.mesh.ports is not None
+    url = f"http://127.0.0.1:{s.mesh.ports.admin}/stats?format=json&filter=downstream_rq_header_timeout"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(url, timeout=5) as response:
+        stats = json.loads(response.read())["stats"]
+    return sum(int(x["value"]) for x in stats if x["name"].startswith("http.gateway"))
+
+
 def test_the_gateway_closes_a_connection_whose_request_head_is_late(s: Supervised) -> None:
     assert s.mesh.ports is not None
+    before = header_timeouts(s)
+    # 10 s: far past the mesh's request_headers_timeout (1 s); a hang fails the test.
     with socket.create_connection(("127.0.0.1", s.mesh.ports.gateway), timeout=10) as sock:
         sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n")  # and never the blank line
-        started = time.monotonic()
-        while sock.recv(4096):
-            pass  # Envoy may answer 408 before it closes
-        took = time.monotonic() - started
-    assert 0.5 < took < 3.0  # the mesh's request_headers_timeout is 1 s
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk  # Envoy may answer 408 before it closes
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+    assert header_timeouts(s) == before + 1  # closed by that timeout, not for another reason
 
 
 # -- restarts ---------------------------------------------------------------------------
@@ -253,33 +267,45 @@ def test_a_killed_stand_in_is_reported_and_restarted_like_a_workload(s: Supervis
         time.sleep(0.1)
 
 
-def test_a_killed_replica_gets_no_traffic_within_2s_and_its_share_back_after_restart(
+def test_a_killed_replica_gets_no_traffic_once_envoy_has_it_out_and_its_share_back_after(
     s: Supervised,
 ) -> None:
+    """Envoy's health check takes a killed replica out; once restarted and healthy it is back.
+
+    The moments are what Envoy's admin API says (the replica's endpoint
+    unhealthy, healthy again), not times after the kill: on a busy machine a
+    probe period stretches.
+    """
     s.mesh.use("round-robin")
     victim = member(s, "front-2")
     assert victim.process is not None
-    killed_at: list[float] = []
+    marks: dict[str, float] = {}
     load_started = time.monotonic()
+
+    def in_envoy(healthy: bool) -> None:
+        wait_until(lambda: s.mesh._healthy(victim) is healthy, 30, f"front-2 healthy={healthy}")
+        time.sleep(ENDPOINT_PROPAGATION)  # Envoy's workers follow its main thread
 
     def kill_and_wait() -> None:
         time.sleep(1.5)
-        killed_at.append(time.monotonic() - load_started)
         os.kill(victim.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
-        s.wait_event("front-2: restarted", timeout=15)
-        killed_at.append(time.monotonic() - load_started)  # restarted at
-        time.sleep(5)  # ready, and health-checked back in (probe period 2 s)
+        in_envoy(healthy=False)
+        marks["out"] = time.monotonic() - load_started
+        s.wait_event("front-2: restarted", timeout=30)
+        marks["restarted"] = time.monotonic() - load_started
+        in_envoy(healthy=True)
+        marks["in"] = time.monotonic() - load_started
+        time.sleep(3)  # load while it is back: ~120 requests
 
     sent = load_while(f"{s.gateway}/hello", 40, kill_and_wait)
     where = upstreams(s, "/hello")
-    killed, restarted = killed_at
-    gone = [x for x in sent if killed + 2 <= x.at < restarted]
-    back = [x for x in sent if x.at >= restarted + 4]
-    assert gone and back
+    gone = [x for x in sent if marks["out"] <= x.at < marks["restarted"]]
+    back = [x for x in sent if x.at >= marks["in"]]
+    assert gone and len(back) >= 60, (len(gone), len(back))
     assert not [x for x in gone if where.get(x.index) == "front-2"]
     assert all(x.status == 200 for x in gone)
     share = Counter(where.get(x.index) for x in back)
-    assert share["front-2"] >= len(back) / 3 * 0.5, share
+    assert share["front-2"] >= len(back) / 3 * 0.5, share  # round robin: a third
     failed = [x for x in sent if x.status != 200]
     print(
         f"\nkill -9 of front-2 under 40 req/s: {len(failed)} of {len(sent)} failed; back: {share}"
