@@ -7,7 +7,12 @@ import socket
 import time
 from pathlib import Path
 
+from usvc.settings import Settings
+
 from .processes import ServiceProcess, start_service
+
+# The relay's request deadline (usvc's default): what a request not cancelled would wait.
+DEADLINE = Settings.request_deadline
 
 RELAY = """
 import usvc
@@ -60,10 +65,10 @@ async def test_a_client_that_hangs_up_cancels_the_handler_and_its_egress_and_is_
         client.close()
         hung_up = time.monotonic()
         # The egress call is cancelled: the upstream sees its connection closed...
-        await asyncio.wait_for(upstream.hung_up.wait(), 1.0)
+        await asyncio.wait_for(upstream.hung_up.wait(), DEADLINE / 2)
         # ...and the request leaves the in-flight gauge at once, not at the 15 s deadline.
         while await asyncio.to_thread(in_flight, service) != 0:
-            assert time.monotonic() - hung_up < 1.0, "still in flight"
+            assert time.monotonic() - hung_up < DEADLINE / 2, "still in flight"
             await asyncio.sleep(0.02)
         metrics = await asyncio.to_thread(service.metrics)
         assert 'http_server_requests_total{code="499",method="GET",route="/relay"} 1.0' in metrics

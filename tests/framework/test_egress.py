@@ -38,9 +38,12 @@ async def recording_upstream(
     return await serve(app), seen
 
 
+SLOW = 10.0  # too_slow's answer time: a test that is cut short takes less than half of it
+
+
 async def too_slow(n: int) -> web.Response:
     """An upstream that answers long after any deadline the tests set."""
-    await asyncio.sleep(5)
+    await asyncio.sleep(SLOW)
     return web.Response()
 
 
@@ -152,13 +155,15 @@ async def test_an_unreachable_upstream_is_a_fast_502_naming_it(
     make_service: ServiceFactory, serve: Serve
 ) -> None:
     port = free_port()
-    front = await serve(caller(make_service, f"http://127.0.0.1:{port}/", EGRESS_RETRIES="2").app)
+    url = f"http://127.0.0.1:{port}/"
+    front = await serve(caller(make_service, url, EGRESS_RETRIES="2", EGRESS_TIMEOUT="10").app)
     started = time.monotonic()
     async with aiohttp.ClientSession() as client, client.get(front.make_url("/call")) as resp:
         body = await resp.json(content_type=None)
         assert resp.status == 502
         assert resp.content_type == "application/problem+json"
-    assert time.monotonic() - started < 2.0
+    # each refusal noticed at once: all three attempts long before one egress timeout
+    assert time.monotonic() - started < 10 / 2
     assert body["upstream"] == f"127.0.0.1:{port}"
     assert body["service"] == "front"
     assert body["attempts"] == 3
@@ -169,7 +174,7 @@ async def test_an_unreachable_upstream_is_a_fast_502_naming_it(
 async def test_a_slow_upstream_is_a_504_within_the_request_deadline(
     make_service: ServiceFactory, serve: Serve
 ) -> None:
-    upstream, _ = await recording_upstream(serve, too_slow)
+    upstream, seen = await recording_upstream(serve, too_slow)
     front = await serve(
         caller(
             make_service,
@@ -184,7 +189,9 @@ async def test_a_slow_upstream_is_a_504_within_the_request_deadline(
         body = await resp.json(content_type=None)
         assert resp.status == 504
     elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 1.0, elapsed  # retried until the deadline, not past it
+    # retried until the deadline, not past it: the deadline, not the 6 attempts, ended it
+    assert 2 <= len(seen) < 6, len(seen)
+    assert elapsed < SLOW / 2, elapsed
     assert body["title"] == "Gateway Timeout"
     assert body["upstream"].startswith("127.0.0.1:")
 
@@ -204,7 +211,7 @@ async def test_envoys_expected_timeout_header_shortens_the_deadline(
         ) as resp,
     ):
         assert resp.status == 504
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10 / 2  # the header's 300 ms, not REQUEST_DEADLINE's 10 s
 
 
 async def test_egress_metrics_count_calls_by_upstream_and_outcome(
