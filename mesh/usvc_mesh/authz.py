@@ -87,7 +87,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .spec import Spec, message, metadata_name, metadata_namespace
+from .spec import Message, Spec, message, metadata_name, metadata_namespace
 
 ROOT_NAMESPACE = "istio-system"
 GATEWAY_NAMESPACE = "istio-ingress"  # as usvc_mesh.authn
@@ -424,46 +424,54 @@ def _match_labels(spec: Spec, declared: Any) -> Mapping[str, str] | None:
     return selector.string_map("matchLabels")
 
 
+def _accounts_alone(item: Spec, source: Spec, index: int) -> None:
+    # validation.go / the CRD's CEL rule: serviceAccounts name the identity alone.
+    accounts = source.has("serviceAccounts") or source.has("notServiceAccounts")
+    others = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+    if accounts and any(source.has(key) for key in others):
+        raise item.error(
+            "source", f"cannot set serviceAccounts with namespaces or principals (rule {index})"
+        )
+
+
+@dataclass(frozen=True)
+class _Half:
+    """``from`` or ``to`` of a rule: a list of items, each holding one message of matches."""
+
+    field: str  # "from"
+    item: Message  # Rule.From
+    name: str  # "source"
+    body: Message  # Source
+    checked: tuple[str, ...]  # the fields whose values are checked one by one...
+    check: Callable[[Spec, str, str], object]  # ...with this
+    then: Callable[[Spec, Spec, int], None] | None = None  # the message's own rule, if any
+
+
+def _check_half(rule: Spec, half: _Half, index: int) -> None:
+    if rule.has(half.field) and not rule.sequence(half.field):
+        raise rule.error(half.field, f"must not be empty, found at rule {index}")
+    for item in rule.children(half.field):
+        item.only(half.item)
+        body = item.child(half.name)
+        if body is None:
+            raise item.error(half.name, "must not be nil")
+        _without(body, half.body.unsupported).only(half.body)
+        if not any(body.sequence(key) for key in body.data):
+            raise item.error(half.name, f"must not be empty, found at rule {index}")
+        for key in half.checked:
+            for value in body.strings(key):
+                half.check(body, key, value)
+        for key in body.data:
+            body.strings(key)
+        if half.then is not None:
+            half.then(item, body, index)
+
+
 def _check_rule(rule: Spec, index: int) -> None:
     """Istio's webhook checks of one rule (validation.go ValidateAuthorizationPolicy)."""
     rule.only(_RULE)
-    if rule.has("from") and not rule.sequence("from"):
-        raise rule.error("from", f"must not be empty, found at rule {index}")
-    for item in rule.children("from"):
-        item.only(_FROM)
-        source = item.child("source")
-        if source is None:
-            raise item.error("source", "must not be nil")
-        _without(source, _SOURCE.unsupported).only(_SOURCE)
-        if not any(source.sequence(key) for key in source.data):
-            raise item.error("source", f"must not be empty, found at rule {index}")
-        for key in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"):
-            for value in source.strings(key):
-                _cidr(source, key, value)
-        for key in source.data:
-            source.strings(key)
-        # validation.go / the CRD's CEL rule: serviceAccounts name the identity alone.
-        accounts = source.has("serviceAccounts") or source.has("notServiceAccounts")
-        others = ("principals", "notPrincipals", "namespaces", "notNamespaces")
-        if accounts and any(source.has(key) for key in others):
-            raise item.error(
-                "source", f"cannot set serviceAccounts with namespaces or principals (rule {index})"
-            )
-    if rule.has("to") and not rule.sequence("to"):
-        raise rule.error("to", f"must not be empty, found at rule {index}")
-    for item in rule.children("to"):
-        item.only(_TO)
-        operation = item.child("operation")
-        if operation is None:
-            raise item.error("operation", "must not be nil")
-        _without(operation, _OPERATION.unsupported).only(_OPERATION)
-        if not any(operation.sequence(key) for key in operation.data):
-            raise item.error("operation", f"must not be empty, found at rule {index}")
-        for key in ("ports", "notPorts"):
-            for value in operation.strings(key):
-                _port(operation, key, value)
-        for key in operation.data:
-            operation.strings(key)
+    for half in _HALVES:
+        _check_half(rule, half, index)
     for condition in rule.children("when"):
         condition.only(_CONDITION)
         key = condition.required_text("key")
@@ -504,6 +512,21 @@ def _port(spec: Spec, key: str, value: str) -> int:
     if not value.isdigit() or not 0 < int(value) <= 65535:
         raise spec.error(key, f"{value!r} is not a port (1-65535)")
     return int(value)
+
+
+# Checked alike (validation.go checks Source and Operation in the same steps).
+_HALVES = (
+    _Half(
+        "from",
+        _FROM,
+        "source",
+        _SOURCE,
+        ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"),
+        _cidr,
+        _accounts_alone,
+    ),
+    _Half("to", _TO, "operation", _OPERATION, ("ports", "notPorts"), _port),
+)
 
 
 def _selects(policy: _Policy, workload: WorkloadLike) -> bool:
