@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -24,12 +26,23 @@ def add_hello(svc: usvc.Service) -> None:
         return web.json_response({"hello": request.match_info["name"]})
 
 
-async def test_a_plain_aiohttp_handler_is_served(
-    make_service: ServiceFactory, serve: Serve
-) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+HelloServer = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+def hello_server(make_service: ServiceFactory, serve: Serve) -> HelloServer:
+    """Serve a Service (``make_service``'s arguments) with GET /hello/{name} and nothing else."""
+
+    async def start(*args: str, **env: str) -> TestServer:
+        svc = make_service(*args, **env)
+        add_hello(svc)
+        return await serve(svc.app)
+
+    return start
+
+
+async def test_a_plain_aiohttp_handler_is_served(hello_server: HelloServer) -> None:
+    server = await hello_server()
     async with aiohttp.ClientSession() as client:
         async with client.get(server.make_url("/hello/ana")) as resp:
             assert resp.status == 200
@@ -37,10 +50,8 @@ async def test_a_plain_aiohttp_handler_is_served(
             assert len(resp.headers["x-request-id"]) == 32
 
 
-async def test_an_incoming_request_id_is_kept(make_service: ServiceFactory, serve: Serve) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+async def test_an_incoming_request_id_is_kept(hello_server: HelloServer) -> None:
+    server = await hello_server()
     async with (
         aiohttp.ClientSession() as client,
         client.get(server.make_url("/hello/x"), headers={"x-request-id": "abc-123"}) as resp,
@@ -89,11 +100,9 @@ async def test_a_failing_readiness_check_makes_readyz_503(
 
 
 async def test_metrics_count_requests_by_route_template_not_raw_path(
-    make_service: ServiceFactory, serve: Serve
+    hello_server: HelloServer,
 ) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server()
     async with aiohttp.ClientSession() as client:
         for name in ("a", "b", "c"):
             async with client.get(server.make_url(f"/hello/{name}")):
@@ -124,11 +133,9 @@ async def test_probes_and_scrapes_are_not_counted_as_traffic(
 
 
 async def test_excluded_paths_are_configurable(
-    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+    hello_server: HelloServer, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service(TELEMETRY_EXCLUDED_PATHS="/hello/probe,/metrics")
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server(TELEMETRY_EXCLUDED_PATHS="/hello/probe,/metrics")
     async with aiohttp.ClientSession() as client:
         for path in ("/hello/probe", "/hello/ana", "/readyz"):
             async with client.get(server.make_url(path)) as resp:
@@ -143,13 +150,11 @@ async def test_excluded_paths_are_configurable(
 
 
 async def test_server_span_is_named_by_method_and_route_and_carries_the_resource(
-    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+    hello_server: HelloServer, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service(
+    server = await hello_server(
         "front", SERVICE_VERSION="v7", SERVICE_ENV="canary", SERVICE_INSTANCE="front-7d9f-abcde"
     )
-    add_hello(svc)
-    server = await serve(svc.app)
     async with aiohttp.ClientSession() as client, client.get(server.make_url("/hello/bo")):
         pass
     (span,) = spans.get_finished_spans()
@@ -164,11 +169,9 @@ async def test_server_span_is_named_by_method_and_route_and_carries_the_resource
 
 
 async def test_server_span_continues_the_incoming_w3c_trace(
-    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+    hello_server: HelloServer, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server()
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with (
         aiohttp.ClientSession() as client,
@@ -184,11 +187,9 @@ async def test_server_span_continues_the_incoming_w3c_trace(
 
 
 async def test_a_malformed_traceparent_starts_a_new_trace_instead_of_failing(
-    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+    hello_server: HelloServer, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server()
     async with (
         aiohttp.ClientSession() as client,
         client.get(
@@ -202,11 +203,9 @@ async def test_a_malformed_traceparent_starts_a_new_trace_instead_of_failing(
 
 
 async def test_b3_deny_is_honoured_and_no_span_is_recorded(
-    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+    hello_server: HelloServer, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server()
     async with aiohttp.ClientSession() as client:
         async with client.get(server.make_url("/hello/x"), headers={"b3": "0"}) as resp:
             assert resp.status == 200
@@ -214,11 +213,11 @@ async def test_b3_deny_is_honoured_and_no_span_is_recorded(
 
 
 async def test_ratio_sampler_at_zero_lets_a_deferred_b3_parent_be_dropped_but_keeps_accept(
-    make_service: ServiceFactory, serve: Serve, spans: InMemorySpanExporter
+    hello_server: HelloServer, spans: InMemorySpanExporter
 ) -> None:
-    svc = make_service(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0")
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server(
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0"
+    )
     trace_id, span_id = "463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312"
     async with aiohttp.ClientSession() as client:
         # defer: no sampled flag, so this service's (zero) ratio decides
@@ -269,33 +268,27 @@ async def test_aiohttp_http_exceptions_keep_their_status(
 
 class TestFaultInjection:
     async def test_the_fail_header_is_ignored_when_fault_injection_is_off(
-        self, make_service: ServiceFactory, serve: Serve
+        self, hello_server: HelloServer
     ) -> None:
-        svc = make_service()
-        add_hello(svc)
-        server = await serve(svc.app)
+        server = await hello_server()
         async with aiohttp.ClientSession() as client:
             for _ in range(20):
                 async with client.get(server.make_url("/hello/x"), headers={"fail": "1"}) as resp:
                     assert resp.status == 200
 
     async def test_fail_probability_one_always_fails_and_zero_never(
-        self, make_service: ServiceFactory, serve: Serve
+        self, hello_server: HelloServer
     ) -> None:
-        svc = make_service(FAULT_INJECTION="true")
-        add_hello(svc)
-        server = await serve(svc.app)
+        server = await hello_server(FAULT_INJECTION="true")
         async with aiohttp.ClientSession() as client:
             for value, status in (("1", 500), ("0", 200), ("1.0", 500), (" .0 ", 200), ("1.", 500)):
                 async with client.get(server.make_url("/hello/x"), headers={"fail": value}) as resp:
                     assert resp.status == status, value
 
     async def test_fail_half_fails_about_half_of_the_requests(
-        self, make_service: ServiceFactory, serve: Serve
+        self, hello_server: HelloServer
     ) -> None:
-        svc = make_service(FAULT_INJECTION="true", ACCESS_LOG="false")
-        add_hello(svc)
-        server = await serve(svc.app)
+        server = await hello_server(FAULT_INJECTION="true", ACCESS_LOG="false")
         failures = 0
         async with aiohttp.ClientSession() as client:
             for _ in range(400):
@@ -308,11 +301,9 @@ class TestFaultInjection:
         "value", ["often", "1.5", "-0.1", "nan", "", "0.\u0665", "\u0660.5", "0_5", "1e-1", "inf"]
     )
     async def test_a_malformed_fail_header_is_a_400_saying_what_is_accepted(
-        self, make_service: ServiceFactory, serve: Serve, value: str
+        self, hello_server: HelloServer, value: str
     ) -> None:
-        svc = make_service(FAULT_INJECTION="true")
-        add_hello(svc)
-        server = await serve(svc.app)
+        server = await hello_server(FAULT_INJECTION="true")
         async with aiohttp.ClientSession() as client:
             async with client.get(server.make_url("/hello/x"), headers={"fail": value}) as resp:
                 assert resp.status == 400
@@ -399,11 +390,9 @@ async def test_ignored_trace_headers_are_logged_at_debug_at_most_once_a_second(
 
 
 async def test_a_wrong_method_is_405_with_allow_and_counted_as_unmatched(
-    make_service: ServiceFactory, serve: Serve
+    hello_server: HelloServer,
 ) -> None:
-    svc = make_service()
-    add_hello(svc)
-    server = await serve(svc.app)
+    server = await hello_server()
     async with aiohttp.ClientSession() as client:
         async with client.post(server.make_url("/hello/ana")) as resp:
             assert resp.status == 405
