@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 import usvc_mesh as mesh
-from usvc_mesh.procs import free_port, http_ok, wait_until
+from usvc_mesh.procs import free_port, http_ok, terminate, wait_until
 
 __all__ = ["free_port"]  # the tests import it from here
 
@@ -194,13 +194,9 @@ def await_envoy(process: subprocess.Popen[bytes], admin: int, log: Path, timeout
         raise RuntimeError(f"envoy not ready in {timeout:g} s:\n{log.read_text()}") from None
 
 
-def stop_envoy(envoy: Envoy) -> None:
-    envoy.process.terminate()
-    try:
-        envoy.process.wait(5)
-    except subprocess.TimeoutExpired:
-        envoy.process.kill()
-        envoy.process.wait(5)
+def stop_envoy(envoy: Envoy | subprocess.Popen[bytes]) -> None:
+    """Stop a test's Envoy (or a bare Envoy process): SIGTERM, SIGKILL after 5 s."""
+    terminate(envoy.process if isinstance(envoy, Envoy) else envoy, timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from usvc_mesh.authz import PEER_PRINCIPAL, PRINCIPAL_FACTORY
 from usvc_mesh.envoy import static_cluster
 from usvc_mesh.procs import free_port
 
-from .conftest import Backend, Backends, await_envoy
+from .conftest import Backend, Backends, await_envoy, stop_envoy
 
 TARGET_HEADER = "x-target"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -295,12 +295,7 @@ class SidecarEnvoy:
     ) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_envoy(self.process)
 
     def call(
         self,
