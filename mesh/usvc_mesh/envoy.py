@@ -313,26 +313,42 @@ def sidecar_listeners(
         )
         inbound_log = [_tagged(entry, "inbound", sidecar.workload, peer=True) for entry in log]
         for inbound in sidecar.inbounds:
-            for name, port in ((inbound.listener, 0), (inbound.plain_listener, inbound.pod)):
-                if name != inbound.listener and not port:
-                    continue
-                listener = _listener(
-                    name,
-                    INBOUND_HOST,
-                    port,  # 0: an internal listener, no address (usvc_mesh.sidecars)
-                    {"route_config": _inbound_routes(inbound)},
-                    _tagged_tracing(tracing, tags),
-                    inbound_log,
-                    edge=False,
-                    inbound=True,
-                    stat_prefix="inbound",
-                    filters=sidecar.http_filters,
+            # The internal listener Envoy's endpoint names (no address, usvc_mesh.sidecars)...
+            listeners.append(
+                _inbound_listener(sidecar, inbound, inbound.listener, 0, tracing, inbound_log)
+            )
+            if inbound.pod:  # ...and the replica's pod address, when it has one
+                plain = _inbound_listener(
+                    sidecar, inbound, inbound.plain_listener, inbound.pod, tracing, inbound_log
                 )
-                if port and sidecar.plaintext_refused:
-                    chain = listener["filter_chains"][0]
+                if sidecar.plaintext_refused:
+                    chain = plain["filter_chains"][0]
                     chain["filter_chain_match"] = dict(PLAINTEXT_REFUSED_CHAIN_MATCH)
-                listeners.append(listener)
+                listeners.append(plain)
     return listeners
+
+
+def _inbound_listener(
+    sidecar: Sidecar,
+    inbound: Inbound,
+    name: str,
+    port: int,
+    tracing: Mapping[str, Any],
+    log: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One of a replica's inbound listeners: everything to its process."""
+    return _listener(
+        name,
+        INBOUND_HOST,
+        port,
+        {"route_config": _inbound_routes(inbound)},
+        _tagged_tracing(tracing, sidecar.span_tags()),
+        log,
+        edge=False,
+        inbound=True,
+        stat_prefix="inbound",
+        filters=sidecar.http_filters,
+    )
 
 
 def write_bootstrap(config_dir: Path, ports: MeshPorts, **options: Any) -> Path:
