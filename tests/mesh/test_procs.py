@@ -84,15 +84,16 @@ def test_a_log_line_saying_a_port_was_in_use_names_that_port(line: str, port: in
 
 
 # A "test run" that starts a daemon the way tests/procs.py and the container tier do
-# (through a wrapper that execs it, as unshare/sh do for dockerd), prints its pid,
-# then waits to be killed.
+# (through a wrapper that execs it, as unshare/sh do for dockerd), or as the supervisor
+# does (spawn), prints its pid, then waits to be killed.
 _RUN = """
 import subprocess, sys, time
-from usvc_mesh.procs import die_with_parent
-child = subprocess.Popen(
-    ["sh", "-c", "exec sleep 120"],
-    preexec_fn=die_with_parent if sys.argv[1] == "yes" else None,
-)
+from usvc_mesh.procs import die_with_parent, spawn
+argv, how = ["sh", "-c", "exec sleep 120"], sys.argv[1]
+if how == "spawn":
+    child = spawn(argv)
+else:
+    child = subprocess.Popen(argv, preexec_fn=die_with_parent if how == "die_with_parent" else None)
 print(child.pid, flush=True)
 time.sleep(120)
 """
@@ -111,23 +112,20 @@ def _gone(pid: int, within: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("die_with_parent", [True, False], ids=["die_with_parent", "without"])
-def test_a_child_started_with_die_with_parent_stops_when_its_starter_is_killed(
-    die_with_parent: bool,
+@pytest.mark.parametrize("how", ["die_with_parent", "spawn", "without"])
+def test_a_child_started_with_die_with_parent_or_spawn_stops_when_its_starter_is_killed(
+    how: str,
 ) -> None:
     """SIGKILL runs no finaliser: without prctl(PR_SET_PDEATHSIG) the daemon outlives the run."""
-    run = subprocess.Popen(
-        [sys.executable, "-c", _RUN, "yes" if die_with_parent else "no"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    run = subprocess.Popen([sys.executable, "-c", _RUN, how], stdout=subprocess.PIPE, text=True)
     assert run.stdout is not None
     with run.stdout:
         daemon = int(run.stdout.readline())
     run.kill()
     run.wait()
+    stops = how != "without"
     try:
-        assert _gone(daemon, within=10 if die_with_parent else 1) is die_with_parent
+        assert _gone(daemon, within=10 if stops else 1) is stops
     finally:
         if not _gone(daemon, within=0):
             os.kill(daemon, signal.SIGKILL)  # ours: the control case's orphan
@@ -163,28 +161,6 @@ def test_a_spawned_child_outlives_the_short_lived_thread_that_asked_for_it(start
     finally:
         child.kill()
         child.wait()
-
-
-_SPAWN = """
-import sys, time
-from usvc_mesh.procs import spawn
-print(spawn(["sh", "-c", "exec sleep 120"]).pid, flush=True)
-time.sleep(120)
-"""
-
-
-def test_a_spawned_child_stops_when_its_starter_is_killed() -> None:
-    run = subprocess.Popen([sys.executable, "-c", _SPAWN], stdout=subprocess.PIPE, text=True)
-    assert run.stdout is not None
-    with run.stdout:
-        child = int(run.stdout.readline())
-    run.kill()
-    run.wait()
-    try:
-        assert _gone(child, within=10)
-    finally:
-        if not _gone(child, within=0):
-            os.kill(child, signal.SIGKILL)
 
 
 def test_a_pid_and_its_start_time_name_one_process_and_none_once_it_ended() -> None:
