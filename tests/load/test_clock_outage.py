@@ -80,7 +80,7 @@ def clock_counters(mesh: LocalMesh) -> dict[str, int]:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with direct.open(url, timeout=5) as response:
         stats = [s for s in json.loads(response.read())["stats"] if "value" in s]  # counters
-    found = {}
+    found: dict[str, int] = {}
     for stat in stats:
         match = re.fullmatch(r"cluster\.outbound\|\d+\|\|clock-svc\S*\.(\w+)", stat["name"])
         if match and match.group(1) in COUNTERS:
