@@ -90,8 +90,9 @@ async def test_an_unreachable_collector_does_not_block_or_fail_requests(serve: S
     )
     started = time.monotonic()
     await run_one_request(settings, serve)  # asserts the 200 itself
-    # bounded by OTEL_EXPORTER_OTLP_TIMEOUT (2 s), not the spec's 10 s with retries
-    assert time.monotonic() - started < 5
+    # bounded by OTEL_EXPORTER_OTLP_TIMEOUT (2 s): well before the spec's 10 s default
+    # (with retries) would have run out once
+    assert time.monotonic() - started < 10 / 2
 
 
 def test_sdk_disabled_creates_no_recording_spans() -> None:
