@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from usvc_mesh.procs import spawn
+
 from .builds import CHAIN_HEADERS, USVC_ENV, _Everyone, _header_dict, listener_requests
 from .callgrind import load
 from .envoy_parts import _envoy_executable
@@ -309,7 +311,7 @@ def _mesh_class() -> Any:
             command = envoy.envoy_command(bootstrap, concurrency=self.envoy_concurrency)
             command[0] = self.binary
             log = (self.run_dir / "envoy.log").open("w")
-            self.proxy = subprocess.Popen(
+            self.proxy = spawn(
                 [
                     "valgrind",
                     "--tool=callgrind",

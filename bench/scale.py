@@ -210,7 +210,7 @@ def envoy_under_callgrind(
     argv[0] = _envoy_executable()
     log_file = run_dir / f"callgrind-{count}.log"
     with log_file.open("ab") as log_out:
-        process = subprocess.Popen(
+        process = spawn(
             [
                 "valgrind",
                 "--tool=callgrind",
