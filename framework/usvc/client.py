@@ -65,9 +65,6 @@ ResponseHook = Callable[[Span, ClientRequest, "ClientResponse | BaseException"],
 # Set by usvc.egress.EgressCall around each retry: the span's resend count.
 resend_count: ContextVar[int] = ContextVar("usvc_resend_count", default=0)
 
-_SAMPLED = SAMPLED
-_NOT_SAMPLED = NOT_SAMPLED
-
 
 class UpstreamError(Exception):
     """An upstream could not give a usable answer within the deadline."""
@@ -306,7 +303,7 @@ class ClientInstrumentation:
                 parent_hex=ctx.span_id_hex,
             )
             if not ctx.span.is_recording():  # unsampled (or tracing off): record nothing
-                return UnsampledSpan(trace_id, span_id, _SAMPLED if ctx.sampled else _NOT_SAMPLED)
+                return UnsampledSpan(trace_id, span_id, SAMPLED if ctx.sampled else NOT_SAMPLED)
             parent = ctx.span.get_span_context()
         else:  # a call outside any request starts a trace of its own
             trace_id, parent = tracing.new_trace_id(), None
@@ -315,7 +312,7 @@ class ClientInstrumentation:
                 EMPTY, trace_id, span_id, sampled, headers, random_trace_id=tracing.random_trace_ids
             )
             if not sampled:
-                return UnsampledSpan(trace_id, span_id, _NOT_SAMPLED)
+                return UnsampledSpan(trace_id, span_id, NOT_SAMPLED)
         attributes: dict[str, AttributeValue] = {
             "http.request.method": request.method,
             "url.full": target.full,
@@ -328,7 +325,7 @@ class ClientInstrumentation:
         return UsvcSpan(
             tracing,
             request.method,
-            span_context(trace_id, span_id, _SAMPLED),
+            span_context(trace_id, span_id, SAMPLED),
             parent,
             SpanKind.CLIENT,
             attributes,

@@ -68,8 +68,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 PROBLEM_TYPE = "application/problem+json"
-_SAMPLED = SAMPLED
-_NOT_SAMPLED = NOT_SAMPLED
 
 
 def _span_attacher() -> tuple[Callable[[Span], object], Callable[[Any], None]]:
@@ -248,10 +246,10 @@ class Service:
         span_id = tracing.new_span_id()
         if type(ctx.span) is not UsvcSpan or not ctx.span.is_recording():
             # Unsampled (or tracing off): the request's own flags, as its span has.
-            return UnsampledSpan(ctx.trace_id, span_id, _SAMPLED if ctx.sampled else _NOT_SAMPLED)
+            return UnsampledSpan(ctx.trace_id, span_id, SAMPLED if ctx.sampled else NOT_SAMPLED)
         parent = ctx.span.get_span_context()
         span = UsvcSpan(
-            tracing, name, span_context(ctx.trace_id, span_id, _SAMPLED), parent, kind, {}
+            tracing, name, span_context(ctx.trace_id, span_id, SAMPLED), parent, kind, {}
         )
         if attributes:
             span.set_attributes(attributes)  # users' values, cleaned as the SDK cleans them
@@ -313,7 +311,7 @@ class Service:
         if sampled and tracing.enabled:
             parent = None
             if incoming.trace_id is not None and incoming.parent_span_id is not None:
-                flags = _SAMPLED if incoming.trace_flags & 1 else _NOT_SAMPLED
+                flags = SAMPLED if incoming.trace_flags & 1 else NOT_SAMPLED
                 parent = span_context(incoming.trace_id, incoming.parent_span_id, flags, True)
             method = request.method
             attributes: dict[str, AttributeValue] = {
@@ -330,13 +328,13 @@ class Service:
             span = UsvcSpan(
                 tracing,
                 f"{method} {route}",
-                span_context(trace_id, span_id, _SAMPLED),
+                span_context(trace_id, span_id, SAMPLED),
                 parent,
                 SpanKind.SERVER,
                 attributes,
             )
         else:
-            span = UnsampledSpan(trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED)
+            span = UnsampledSpan(trace_id, span_id, SAMPLED if sampled else NOT_SAMPLED)
         # The deadline: REQUEST_DEADLINE, or Envoy's shorter one.
         deadline = self._request_deadline
         raw = request.headers.get(ENVOY_TIMEOUT_HEADER)

@@ -133,8 +133,7 @@ class UsvcSpan(Span):
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
-        if tracing._processor._span_processors:  # else nobody listens (exporter none)
-            tracing.start(self, parent)
+        tracing.start(self, parent)
 
     # -- the API --------------------------------------------------------------
     def get_span_context(self) -> SpanContext:
