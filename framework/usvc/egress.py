@@ -76,6 +76,9 @@ class Egress:
         # Give it to a ClientSession of your own to instrument that one too.
         self.middleware = ClientInstrumentation(propagator, tracing, metrics)
         self._session: aiohttp.ClientSession | None = None
+        # The loop the session runs on, kept at start: asyncio.get_running_loop() costs a
+        # getpid() system call in CPython 3.11 (it checks for a fork), once per call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Built once, not per call: a service calls the same few URLs, with the
         # same per-attempt timeout whenever the deadline is further away than it.
         self._urls: dict[str, tuple[URL, str]] = {}
@@ -101,6 +104,7 @@ class Egress:
         return hook
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -114,6 +118,10 @@ class Egress:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
 
     def request(self, method: str, url: str | URL, **kwargs: Any) -> EgressCall:
         """Start a call; use as ``async with svc.egress.request("GET", url) as resp``."""
@@ -153,7 +161,7 @@ class Egress:
 
     def deadline(self, ctx: RequestContext | None) -> float:
         if ctx is None:  # a background call: bounded by one call's timeout
-            return asyncio.get_running_loop().time() + self.settings.egress_timeout
+            return self._running_loop().time() + self.settings.egress_timeout
         return ctx.deadline
 
     def backoff(self, attempt: int, remaining: float) -> float:
@@ -194,7 +202,7 @@ class EgressCall:
         egress = self.egress
         settings = egress.settings
         session = egress.session
-        loop = asyncio.get_running_loop()
+        loop = egress._running_loop()
         ctx = current_request.get()
         deadline = egress.deadline(None) if ctx is None else ctx.deadline
         retries = settings.egress_retries if self.method in IDEMPOTENT_METHODS else 0

@@ -173,6 +173,7 @@ class Service:
         # Set when the app starts: whether the middleware observes every request.
         self._observed_by_middleware = False
         self._sealed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._catch_all: web.AbstractResource | None = None
         self.route("GET", "/healthz")(self.health.healthz)
         self.route("GET", "/readyz")(self.health.readyz)
@@ -262,6 +263,8 @@ class Service:
 
     # -- lifetime -----------------------------------------------------------
     async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        # Kept for the request path (asyncio.get_running_loop() makes a system call).
+        self._loop = asyncio.get_running_loop()
         await self.egress.start()
         self.health.started = True
         yield
@@ -347,7 +350,7 @@ class Service:
             span_id,
             sampled,
             incoming.request_id or new_request_id(),
-            asyncio.get_running_loop().time() + deadline,
+            (self._loop or asyncio.get_running_loop()).time() + deadline,
             route,
         )
 
