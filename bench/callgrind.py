@@ -10,6 +10,16 @@ output. Instructions do not depend on what else the machine runs, so the
 figure compares builds and commits on a shared, busy machine where req/s does
 not; it is not a timing (the cache misses and the kernel's work are not in it).
 
+``--cache-sim`` also runs callgrind's cache and branch-predictor simulation
+(``--cache-sim=yes --branch-sim=yes``, the machine's cache sizes as valgrind
+detects them) and prints, per request, the misses of the first-level
+instruction and data caches, of the last-level cache, the mispredicted
+branches, and KCachegrind's cycle estimate from them
+(``Ir + 10 Bm + 10 L1m + 100 LLm``): a model, not a measurement, for where
+perf's hardware counters are not available (they are not on this kind of
+machine), to see whether two builds' instructions cost the same per
+instruction. The simulation makes each run about twice as slow.
+
 Several ``--build`` / ``--hop`` pairs (``--build usvc,bare``) are measured one
 after the other; ``--repeat N`` measures each N times (the spread says how
 stable the figure is: a few hundred instructions per request). Each result is
@@ -28,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -49,10 +59,43 @@ class Count:
     connections: int
     instructions: int
     failed: int
+    # With --cache-sim: every event callgrind counted (Ir, I1mr, ..., Bcm), in all.
+    events: dict[str, int] = field(default_factory=dict)
 
     @property
     def per_request(self) -> float:
         return self.instructions / self.requests
+
+    def simulated(self) -> dict[str, float]:
+        """Per request: cache misses by level, mispredicted branches, estimated cycles."""
+        return simulated(self.events, self.requests)
+
+
+# The events of --cache-sim=yes --branch-sim=yes, as callgrind names them: instruction
+# fetches and data reads and writes (Ir, Dr, Dw), their first-level (I1mr, D1mr, D1mw)
+# and last-level (ILmr, DLmr, DLmw) misses, and conditional and indirect branches
+# (Bc, Bi) with their mispredictions (Bcm, Bim).
+_L1_MISSES = ("I1mr", "D1mr", "D1mw")
+_LL_MISSES = ("ILmr", "DLmr", "DLmw")
+_MISPREDICTS = ("Bcm", "Bim")
+
+
+def simulated(events: Mapping[str, int], requests: int) -> dict[str, float]:
+    """Per request: ``L1m``, ``LLm``, ``Bm`` and KCachegrind's cycle estimate ``CEst``."""
+    missing = [e for e in ("Ir", *_L1_MISSES, *_LL_MISSES, *_MISPREDICTS) if e not in events]
+    if missing:
+        raise ValueError(f"no simulated events {', '.join(missing)}: run with --cache-sim")
+    l1 = sum(events[e] for e in _L1_MISSES)
+    ll = sum(events[e] for e in _LL_MISSES)
+    bm = sum(events[e] for e in _MISPREDICTS)
+    cycles = events["Ir"] + 10 * bm + 10 * l1 + 100 * ll
+    return {
+        "Ir": events["Ir"] / requests,
+        "L1m": l1 / requests,
+        "LLm": ll / requests,
+        "Bm": bm / requests,
+        "CEst": cycles / requests,
+    }
 
 
 def find_build(suite: str, name: str) -> Processes:
@@ -66,7 +109,12 @@ def find_build(suite: str, name: str) -> Processes:
 
 
 def start(
-    build: Processes, hop: str, run_dir: Path, out_file: Path, env: Mapping[str, str]
+    build: Processes,
+    hop: str,
+    run_dir: Path,
+    out_file: Path,
+    env: Mapping[str, str],
+    cache_sim: bool = False,
 ) -> list[Server]:
     """Start the build's processes from the bottom up, ``hop`` under callgrind with ``env``."""
     servers: list[Server] = []
@@ -84,6 +132,7 @@ def start(
                 "valgrind",
                 "--tool=callgrind",
                 "--instr-atstart=no",
+                *(["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []),
                 f"--callgrind-out-file={out_file}",
                 *server.argv,
             ]
@@ -118,9 +167,18 @@ def instructions(out_file: Path) -> int:
 
     (Its ``summary:`` line, written at start-up, stays 0 with ``--instr-atstart=no``.)
     """
+    return totals(out_file)["Ir"]
+
+
+def totals(out_file: Path) -> dict[str, int]:
+    """Every event's total in a callgrind output file: the ``events:`` names, in order,
+    with the ``totals:`` line's numbers."""
+    names = ["Ir"]
     for line in out_file.read_text().splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("totals:"):
+            return dict(zip(names, map(int, line.split()[1:]), strict=False))
     raise RuntimeError(f"no totals line in {out_file}")
 
 
@@ -145,13 +203,14 @@ def measure(
     connections: int,
     keep: bool = False,
     env: Mapping[str, str] | None = None,
+    cache_sim: bool = False,
 ) -> Count:
     build = find_build(suite, name)
     headers = _header_dict(build.headers)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     try:
         out_file = run_dir / "callgrind.out"
-        servers = start(build, hop, run_dir, out_file, env or {})
+        servers = start(build, hop, run_dir, out_file, env or {}, cache_sim)
         try:
             wait_ready(servers, path="/", timeout=180)
             wait_ready(servers[:1], path="/", timeout=60, headers=headers)
@@ -167,11 +226,13 @@ def measure(
         deadline = time.monotonic() + 30
         while not out_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        count = instructions(out_file)
+        events = totals(out_file)
     finally:
         if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
-    return Count(suite, name, hop, requests, connections, count, failed)
+    return Count(
+        suite, name, hop, requests, connections, events["Ir"], failed, events if cache_sim else {}
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         "to see what a part costs); repeatable",
     )
     parser.add_argument("--repeat", type=int, default=1, help="measurements of each (1)")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="simulate the caches and branch predictor: misses and estimated cycles per request",
+    )
     return parser
 
 
@@ -217,9 +283,12 @@ def main(argv: Sequence[str]) -> int:
                     args.connections,
                     args.keep,
                     env,
+                    args.cache_sim,
                 )
                 counts.append(count)
                 line = {**count.__dict__, "env": env, "per_request": round(count.per_request)}
+                if args.cache_sim:
+                    line["simulated"] = {k: round(v) for k, v in count.simulated().items()}
                 print(json.dumps(line), flush=True)
     print("\n| build | hop | requests | connections | instructions per request | failed |")
     print("|---|---|---:|---:|---:|---:|")
@@ -228,7 +297,33 @@ def main(argv: Sequence[str]) -> int:
             f"| {c.build} | {c.hop} | {c.requests} | {c.connections} "
             f"| {c.per_request / 1000:.1f}k | {c.failed} |"
         )
+    if args.cache_sim:
+        print(simulated_table(counts))
     return 0
+
+
+def simulated_table(counts: Sequence[Count]) -> str:
+    """Per request, simulated: misses, mispredictions, estimated cycles, cycles per
+    instruction; and each figure over the first row's (the first build is the base)."""
+    rows = [(c, c.simulated()) for c in counts]
+    base = rows[0][1]
+    lines = [
+        "",
+        "Simulated per request (callgrind --cache-sim --branch-sim; KCachegrind's estimate"
+        " CEst = Ir + 10 Bm + 10 L1m + 100 LLm), and over the first row:",
+        "",
+        "| build | hop | Ir | L1 misses | LL misses | mispredicted | CEst | CEst/Ir "
+        "| Ir ÷ first | CEst ÷ first |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c, sim in rows:
+        lines.append(
+            f"| {c.build} | {c.hop} | {sim['Ir'] / 1000:.1f}k | {sim['L1m']:.0f} "
+            f"| {sim['LLm']:.0f} | {sim['Bm']:.0f} | {sim['CEst'] / 1000:.1f}k "
+            f"| {sim['CEst'] / sim['Ir']:.2f} | {sim['Ir'] / base['Ir']:.2f} "
+            f"| {sim['CEst'] / base['CEst']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

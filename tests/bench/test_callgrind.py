@@ -41,3 +41,33 @@ def test_a_counted_run_reports_instructions_for_exactly_the_requests_sent() -> N
     # Serving a request takes instructions: a count of 0 means the toggle missed the process.
     assert line["instructions"] > 0
     assert "| bare | server | 40 |" in done.stdout
+
+
+def test_every_event_is_read_with_its_name_and_the_estimate_follows_kcachegrinds_formula(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "callgrind.out"
+    names = "Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim"
+    numbers = "1000 300 200 10 20 30 1 2 3 150 40 20 5"
+    out.write_text(f"version: 1\nevents: {names}\nsummary: 0\ntotals: {numbers}\n")
+    events = callgrind.totals(out)
+    assert events == dict(zip(names.split(), map(int, numbers.split()), strict=True))
+    assert callgrind.instructions(out) == 1000
+    per_request = callgrind.simulated(events, requests=10)
+    # L1m = 10 + 20 + 30, LLm = 1 + 2 + 3, Bm = 40 + 5; CEst = 1000 + 10 * 45 + 10 * 60
+    # + 100 * 6 = 2650; each over 10 requests
+    assert per_request == {"Ir": 100, "L1m": 6, "LLm": 0.6, "Bm": 4.5, "CEst": 265}
+    with pytest.raises(ValueError, match="run with --cache-sim"):
+        callgrind.simulated({"Ir": 1000}, requests=10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_a_simulated_run_reports_misses_and_an_estimate_above_the_instructions() -> None:
+    argv = ["--suite", "single", "--build", "bare", "--requests", "40", "--warmup", "10"]
+    done = run_bench(*argv, "--cache-sim", module="bench.callgrind", timeout=300)
+    line = json.loads(done.stdout.splitlines()[0])
+    simulated = line["simulated"]
+    # Every instruction is fetched through the first-level cache, and some miss it.
+    assert simulated["L1m"] > 0 and simulated["CEst"] > simulated["Ir"] > 0
+    assert "| bare | server |" in done.stdout.split("Simulated per request")[1]
