@@ -90,6 +90,9 @@ _TRACEPARENT_RE = re.compile(
 # fields at fixed offsets, so the fast path checks it whole and slices.
 _TRACEPARENT_00_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_SPAN_HEX = "0" * 16
+# Incoming.b3's values: the two B3 forms, by their OTEL_PROPAGATORS names.
+_B3_SINGLE = "b3"
+_B3_MULTI = "b3multi"
 # tracestate list-member, Level 2 grammar:
 #   key      = ( lcalpha / DIGIT ) 0*255 ( keychar )
 #   keychar  = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"
@@ -216,6 +219,11 @@ class Incoming(NamedTuple):
     passthrough: tuple[tuple[str, str], ...]
     # Why parts were dropped; never quotes header values, so safe to log.
     problems: tuple[str, ...]
+    # The B3 form ("b3" single, "b3multi") the caller's context came in, or that
+    # described the same trace beside traceparent (or asked for debug); "" if none.
+    # :meth:`Propagator.inject` answers in kind: a B3 caller's trace goes on in B3
+    # whatever the configured formats (a Zipkin-tracer sidecar reads only B3).
+    b3: str = ""
 
     def __setattr__(self, name: str, value: object) -> None:
         # A named tuple's fields are read-only already; say so as a frozen dataclass would.
@@ -237,6 +245,7 @@ EMPTY = Incoming(
     ot_span_context=None,
     passthrough=(),
     problems=(),
+    b3="",
 )
 
 
@@ -323,9 +332,10 @@ def _parse_traceparent(values: list[str] | tuple[()]) -> tuple[int, int, int] | 
     return trace_id, parent_id, int(flags_hex, 16)
 
 
-def _common_context(value: str, headers: Headers) -> tuple[int, int, int] | None:
+def _common_context(value: str, headers: Headers) -> tuple[int, int, int, str] | None:
     """The common case, or None for the full parse: one version-00 ``traceparent``
-    and either no B3 headers or ``x-b3-*`` naming the same span without debug.
+    and either no B3 headers or ``x-b3-*`` naming the same span without debug;
+    (trace id, parent id, flags, ``"b3multi"`` if the ``x-b3-*`` were there else ``""``).
 
     Whatever it accepts, the full parse reads the same way and finds no
     problem in: B3's ids equal to traceparent's (so valid, and not 64-bit), a
@@ -347,17 +357,17 @@ def _common_context(value: str, headers: Headers) -> tuple[int, int, int] | None
             return None
         if sampled is not None or "x-b3-parentspanid" in headers:
             return None
-    else:
-        if b3_trace + "-" + b3_span != value[3:52]:
-            return None
-        if sampled is not None and sampled != "1" and sampled != "0":
-            return None
-        b3_parent = headers.get("x-b3-parentspanid")
-        if b3_parent is not None and (
-            b3_parent == _ZERO_SPAN_HEX or _B3_SPAN_ID_RE.fullmatch(b3_parent) is None
-        ):
-            return None
-    return trace_id, parent_id, int(value[53:55], 16)
+        return trace_id, parent_id, int(value[53:55], 16), ""
+    if b3_trace + "-" + b3_span != value[3:52]:
+        return None
+    if sampled is not None and sampled != "1" and sampled != "0":
+        return None
+    b3_parent = headers.get("x-b3-parentspanid")
+    if b3_parent is not None and (
+        b3_parent == _ZERO_SPAN_HEX or _B3_SPAN_ID_RE.fullmatch(b3_parent) is None
+    ):
+        return None
+    return trace_id, parent_id, int(value[53:55], 16), _B3_MULTI
 
 
 def _parse_tracestate(values: list[str]) -> tuple[str, str | None]:
@@ -544,7 +554,10 @@ class Propagator:
     """Extracts incoming trace context and injects it into egress requests.
 
     ``formats`` takes OTEL_PROPAGATORS names (``tracecontext``, ``baggage``,
-    ``b3``, ``b3multi``, ``none``) and chooses only what :meth:`inject` writes.
+    ``b3``, ``b3multi``, ``none``) and chooses what :meth:`inject` writes; every
+    format is read. The default is OpenTelemetry's, W3C only (what Istio's
+    ``opentelemetry`` provider reads); a caller that sent B3 is answered in B3
+    too (see :attr:`Incoming.b3`), so a Zipkin-tracer mesh's traces stay whole.
     ``passthrough`` names headers copied unchanged from ingress to egress.
     """
 
@@ -560,7 +573,7 @@ class Propagator:
 
     def __init__(
         self,
-        formats: Sequence[str] = ("tracecontext", "baggage", "b3multi"),
+        formats: Sequence[str] = ("tracecontext", "baggage"),
         passthrough: Sequence[str] = ("x-dev-user",),
     ) -> None:
         if isinstance(formats, str):
@@ -623,11 +636,12 @@ class Propagator:
         sampling = _DEFER
         is_64bit = False
         tracestate = ""
+        b3_form = ""
 
         traceparent = headers.getall("traceparent", ())
         common = _common_context(traceparent[0], headers) if len(traceparent) == 1 else None
         if common is not None:
-            trace_id, parent_span_id, trace_flags = common
+            trace_id, parent_span_id, trace_flags, b3_form = common
             sampling = _ACCEPT if trace_flags & _FLAG_SAMPLED else _DENY
             w3c_valid = True
         else:
@@ -646,13 +660,15 @@ class Propagator:
                 if isinstance(parsed, str):
                     problems = _add(problems, parsed)
                 else:
-                    b3 = parsed
+                    b3, b3_form = parsed, _B3_SINGLE
             if b3 is None:
                 # §Http Encodings: "The single-header variant takes precedence over the
                 # multiple header one"; the multiple headers count only without it.
                 b3, problem = _parse_b3_multi(headers)
                 if problem is not None:
                     problems = _add(problems, problem)
+                if b3 is not None:
+                    b3_form = _B3_MULTI
 
             w3c_valid = w3c is not None
             if w3c is not None:
@@ -667,6 +683,12 @@ class Propagator:
                     elif b3_trace is None and b3_sampling is _DEBUG:
                         # A bare "b3: d" (the curl use case) asks for debug whatever the ids.
                         sampling = _DEBUG
+                    elif b3_trace != trace_id:
+                        # Another trace's B3 (or a bare sampling state that W3C's
+                        # overrides): not this context's, not answered in kind. The same
+                        # trace at another span is: a B3-only sidecar between two
+                        # services moves B3 on and leaves traceparent as the caller wrote it.
+                        b3_form = ""
             elif b3 is not None:
                 trace_id, parent_span_id, sampling, is_64bit = b3
 
@@ -748,6 +770,7 @@ class Propagator:
                 ot_span_context,
                 passthrough,
                 tuple(problems) if problems else (),
+                b3_form,
             ),
         )
 
@@ -773,6 +796,9 @@ class Propagator:
         ``parent_span_id``; without it ParentSpanId is omitted, which B3 allows.
         ``request_id`` (one made for a request that came without) replaces
         ``incoming.request_id``; the caller validates it (see :func:`new_request_id`).
+
+        B3 goes out in the configured forms and in the form the caller used
+        (``incoming.b3``).
 
         ``sampled`` is this service's decision; a DEBUG incoming state forces it,
         since debug "implies accept". ``trace_id`` equal to ``incoming.trace_id``
@@ -815,7 +841,10 @@ class Propagator:
                 out["tracestate"] = incoming.tracestate
         if self._baggage and incoming.baggage:
             out["baggage"] = incoming.baggage
-        if self._b3single or self._b3multi:
+        # The configured B3 forms, and the one the caller used (Incoming.b3).
+        b3single = self._b3single or incoming.b3 == _B3_SINGLE
+        b3multi = self._b3multi or incoming.b3 == _B3_MULTI
+        if b3single or b3multi:
             if continuing and incoming.trace_id_64bit and trace_id < _SPAN_ID_LIMIT:
                 trace_hex = trace_hex32[16:]
             else:
@@ -824,13 +853,13 @@ class Propagator:
                 parent_hex = None
             elif parent_hex is None:
                 parent_hex = parent_span_id.to_bytes(8, "big").hex()
-            if self._b3single:
+            if b3single:
                 state = "d" if debug else ("1" if sampled else "0")
                 if parent_hex is None:
                     out["b3"] = f"{trace_hex}-{span_hex}-{state}"
                 else:
                     out["b3"] = f"{trace_hex}-{span_hex}-{state}-{parent_hex}"
-            if self._b3multi:
+            if b3multi:
                 out["x-b3-traceid"] = trace_hex
                 out["x-b3-spanid"] = span_hex
                 if parent_hex is not None:

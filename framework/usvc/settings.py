@@ -241,7 +241,7 @@ class Settings:
     otel_exporter_zipkin_endpoint: str = "http://127.0.0.1:9411/api/v2/spans"
     # The spec's default is 10 s; shorter, so an absent collector can't hold up a shutdown.
     otel_exporter_timeout: float = 2.0
-    otel_propagators: tuple[str, ...] = ("tracecontext", "baggage", "b3multi")
+    otel_propagators: tuple[str, ...] = ("tracecontext", "baggage")
     # The whole environment, for the service's own variables; kept out of
     # repr() because it holds whatever secrets the process was given.
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
@@ -89,9 +91,72 @@ async def test_trace_context_and_allow_listed_headers_reach_the_upstream(
     assert lowered["baggage"] == "userId=alice"
     assert lowered["x-dev-user"] == "betaUser"
     assert lowered["x-request-id"] == "req-1"
-    assert lowered["x-b3-traceid"] == trace_id
+    # OpenTelemetry's default formats: W3C only for a W3C caller.
+    assert not {"b3", "x-b3-traceid", "x-b3-spanid"} & set(lowered)
     for leaked in ("authorization", "cookie", "x-custom"):
         assert leaked not in lowered
+
+
+@pytest.mark.parametrize(
+    ("env", "sent", "expected"),
+    [
+        # A B3 caller (a Zipkin-tracer sidecar) is answered in kind, whatever is configured.
+        ({}, {"b3": "4bf92f3577b34da6-00f067aa0ba902b7-1"}, {"b3"}),
+        (
+            {},
+            {"x-b3-traceid": "4bf92f3577b34da6a3ce929d0e0e4736", "x-b3-spanid": "00f067aa0ba902b7"},
+            {"x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"},
+        ),
+        # Configured, B3 goes out for a W3C caller too.
+        (
+            {"OTEL_PROPAGATORS": "tracecontext,baggage,b3multi"},
+            {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+            {"x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"},
+        ),
+    ],
+)
+async def test_b3_reaches_the_upstream_in_the_callers_form_or_when_configured(
+    make_service: ServiceFactory,
+    serve: Serve,
+    env: dict[str, str],
+    sent: dict[str, str],
+    expected: set[str],
+) -> None:
+    upstream, seen = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/")), **env).app)
+    async with aiohttp.ClientSession() as client, client.get(front.make_url("/call"), headers=sent):
+        pass
+    (lowered,) = seen
+    b3_written = {name for name in lowered if name == "b3" or name.startswith("x-b3-")}
+    assert b3_written == expected
+    trace = lowered["traceparent"].split("-")[1]
+    b3_trace = lowered["b3"].split("-")[0] if "b3" in lowered else lowered["x-b3-traceid"]
+    assert int(trace, 16) == int(b3_trace, 16)  # one trace, in both (a 64-bit id widened)
+
+
+async def test_a_request_and_its_egress_call_make_no_get_running_loop_call(
+    make_service: ServiceFactory, serve: Serve
+) -> None:
+    # CPython 3.11's asyncio.get_running_loop() makes a getpid() system call each time;
+    # the service and its egress keep the loop they started on instead.
+    upstream, _ = await recording_upstream(serve)
+    front = await serve(caller(make_service, str(upstream.make_url("/"))).app)
+    calls: list[str] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") == "get_running_loop":
+            calls.append(event)
+
+    async with aiohttp.ClientSession() as client:
+        async with client.get(front.make_url("/call")) as resp:  # connections made, warm
+            assert resp.status == 200
+        sys.setprofile(profile)
+        try:
+            async with client.get(front.make_url("/call")) as resp:
+                assert resp.status == 200
+        finally:
+            sys.setprofile(None)
+    assert calls == []
 
 
 async def test_the_egress_span_is_a_child_of_the_server_span_and_parent_of_the_upstream(

@@ -81,15 +81,17 @@ def test_otel_propagators_usvc_loads_usvcs_propagator_through_its_entry_point() 
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     out = json.loads(done.stdout)
-    # usvc's default formats, B3 debug and the 64-bit width carried through OpenTelemetry:
-    # none of OpenTelemetry's own propagators writes x-b3-flags or a 16-character id
-    assert out["x-b3-traceid"] == TRACE_64 and out["x-b3-flags"] == "1"
+    # usvc's default formats, and the B3 caller answered in kind with its debug state and
+    # 64-bit width carried through OpenTelemetry: none of OpenTelemetry's own propagators
+    # writes B3's debug or a 16-character id
+    assert out["b3"] == f"{TRACE_64}-{SPAN}-d"
     assert out["traceparent"] == f"00-{'0' * 16}{TRACE_64}-{SPAN}-01"
+    assert "x-b3-traceid" not in out
 
 
 def test_a_usvc_service_accepts_otel_propagators_usvc(make_service: ServiceFactory) -> None:
     svc = make_service(OTEL_PROPAGATORS="usvc")
-    assert svc.settings.otel_propagators == ("tracecontext", "baggage", "b3multi")
+    assert svc.settings.otel_propagators == ("tracecontext", "baggage")
 
 
 async def test_other_instrumentation_in_a_request_sends_usvcs_headers(
@@ -111,7 +113,7 @@ async def test_other_instrumentation_in_a_request_sends_usvcs_headers(
     async with aiohttp.ClientSession() as client, client.get(server.make_url("/"), headers=headers):
         pass
     assert written["traceparent"] == f"00-{'0' * 16}{TRACE_64}-{written['span']}-01"
-    assert written["x-b3-traceid"] == TRACE_64 and written["x-b3-flags"] == "1"
+    assert written["b3"].startswith(f"{TRACE_64}-{written['span']}-d")
     assert written["x-dev-user"] == "betaUser"
     assert written["x-request-id"] == "r-1"
 
@@ -132,7 +134,9 @@ async def test_the_egress_and_the_otel_propagator_write_the_same_context(
 
     server = await serve(svc.app)
     async with aiohttp.ClientSession() as client:
-        async with client.get(server.make_url("/"), headers={"traceparent": TP}):
+        # a B3 caller (answered in kind) beside traceparent: both write B3 the same
+        sent = {"traceparent": TP, "x-b3-traceid": TRACE, "x-b3-spanid": SPAN}
+        async with client.get(server.make_url("/"), headers=sent):
             pass
     same = ("x-b3-traceid", "x-b3-sampled", "x-request-id")
     assert {k: written[k] for k in same} == {k: seen[0][k] for k in same}

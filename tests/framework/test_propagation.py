@@ -891,12 +891,94 @@ def test_b3_format_writes_only_the_single_header() -> None:
     assert set(out) == {"b3"}
 
 
-def test_default_formats_are_tracecontext_baggage_and_b3multi() -> None:
+def test_default_formats_are_opentelemetrys_tracecontext_and_baggage() -> None:
     out = Propagator()
     headers: CIMultiDict[str] = CIMultiDict()
     incoming = extract(("traceparent", TP_SAMPLED), ("baggage", "a=1"))
     out.inject(incoming, TRACE_ID, 0xABC, True, headers)
-    assert set(headers) == {"traceparent", "baggage", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
+    assert set(headers) == {"traceparent", "baggage"}
+
+
+def test_a_trace_started_here_goes_out_in_the_configured_formats_only() -> None:
+    assert set(inject(EMPTY, formats=("tracecontext", "baggage"))) == {"traceparent"}
+    assert set(inject(EMPTY, formats=("tracecontext", "b3multi"))) == {
+        "traceparent",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-sampled",
+    }
+
+
+B3_MULTI_OTHER_SPAN = (
+    ("x-b3-traceid", TRACE_HEX),
+    ("x-b3-spanid", "00000000000000ff"),
+    ("x-b3-sampled", "1"),
+)
+
+
+@pytest.mark.parametrize(
+    ("received", "answered"),
+    [
+        # B3 alone: the context is B3's, sent on in the caller's form.
+        ((("b3", f"{TRACE_HEX}-{PARENT_HEX}-1"),), {"b3": f"{TRACE_HEX}-0000000000000abc-1"}),
+        (
+            (("x-b3-traceid", TRACE_HEX), ("x-b3-spanid", PARENT_HEX), ("x-b3-sampled", "1")),
+            {"x-b3-traceid": TRACE_HEX, "x-b3-spanid": "0000000000000abc", "x-b3-sampled": "1"},
+        ),
+        # traceparent and x-b3-* naming the same span (what usvc itself sends: the fast path).
+        (
+            (
+                ("traceparent", TP_SAMPLED),
+                ("x-b3-traceid", TRACE_HEX),
+                ("x-b3-spanid", PARENT_HEX),
+                ("x-b3-sampled", "1"),
+            ),
+            {"x-b3-traceid": TRACE_HEX, "x-b3-spanid": "0000000000000abc"},
+        ),
+        # The same trace at another span: a B3-only (Zipkin) sidecar moved B3 on and left
+        # traceparent as the caller wrote it. traceparent's context is taken, B3 goes on.
+        (
+            (("traceparent", TP_SAMPLED), *B3_MULTI_OTHER_SPAN),
+            {"x-b3-traceid": TRACE_HEX, "x-b3-spanid": "0000000000000abc"},
+        ),
+        # A bare debug request: W3C cannot carry it, B3 does.
+        ((("traceparent", TP_SAMPLED), ("b3", "d")), {"b3": f"{TRACE_HEX}-0000000000000abc-d"}),
+    ],
+)
+def test_a_b3_caller_is_answered_in_kind(
+    received: tuple[tuple[str, str], ...], answered: dict[str, str]
+) -> None:
+    incoming = extract(*received)
+    out = inject(incoming, formats=("tracecontext", "baggage"))
+    assert out["traceparent"] == f"00-{TRACE_HEX}-0000000000000abc-01"
+    for name, value in answered.items():
+        assert out[name] == value
+    other_form = {"b3"} if "x-b3-traceid" in answered else {"x-b3-traceid", "x-b3-spanid"}
+    assert not other_form & set(out)
+
+
+@pytest.mark.parametrize(
+    "b3",
+    [
+        # Another trace's B3 beside a valid traceparent is not this context's.
+        (("x-b3-traceid", "0" * 31 + "1"), ("x-b3-spanid", PARENT_HEX)),
+        (("b3", f"{'0' * 31}1-{PARENT_HEX}-1"),),
+        # A bare sampling state, which traceparent's flags override.
+        (("b3", "0"),),
+        # Malformed B3 is dropped, not sent on.
+        (("x-b3-traceid", "xyz"), ("x-b3-spanid", PARENT_HEX)),
+    ],
+)
+def test_b3_that_is_not_the_contexts_is_not_sent_on(b3: tuple[tuple[str, str], ...]) -> None:
+    incoming = extract(("traceparent", TP_SAMPLED), *b3)
+    assert incoming.b3 == ""
+    assert set(inject(incoming, formats=("tracecontext", "baggage"))) == {"traceparent"}
+
+
+def test_the_configured_b3_form_is_written_beside_the_callers() -> None:
+    incoming = extract(("b3", f"{TRACE_HEX}-{PARENT_HEX}-1"))
+    out = inject(incoming, formats=("tracecontext", "b3multi"))
+    assert {"traceparent", "b3", "x-b3-traceid", "x-b3-spanid"} <= set(out)
 
 
 # --------------------------------------------------------------------------
@@ -1373,7 +1455,10 @@ def test_round_trip_keeps_ids_sampling_debug_and_width(
 
     received = propagator.extract(CIMultiDictProxy(out))
 
-    has_b3 = bool({"b3", "b3multi"} & set(chosen))
+    # B3 goes out in the chosen forms and in the caller's (answered in kind).
+    forms = {*chosen, incoming.b3} & {"b3", "b3multi"}
+    has_b3 = bool(forms)
+    assert received.b3 == ("b3" if "b3" in forms else "b3multi" if forms else "")
     debug = incoming.sampling is Sampling.DEBUG
     assert received.problems == ()
     assert (received.trace_id, received.parent_span_id) == (trace_id, span_id)

@@ -19,7 +19,7 @@ def test_defaults_apply_when_the_environment_is_empty() -> None:
     assert settings.port == 8080
     assert settings.passthrough_headers == ("x-dev-user",)
     assert settings.fault_injection is False
-    assert settings.otel_propagators == ("tracecontext", "baggage", "b3multi")
+    assert settings.otel_propagators == ("tracecontext", "baggage")
 
 
 def test_values_are_parsed_to_their_types() -> None:

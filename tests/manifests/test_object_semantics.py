@@ -138,7 +138,7 @@ def test_workload_has_its_labels_and_environment(
         "DRAIN_SECONDS": "5",
         "SHUTDOWN_TIMEOUT": "15",
         "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_PROPAGATORS": "tracecontext,baggage,b3multi",
+        "OTEL_PROPAGATORS": "tracecontext,baggage",
         **({"UPSTREAM_URI": upstream} if upstream else {}),
         **extra,
     }
