@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from usvc_mesh.envoy import admin_stats
+
 from .procs import (
     ROOT,
     Server,
     StartError,
     clean_env,
     cpu_seconds,
-    fetch_text,
     free_port,
     http_ok,
     python_server,
@@ -206,9 +207,7 @@ class MeshBuild(Build):
         laid out; its difference over a run divided by wrk's requests is the number of
         listener traversals per request (bench/README.md: Method).
         """
-        admin = self.mesh.ports.admin
-        url = f"http://127.0.0.1:{admin}/stats?filter=^http\\..+\\.downstream_rq_completed$"
-        return listener_requests(fetch_text(url))
+        return listener_requests(admin_stats(("127.0.0.1", self.mesh.ports.admin), COMPLETED))
 
     def stop(self) -> None:
         if self.mesh is not None:
@@ -220,11 +219,15 @@ class MeshBuild(Build):
         return sorted(Path(self.mesh.run_dir).glob("*.log"))
 
 
-def listener_requests(stats: str) -> int:
-    """From Envoy's admin ``/stats`` text: downstream requests of every HCM but the admin's."""
+# The admin /stats query listener_requests() reads.
+COMPLETED = "filter=^http\\..+\\.downstream_rq_completed$"
+
+
+def listener_requests(stats: Mapping[str, str]) -> int:
+    """From Envoy's admin ``/stats`` (usvc_mesh.admin_stats): downstream requests of every
+    HCM but the admin's."""
     total = 0
-    for line in stats.splitlines():
-        name, _, value = line.partition(": ")
+    for name, value in stats.items():
         hcm = name.startswith("http.") and not name.startswith("http.admin.")
         if hcm and name.endswith(".downstream_rq_completed"):
             total += int(value)

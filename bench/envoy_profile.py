@@ -48,13 +48,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from usvc_mesh.envoy import admin_stats
 from usvc_mesh.procs import spawn
 
-from .builds import CHAIN_HEADERS, USVC_ENV, _Everyone, _header_dict, listener_requests
+from .builds import (
+    CHAIN_HEADERS,
+    COMPLETED,
+    USVC_ENV,
+    _Everyone,
+    _header_dict,
+    listener_requests,
+)
 from .callgrind import load
 from .envoy_parts import _envoy_executable
 from .envoy_symbols import symbolized
-from .procs import ROOT, Server, clean_env, fetch_text, free_port, http_ok, wait_ready
+from .procs import ROOT, Server, clean_env, free_port, http_ok, wait_ready
 
 # (component, pattern on the function's name), first match wins. A function whose name
 # matches none takes its callers' components (see the module docstring).
@@ -493,15 +501,15 @@ def run_chain(
         if not http_ok(url, headers):
             raise RuntimeError(f"the mesh gateway {url} does not answer 200")
         asyncio.run(load(url, headers, warmup, connections))
-        stats = f"http://127.0.0.1:{mesh.ports.admin}/stats?filter=^http\\..+\\.downstream_rq_completed$"
+        admin = ("127.0.0.1", mesh.ports.admin)
         pid = mesh.proxy.pid
-        before = listener_requests(fetch_text(stats))
+        before = listener_requests(admin_stats(admin, COMPLETED))
         control(pid, "--instr=on")
         started = time.monotonic()
         failed = asyncio.run(load(url, headers, requests, connections))
         took = time.monotonic() - started
         control(pid, "--instr=off")
-        after = listener_requests(fetch_text(stats))
+        after = listener_requests(admin_stats(admin, COMPLETED))
         profile = read_callgrind(_dump(pid, out_file))
         idle, idle_parts = 0.0, {}
         if idle_seconds > 0:

@@ -119,12 +119,9 @@ def rss_mb(pid: int) -> float:
 
 
 def admin_stat(admin: tuple[str, int], name: str) -> float:
-    url = f"http://{admin[0]}:{admin[1]}/stats?filter=^{name}$"
-    with _DIRECT.open(url, timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            key, _, value = line.partition(": ")
-            if key == name:
-                return float(value)
+    value = mesh.admin_stats(admin, f"filter=^{name}$", timeout=10).get(name)
+    if value is not None:
+        return float(value)
     raise ValueError(f"envoy at {admin[0]}:{admin[1]} has no stat {name}")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from .authz import PLAINTEXT_REFUSED_CHAIN_MATCH
 from .clusters import DNS_CACHE
 from .gateway_tls import LocalListener
-from .procs import is_ip_address
+from .procs import _DIRECT, is_ip_address
 from .sidecars import (
     GATEWAY_PRINCIPAL,
     GATEWAY_SERVICE,
@@ -581,15 +581,11 @@ def applied(admin: tuple[str, int], translation: Translation) -> bool:
     every stat costs Envoy 0.15 s of CPU at 1,000 services (its 3,000 clusters' stats), over
     the gauges that were ever set 0.03 s; a gauge never set has stayed 0.
     """
-    base = f"http://{admin[0]}:{admin[1]}"
-    with urllib.request.urlopen(
-        f"{base}/stats?type=TextReadouts&filter=version_text", timeout=5
-    ) as response:
-        readouts = response.read().decode()
     seen: dict[str, set[str]] = {}
-    for line in readouts.splitlines():
-        name, _, value = line.partition(": ")
-        version = value.strip().strip('"')
+    # Envoy lists each stat name once (scopes of one name share their stats); a route is
+    # still switching while two connection managers' subscriptions to it differ.
+    for name, value in admin_stats(admin, "type=TextReadouts&filter=version_text").items():
+        version = value.strip('"')
         if name == "cluster_manager.cds.version_text":
             seen.setdefault("cds", set()).add(version)
         elif name == "listener_manager.lds.version_text":
@@ -602,13 +598,26 @@ def applied(admin: tuple[str, int], translation: Translation) -> bool:
     if not runs_versions({name: found.pop() for name, found in seen.items()}, translation):
         return False
     # A listener or cluster still warming (e.g. before its first health check) is not in use.
-    with urllib.request.urlopen(f"{base}/stats?{_WARMING_QUERY}", timeout=5) as response:
-        gauges = response.read().decode()
-    for line in gauges.splitlines():
-        name, _, value = line.partition(": ")
-        if name in _WARMING_GAUGES and value.strip() != "0":
-            return False
-    return True
+    gauges = admin_stats(admin, _WARMING_QUERY)
+    return all(gauges.get(name, "0") == "0" for name in _WARMING_GAUGES)
+
+
+def admin_stats(admin: tuple[str, int], query: str, *, timeout: float = 5) -> dict[str, str]:
+    """The stats the Envoy with admin ``admin`` answers ``GET /stats?QUERY`` with, in text.
+
+    By name, each value's text as Envoy gives it, stripped: a counter's or gauge's number
+    (``"0"``), a text readout's quoted string (``'"v1"'``), a histogram's summary. The admin
+    address is loopback: read without any proxy the environment names.
+    """
+    url = f"http://{admin[0]}:{admin[1]}/stats?{query}"
+    with _DIRECT.open(url, timeout=timeout) as response:
+        text = response.read().decode()
+    stats = {}
+    for line in text.splitlines():
+        name, separator, value = line.partition(": ")
+        if separator:
+            stats[name] = value.strip()
+    return stats
 
 
 _WARMING_GAUGES = ("listener_manager.total_listeners_warming", "cluster_manager.warming_clusters")

@@ -213,14 +213,12 @@ def test_shape_ignores_numbers_but_not_builds_or_columns() -> None:
 
 
 def test_listener_requests_sum_every_connection_manager_but_the_admins() -> None:
-    stats = "\n".join(
-        [
-            "http.admin.downstream_rq_completed: 7",
-            "http.gateway.downstream_rq_completed: 10",
-            "http.outbound.downstream_rq_completed: 30",
-            "http.inbound_front.v1.downstream_rq_completed: 10",
-            "http.outbound.downstream_rq_2xx: 30",
-            "listener.127.0.0.1_8080.http.gateway.downstream_rq_completed: 10",
-        ]
-    )
+    stats = {
+        "http.admin.downstream_rq_completed": "7",
+        "http.gateway.downstream_rq_completed": "10",
+        "http.outbound.downstream_rq_completed": "30",
+        "http.inbound_front.v1.downstream_rq_completed": "10",
+        "http.outbound.downstream_rq_2xx": "30",
+        "listener.127.0.0.1_8080.http.gateway.downstream_rq_completed": "10",
+    }
     assert listener_requests(stats) == 50

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pytest
 
 from tests.chain.conftest import scenario_with
 from tests.procs import ROOT, free_port
+from usvc_mesh.envoy import admin_stats
 from usvc_mesh.manifests import Layout
 from usvc_mesh.procs import wait_until
 from usvc_mesh.supervisor import ENDPOINT_PROPAGATION, Backoff, LocalMesh, WorkloadProcess
@@ -219,11 +219,9 @@ def member(s: Supervised, instance: str) -> WorkloadProcess:
 def header_timeouts(s: Supervised) -> int:
     """The gateway's count of connections closed for a late request head (Envoy's HCM stats)."""
     assert s.mesh.ports is not None
-    url = f"http://127.0.0.1:{s.mesh.ports.admin}/stats?format=json&filter=downstream_rq_header_timeout"
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with direct.open(url, timeout=5) as response:
-        stats = json.loads(response.read())["stats"]
-    return sum(int(x["value"]) for x in stats if x["name"].startswith("http.gateway"))
+    admin = ("127.0.0.1", s.mesh.ports.admin)
+    stats = admin_stats(admin, "filter=downstream_rq_header_timeout")
+    return sum(int(value) for name, value in stats.items() if name.startswith("http.gateway"))
 
 
 def test_the_gateway_closes_a_connection_whose_request_head_is_late(s: Supervised) -> None:

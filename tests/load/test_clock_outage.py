@@ -15,10 +15,8 @@ egress timeout core would otherwise apply.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -76,15 +74,12 @@ def clock_health(mesh: LocalMesh) -> bool:
 def clock_counters(mesh: LocalMesh) -> dict[str, int]:
     """COUNTERS of clock-svc's outbound cluster (one Envoy holds every sidecar's)."""
     assert mesh.ports is not None
-    url = f"http://127.0.0.1:{mesh.ports.admin}/stats?format=json&filter=clock-svc"
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with direct.open(url, timeout=5) as response:
-        stats = [s for s in json.loads(response.read())["stats"] if "value" in s]  # counters
+    stats = envoy.admin_stats(("127.0.0.1", mesh.ports.admin), "filter=clock-svc")
     found: dict[str, int] = {}
-    for stat in stats:
-        match = re.fullmatch(r"cluster\.outbound\|\d+\|\|clock-svc\S*\.(\w+)", stat["name"])
+    for name, value in stats.items():
+        match = re.fullmatch(r"cluster\.outbound\|\d+\|\|clock-svc\S*\.(\w+)", name)
         if match and match.group(1) in COUNTERS:
-            found[match.group(1)] = found.get(match.group(1), 0) + int(stat["value"])
+            found[match.group(1)] = found.get(match.group(1), 0) + int(value)
     assert set(found) == set(COUNTERS), stats
     return found
 

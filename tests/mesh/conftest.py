@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import random
 import ssl
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,10 +148,9 @@ class Envoy:
         mesh.wait_applied(self.admin, translation)
 
     def stats(self, prefix: str) -> dict[str, int]:
-        url = f"http://127.0.0.1:{self.ports.admin}/stats?format=json&filter={prefix}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            data = json.loads(response.read())
-        return {s["name"]: s["value"] for s in data["stats"] if isinstance(s.get("value"), int)}
+        """The counters and gauges matching ``prefix`` (not text readouts or histograms)."""
+        found = mesh.admin_stats(self.admin, f"filter={prefix}")
+        return {name: int(value) for name, value in found.items() if value.isdigit()}
 
 
 def start_envoy(config_dir: Path, translation: mesh.Translation, **options: Any) -> Envoy:

@@ -28,8 +28,6 @@ import json
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,10 +334,9 @@ class SidecarEnvoy:
             time.sleep(0.05)
 
     def stats(self, prefix: str) -> dict[str, int]:
-        url = f"http://127.0.0.1:{self.admin}/stats?format=json&filter={prefix}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            data = json.loads(response.read())
-        return {s["name"]: s["value"] for s in data["stats"] if isinstance(s.get("value"), int)}
+        """The counters and gauges matching ``prefix`` (not text readouts or histograms)."""
+        found = mesh.admin_stats(("127.0.0.1", self.admin), f"filter={prefix}")
+        return {name: int(value) for name, value in found.items() if value.isdigit()}
 
 
 def _request(

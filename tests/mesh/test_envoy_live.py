@@ -746,10 +746,7 @@ def test_applied_tells_the_running_translation_from_any_other(envoy: Envoy, mesh
 
 def test_envoy_answers_applied_warming_query_with_the_two_gauges_alone(envoy: Envoy) -> None:
     """The filter, the type and ``usedonly`` are all honoured: no other stat comes back."""
-    url = f"http://127.0.0.1:{envoy.ports.admin}/stats?{tr.envoy._WARMING_QUERY}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    found = dict(line.split(": ", 1) for line in lines)
+    found = tr.admin_stats(envoy.admin, tr.envoy._WARMING_QUERY, timeout=10)
     assert found == dict.fromkeys(tr.envoy._WARMING_GAUGES, "0")
 
 

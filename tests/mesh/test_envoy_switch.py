@@ -81,10 +81,13 @@ def test_a_change_of_weights_rewrites_the_outbound_routes_alone(tmp_path: Path) 
 
 
 async def _fake_admin(
-    aiohttp_server: Any, translation: tr.Translation, warming: dict[str, int]
+    aiohttp_server: Any,
+    translation: tr.Translation,
+    warming: dict[str, int],
+    readouts: tuple[str, ...] = (),
 ) -> tuple[tuple[str, int], list[dict[str, str]]]:
-    """An admin endpoint that reports ``translation``'s versions and the ``warming`` gauges;
-    the stats queries it was asked, in order."""
+    """An admin endpoint that reports ``translation``'s versions (and ``readouts``' lines)
+    and the ``warming`` gauges; the stats queries it was asked, in order."""
     asked: list[dict[str, str]] = []
     version = tr.versions(translation)
 
@@ -95,6 +98,7 @@ async def _fake_admin(
                 f'cluster_manager.cds.version_text: "{version["cds"]}"',
                 f'http.gateway.rds.gateway.version_text: "{version["gateway"]}"',
                 f'http.outbound.rds.outbound.version_text: "{version["outbound"]}"',
+                *readouts,
             ]
         else:
             lines = [f"{name}: {value}" for name, value in sorted(warming.items())]
@@ -126,3 +130,46 @@ async def test_applied_counts_a_gauge_envoy_never_set_as_zero(aiohttp_server: An
     admin, _ = await _fake_admin(aiohttp_server, translation, {})
     assert await asyncio.to_thread(tr.applied, admin, translation)
     assert not await asyncio.to_thread(tr.applied, admin, _translation(20))
+
+
+async def test_applied_is_false_while_two_subscriptions_to_one_route_differ(
+    aiohttp_server: Any,
+) -> None:
+    """Two connection managers (stat prefixes) on one route configuration: one still has
+    the old version, so the switch has not finished."""
+    translation = _translation(80)
+    other = 'http.outbound_extra.rds.outbound.version_text: "an older version"'
+    admin, _ = await _fake_admin(aiohttp_server, translation, {}, (other,))
+    assert not await asyncio.to_thread(tr.applied, admin, translation)
+    version = tr.versions(translation)["outbound"]
+    same = f'http.outbound_extra.rds.outbound.version_text: "{version}"'
+    admin, _ = await _fake_admin(aiohttp_server, translation, {}, (same,))
+    assert await asyncio.to_thread(tr.applied, admin, translation)
+
+
+async def test_admin_stats_reads_each_stat_by_name_with_its_raw_text(aiohttp_server: Any) -> None:
+    """Envoy's text /stats: ``name: value`` lines; a readout's value keeps its quotes."""
+    asked: list[str] = []
+
+    async def stats(request: web.Request) -> web.Response:
+        asked.append(request.query_string)
+        lines = [
+            'cluster_manager.cds.version_text: "v1: with a colon"',
+            "cluster_manager.warming_clusters: 3",
+            "cluster.a.upstream_rq_time: P0(nan,1) P25(nan,2)",
+            "",
+        ]
+        return web.Response(text="\n".join(lines))
+
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    server = await aiohttp_server(app)
+    found = await asyncio.to_thread(
+        tr.admin_stats, ("127.0.0.1", server.port), "type=Gauges&filter=^cluster"
+    )
+    assert found == {
+        "cluster_manager.cds.version_text": '"v1: with a colon"',
+        "cluster_manager.warming_clusters": "3",
+        "cluster.a.upstream_rq_time": "P0(nan,1) P25(nan,2)",
+    }
+    assert asked == ["type=Gauges&filter=^cluster"]
