@@ -33,6 +33,12 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "OTHER"
 
 
+def _add(series: list[float], bounds: Sequence[float], seconds: float) -> None:
+    """Count one observation of ``seconds`` into ``series`` (a :meth:`RedSeries.series`)."""
+    series[bisect_left(bounds, seconds)] += 1
+    series[-1] += seconds
+
+
 class RedSeries(Collector):
     """A request counter and a latency histogram over the same labels.
 
@@ -58,8 +64,7 @@ class RedSeries(Collector):
         series = self._series.get(labels)
         if series is None:
             series = self.series(labels)
-        series[bisect_left(self.bounds, seconds)] += 1
-        series[-1] += seconds
+        _add(series, self.bounds, seconds)
 
     def series(self, labels: tuple[str, ...]) -> list[float]:
         """The counts of one label set ([per bucket..., +Inf, sum]), for observing into."""
@@ -149,8 +154,7 @@ class Metrics:
             series = self.server.series((method_label(method), route, str(status)))
             if len(self._bound) < _BOUND_SERIES:  # the client chooses the method
                 self._bound[(method, route, status)] = series
-        series[bisect_left(self._bounds, seconds)] += 1
-        series[-1] += seconds
+        _add(series, self._bounds, seconds)
 
     def observe_egress(self, upstream: str, method: str, outcome: str, seconds: float) -> None:
         self.egress.observe((upstream, method, outcome), seconds)
