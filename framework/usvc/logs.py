@@ -180,8 +180,8 @@ class AccessLog:
                 request_id = _quote(request_id)[1:-1]
             pending.append(
                 f'{{"time":"{stamp}"{self._head}{middle}{duration * 1000:.3f}'
-                f',"trace_id":"{ctx._trace_hex or ctx.trace_id_hex}"'
-                f',"span_id":"{ctx._span_hex or ctx.span_id_hex}","request_id":"{request_id}"}}\n'
+                f',"trace_id":"{ctx.trace_id_hex}"'
+                f',"span_id":"{ctx.span_id_hex}","request_id":"{request_id}"}}\n'
             )
         if len(pending) == 1:
             try:
