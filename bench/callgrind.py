@@ -20,6 +20,12 @@ perf's hardware counters are not available (they are not on this kind of
 machine), to see whether two builds' instructions cost the same per
 instruction. The simulation makes each run about twice as slow.
 
+``--parts`` measures each usvc build as configured and then with one part
+switched off at a time in the measured process (:data:`PARTS`: the access
+log, the spans, the trace headers written, and all three): what each part
+costs per request is the difference, and what is left with all three off is
+the framework's request path itself (context, metrics, the egress call).
+
 Several ``--build`` / ``--hop`` pairs (``--build usvc,bare``) are measured one
 after the other; ``--repeat N`` measures each N times (the spread says how
 stable the figure is: a few hundred instructions per request). Each result is
@@ -69,6 +75,16 @@ class Count:
     def simulated(self) -> dict[str, float]:
         """Per request: cache misses by level, mispredicted branches, estimated cycles."""
         return simulated(self.events, self.requests)
+
+
+# --parts: each usvc part that a setting switches off, by the environment that does it
+# (in the measured process only: its callers and upstreams are as configured).
+PARTS: dict[str, dict[str, str]] = {
+    "access log": {"ACCESS_LOG": "false"},
+    "spans": {"OTEL_SDK_DISABLED": "true"},
+    "trace headers": {"OTEL_PROPAGATORS": "none"},
+}
+PARTS["all three"] = {k: v for env in list(PARTS.values()) for k, v in env.items()}
 
 
 # The events of --cache-sim=yes --branch-sim=yes, as callgrind names them: instruction
@@ -256,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeat", type=int, default=1, help="measurements of each (1)")
     parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="each usvc build also with each part off (access log, spans, trace headers)",
+    )
+    parser.add_argument(
         "--cache-sim",
         action="store_true",
         help="simulate the caches and branch predictor: misses and estimated cycles per request",
@@ -271,25 +292,41 @@ def main(argv: Sequence[str]) -> int:
     hops = [h for h in args.hop.split(",") if h] or [DEFAULT_HOP[args.suite]]
     env = dict(item.split("=", 1) for item in args.env)
     counts: list[Count] = []
+    parts: list[tuple[Count, str, Count]] = []  # (full, part switched off, its count)
     for _ in range(args.repeat):
         for name in args.build.split(","):
+            variants = {"": env}
+            if args.parts and name.startswith("usvc"):
+                variants.update({part: {**env, **off} for part, off in PARTS.items()})
             for hop in hops:
-                count = measure(
-                    args.suite,
-                    name,
-                    hop,
-                    args.requests,
-                    args.warmup,
-                    args.connections,
-                    args.keep,
-                    env,
-                    args.cache_sim,
-                )
-                counts.append(count)
-                line = {**count.__dict__, "env": env, "per_request": round(count.per_request)}
-                if args.cache_sim:
-                    line["simulated"] = {k: round(v) for k, v in count.simulated().items()}
-                print(json.dumps(line), flush=True)
+                full: Count | None = None
+                for part, part_env in variants.items():
+                    count = measure(
+                        args.suite,
+                        name,
+                        hop,
+                        args.requests,
+                        args.warmup,
+                        args.connections,
+                        args.keep,
+                        part_env,
+                        args.cache_sim,
+                    )
+                    if full is None:
+                        full = count
+                        counts.append(count)
+                    else:
+                        parts.append((full, part, count))
+                    line = {
+                        **count.__dict__,
+                        "env": part_env,
+                        "per_request": round(count.per_request),
+                    }
+                    if part:
+                        line["without"] = part
+                    if args.cache_sim:
+                        line["simulated"] = {k: round(v) for k, v in count.simulated().items()}
+                    print(json.dumps(line), flush=True)
     print("\n| build | hop | requests | connections | instructions per request | failed |")
     print("|---|---|---:|---:|---:|---:|")
     for c in counts:
@@ -297,9 +334,30 @@ def main(argv: Sequence[str]) -> int:
             f"| {c.build} | {c.hop} | {c.requests} | {c.connections} "
             f"| {c.per_request / 1000:.1f}k | {c.failed} |"
         )
+    if parts:
+        print(parts_table(parts))
     if args.cache_sim:
         print(simulated_table(counts))
     return 0
+
+
+def parts_table(parts: Sequence[tuple[Count, str, Count]]) -> str:
+    """Each part's cost: the build's instructions per request less those without it."""
+    lines = [
+        "",
+        "What each part costs, per request: the build as configured less the build with the part"
+        " switched off (in the measured process):",
+        "",
+        "| build | hop | switched off | environment | instructions per request | the part costs |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for full, part, count in parts:
+        off = " ".join(f"{k}={v}" for k, v in PARTS[part].items())
+        lines.append(
+            f"| {full.build} | {full.hop} | {part} | `{off}` | {count.per_request / 1000:.1f}k "
+            f"| {(full.per_request - count.per_request) / 1000:.1f}k |"
+        )
+    return "\n".join(lines)
 
 
 def simulated_table(counts: Sequence[Count]) -> str:

@@ -43,12 +43,17 @@ def fetch_text(url: str, timeout: float = 5.0) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (/proc/PID/stat)."""
+    user, system = cpu_times(pid)
+    return user + system
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as handle:
         stat = handle.read()
     # The command name (field 2) may hold spaces; the fields after ")" are fixed.
     fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / _CLOCK_TICK
+    return int(fields[11]) / _CLOCK_TICK, int(fields[12]) / _CLOCK_TICK
 
 
 def machine_busy_seconds() -> float:
