@@ -71,3 +71,19 @@ def test_a_simulated_run_reports_misses_and_an_estimate_above_the_instructions()
     # Every instruction is fetched through the first-level cache, and some miss it.
     assert simulated["L1m"] > 0 and simulated["CEst"] > simulated["Ir"] > 0
     assert "| bare | server |" in done.stdout.split("Simulated per request")[1]
+
+
+def test_parts_are_priced_against_the_build_as_configured() -> None:
+    assert callgrind.PARTS["all three"] == {
+        "ACCESS_LOG": "false",
+        "OTEL_SDK_DISABLED": "true",
+        "OTEL_PROPAGATORS": "none",
+    }
+    full = callgrind.Count("chain", "usvc", "middle", 1000, 8, 775_000_000, 0)
+    without = callgrind.Count("chain", "usvc", "middle", 1000, 8, 757_000_000, 0)
+    (row,) = [
+        r
+        for r in callgrind.parts_table([(full, "access log", without)]).splitlines()
+        if r.startswith("| usvc")
+    ]
+    assert row == "| usvc | middle | access log | `ACCESS_LOG=false` | 757.0k | 18.0k |"
