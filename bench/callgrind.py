@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,14 +114,43 @@ def simulated(events: Mapping[str, int], requests: int) -> dict[str, float]:
     }
 
 
-def find_build(suite: str, name: str) -> Processes:
+def find_build(suite: str, name: str, prog: str = "bench.callgrind") -> Processes:
     for build in SUITES[suite]():
         if build.name == name:
             if not isinstance(build, Processes):
-                raise SystemExit(f"bench.callgrind: {name} is not a build of plain processes")
+                raise SystemExit(f"{prog}: {name} is not a build of plain processes")
             return build
     names = ", ".join(b.name for b in SUITES[suite]())
-    raise SystemExit(f"bench.callgrind: no build {name!r} in suite {suite} ({names})")
+    raise SystemExit(f"{prog}: no build {name!r} in suite {suite} ({names})")
+
+
+def start_wrapped(
+    build: Processes,
+    hop: str,
+    run_dir: Path,
+    env: Mapping[str, str],
+    wrap: Callable[[Sequence[str]], list[str]],
+    prog: str = "bench.callgrind",
+) -> list[Server]:
+    """Start the build's processes from the bottom up as the benchmark does, each told the
+    URL of the one beneath it; ``hop``'s process with ``env`` added and its command line
+    (``python -m bench.server KIND``) replaced by ``wrap(argv)``. Front first."""
+    servers: list[Server] = []
+    upstream: str | None = None
+    labels = [label for label, _, _ in build.specs]
+    if hop not in labels:
+        raise SystemExit(f"{prog}: {build.name} has no hop {hop!r} ({', '.join(labels)})")
+    for label, kind, spec_env in reversed(build.specs):
+        full = {**spec_env, "BENCH_LOOP": "uvloop", **(env if label == hop else {})}
+        if upstream is not None:
+            full["UPSTREAM_URI"] = upstream
+        server = python_server(f"{build.name}.{label}", ["-m", "bench.server", kind], full, run_dir)
+        if label == hop:
+            server.argv = wrap(server.argv)
+        server.start()
+        servers.insert(0, server)
+        upstream = server.url
+    return servers
 
 
 def start(
@@ -133,48 +162,48 @@ def start(
     cache_sim: bool = False,
 ) -> list[Server]:
     """Start the build's processes from the bottom up, ``hop`` under callgrind with ``env``."""
-    servers: list[Server] = []
-    upstream: str | None = None
-    labels = [label for label, _, _ in build.specs]
-    if hop not in labels:
-        raise SystemExit(f"bench.callgrind: {build.name} has no hop {hop!r} ({', '.join(labels)})")
-    for label, kind, spec_env in reversed(build.specs):
-        full = {**spec_env, "BENCH_LOOP": "uvloop", **(env if label == hop else {})}
-        if upstream is not None:
-            full["UPSTREAM_URI"] = upstream
-        server = python_server(f"{build.name}.{label}", ["-m", "bench.server", kind], full, run_dir)
-        if label == hop:
-            server.argv = [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                *(["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []),
-                f"--callgrind-out-file={out_file}",
-                *server.argv,
-            ]
-        server.start()
-        servers.insert(0, server)
-        upstream = server.url
-    return servers
+
+    def under_callgrind(argv: Sequence[str]) -> list[str]:
+        return [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            *(["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []),
+            f"--callgrind-out-file={out_file}",
+            *argv,
+        ]
+
+    return start_wrapped(build, hop, run_dir, env, under_callgrind)
 
 
-async def load(url: str, headers: dict[str, str], requests: int, connections: int) -> int:
-    """Send exactly ``requests`` GETs over ``connections`` keep-alive connections; failures."""
+async def load(
+    url: str,
+    headers: dict[str, str],
+    requests: int,
+    connections: int,
+    session: aiohttp.ClientSession | None = None,
+) -> int:
+    """Send exactly ``requests`` GETs over ``connections`` keep-alive connections; failures.
+
+    With ``session`` its connections are used (and stay open); otherwise a session of
+    ``connections`` connections is made for this load and closed after it."""
+    if session is None:
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector) as own:
+            return await load(url, headers, requests, connections, own)
     failed = 0
     remaining = requests
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker() -> None:
-            nonlocal failed, remaining
-            while remaining > 0:
-                remaining -= 1
-                async with session.get(url, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        failed += 1
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal failed, remaining
+        while remaining > 0:
+            remaining -= 1
+            async with session.get(url, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    failed += 1
 
-        await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(session) for _ in range(connections)))
     return failed
 
 
