@@ -557,11 +557,13 @@ class Propagator:
     ``b3``, ``b3multi``, ``none``) and chooses what :meth:`inject` writes; every
     format is read. The default is OpenTelemetry's, W3C only (what Istio's
     ``opentelemetry`` provider reads); a caller that sent B3 is answered in B3
-    too (see :attr:`Incoming.b3`), so a Zipkin-tracer mesh's traces stay whole.
+    too (see :attr:`Incoming.b3`), so a Zipkin-tracer mesh's traces stay whole,
+    unless ``none`` is chosen, which writes no trace context at all.
     ``passthrough`` names headers copied unchanged from ingress to egress.
     """
 
     __slots__ = (
+        "_answer_b3",
         "_b3multi",
         "_b3single",
         "_baggage",
@@ -590,6 +592,8 @@ class Propagator:
         self._baggage = "baggage" in chosen
         self._b3single = "b3" in chosen
         self._b3multi = "b3multi" in chosen
+        # "none" writes no trace context at all, not even in a B3 caller's form.
+        self._answer_b3 = "none" not in chosen
         if isinstance(passthrough, str):
             raise TypeError("passthrough must be a sequence of header names, not one string")
         names: list[str] = []
@@ -842,8 +846,9 @@ class Propagator:
         if self._baggage and incoming.baggage:
             out["baggage"] = incoming.baggage
         # The configured B3 forms, and the one the caller used (Incoming.b3).
-        b3single = self._b3single or incoming.b3 == _B3_SINGLE
-        b3multi = self._b3multi or incoming.b3 == _B3_MULTI
+        answered = incoming.b3 if self._answer_b3 else ""
+        b3single = self._b3single or answered == _B3_SINGLE
+        b3multi = self._b3multi or answered == _B3_MULTI
         if b3single or b3multi:
             if continuing and incoming.trace_id_64bit and trace_id < _SPAN_ID_LIMIT:
                 trace_hex = trace_hex32[16:]

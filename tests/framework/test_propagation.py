@@ -975,6 +975,13 @@ def test_b3_that_is_not_the_contexts_is_not_sent_on(b3: tuple[tuple[str, str], .
     assert set(inject(incoming, formats=("tracecontext", "baggage"))) == {"traceparent"}
 
 
+def test_none_answers_no_b3_caller_either() -> None:
+    incoming = extract(("b3", f"{TRACE_HEX}-{PARENT_HEX}-1"), ("x-request-id", "r-1"))
+    assert incoming.b3 == "b3"
+    out = inject(incoming, formats=("none",))
+    assert dict(out) == {"x-request-id": "r-1"}
+
+
 def test_the_configured_b3_form_is_written_beside_the_callers() -> None:
     incoming = extract(("b3", f"{TRACE_HEX}-{PARENT_HEX}-1"))
     out = inject(incoming, formats=("tracecontext", "b3multi"))
