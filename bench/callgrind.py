@@ -280,24 +280,47 @@ def measure(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__)
+def add_run_options(
+    parser: argparse.ArgumentParser, *, builds: str, hops: str, kept: str, measured: str
+) -> None:
+    """The options bench.callgrind and bench.calls share: what to start, load, keep."""
     parser.add_argument("--suite", choices=sorted(SUITES), default="chain")
-    parser.add_argument("--build", default="usvc", help="comma-separated builds (usvc)")
-    parser.add_argument("--hop", default="", help="comma-separated hops (chain: middle)")
+    parser.add_argument("--build", default=builds, help=f"comma-separated builds ({builds})")
+    parser.add_argument("--hop", default="", help=f"{hops} (chain: middle)")
     parser.add_argument("--requests", type=int, default=2000, help="counted requests (2000)")
-    parser.add_argument("--warmup", type=int, default=300, help="requests before counting (300)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=300,
+        help="requests before counting (300, at least one per connection)",
+    )
     parser.add_argument("--connections", type=int, default=8, help="concurrent clients (8)")
     parser.add_argument(
-        "--keep", action="store_true", help="keep each run's directory (logs, callgrind.out)"
+        "--keep", action="store_true", help=f"keep each run's directory (logs, {kept})"
     )
     parser.add_argument(
         "--env",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an environment variable for the measured process only (e.g. ACCESS_LOG=false, "
-        "to see what a part costs); repeatable",
+        help=f"an environment variable for the {measured} process only (e.g. ACCESS_LOG=false,"
+        " to see what a part costs); repeatable",
+    )
+
+
+def env_of(items: Sequence[str]) -> dict[str, str]:
+    """``--env`` values as a mapping."""
+    return dict(item.split("=", 1) for item in items)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__)
+    add_run_options(
+        parser,
+        builds="usvc",
+        hops="comma-separated hops",
+        kept="callgrind.out",
+        measured="measured",
     )
     parser.add_argument("--repeat", type=int, default=1, help="measurements of each (1)")
     parser.add_argument(
@@ -319,7 +342,7 @@ def main(argv: Sequence[str]) -> int:
         print("bench.callgrind: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     hops = [h for h in args.hop.split(",") if h] or [DEFAULT_HOP[args.suite]]
-    env = dict(item.split("=", 1) for item in args.env)
+    env = env_of(args.env)
     counts: list[Count] = []
     parts: list[tuple[Count, str, Count]] = []  # (full, part switched off, its count)
     for _ in range(args.repeat):

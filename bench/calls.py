@@ -52,8 +52,8 @@ from typing import Any
 import aiohttp
 
 from ._profiled import OUT_ENV, on_ack
-from .builds import SUITES, _header_dict
-from .callgrind import DEFAULT_HOP, find_build, load, start_wrapped
+from .builds import _header_dict
+from .callgrind import DEFAULT_HOP, add_run_options, env_of, find_build, load, start_wrapped
 from .procs import Server, wait_ready
 
 PROG = "bench.calls"
@@ -264,40 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--suite", choices=sorted(SUITES), default="chain")
-    parser.add_argument(
-        "--build",
-        default="bare,usvc",
-        help="comma-separated builds, the first the base (bare,usvc)",
+    add_run_options(
+        parser,
+        builds="bare,usvc",
+        hops="the profiled hop",
+        kept="profile.pstats",
+        measured="profiled",
     )
-    parser.add_argument("--hop", default="", help="the profiled hop (chain: middle)")
-    parser.add_argument("--requests", type=int, default=2000, help="counted requests (2000)")
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=300,
-        help="requests before counting (300, at least one per connection)",
-    )
-    parser.add_argument("--connections", type=int, default=8, help="concurrent clients (8)")
     parser.add_argument("--top", type=int, default=40, help="functions in the table (40)")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep each run's directory (logs, profile.pstats)"
-    )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the profiled process only (e.g. ACCESS_LOG=false); "
-        "repeatable",
-    )
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     hop = args.hop or DEFAULT_HOP[args.suite]
-    env = dict(item.split("=", 1) for item in args.env)
+    env = env_of(args.env)
     profiles: list[Profile] = []
     for name in args.build.split(","):
         profile = measure(
