@@ -71,3 +71,21 @@ def test_readme_benchmarks_section_has_no_table_of_its_own() -> None:
     section = text.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
     outside = re.sub(r"<!-- bench:(\w+):start -->.*?<!-- bench:\1:end -->", "", section, flags=re.S)
     assert not report.tables(outside), outside
+
+
+REPEATS = sorted((ROOT / "bench" / "results").glob("single-repeat-*.json"))
+
+
+@pytest.mark.parametrize("path", REPEATS, ids=lambda p: p.stem)
+def test_each_repeat_run_is_one_run_and_its_md_its_rendering(path: Path) -> None:
+    # The separate single-suite runs bench/README.md cites beside the full run.
+    data: dict[str, Any] = json.loads(path.read_text())
+    assert [s["suite"] for s in data["suites"]] == ["single"]
+    check_one_run(data)
+    md = path.with_suffix(".md").read_text()
+    assert md == report.markdown(data), "render it again from its JSON (bench.report.markdown)"
+    check_suite(data["suites"][0], report.extract(md, "single"))
+
+
+def test_there_are_repeat_runs_to_check() -> None:
+    assert len(REPEATS) >= 2
