@@ -207,17 +207,12 @@ async def load(
     return failed
 
 
-def instructions(out_file: Path) -> int:
-    """The ``Ir`` total of a callgrind output file: its ``totals:`` line.
+def totals(out_file: Path) -> dict[str, int]:
+    """Every event's total in a callgrind output file (instructions are ``Ir``): the
+    ``events:`` names, in order, with the ``totals:`` line's numbers.
 
     (Its ``summary:`` line, written at start-up, stays 0 with ``--instr-atstart=no``.)
     """
-    return totals(out_file)["Ir"]
-
-
-def totals(out_file: Path) -> dict[str, int]:
-    """Every event's total in a callgrind output file: the ``events:`` names, in order,
-    with the ``totals:`` line's numbers."""
     names = ["Ir"]
     for line in out_file.read_text().splitlines():
         if line.startswith("events:"):
@@ -281,7 +276,13 @@ def measure(
 
 
 def add_run_options(
-    parser: argparse.ArgumentParser, *, builds: str, hops: str, kept: str, measured: str
+    parser: argparse.ArgumentParser,
+    *,
+    builds: str,
+    hops: str,
+    kept: str,
+    measured: str,
+    warmup_note: str = "",
 ) -> None:
     """The options bench.callgrind and bench.calls share: what to start, load, keep."""
     parser.add_argument("--suite", choices=sorted(SUITES), default="chain")
@@ -292,7 +293,7 @@ def add_run_options(
         "--warmup",
         type=int,
         default=300,
-        help="requests before counting (300, at least one per connection)",
+        help=f"requests before counting (300{warmup_note})",
     )
     parser.add_argument("--connections", type=int, default=8, help="concurrent clients (8)")
     parser.add_argument(

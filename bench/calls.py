@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         hops="the profiled hop",
         kept="profile.pstats",
         measured="profiled",
+        warmup_note=", at least one per connection",
     )
     parser.add_argument("--top", type=int, default=40, help="functions in the table (40)")
     return parser
