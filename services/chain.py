@@ -35,9 +35,12 @@ def wants_json(request: web.Request) -> bool:
     return JSON in request.headers.get("Accept", "")
 
 
-async def call_json(svc: usvc.Service, url: str) -> dict[str, Any]:
-    """GET ``url`` as JSON through the egress client; raise HopFailed on an error answer."""
-    async with svc.egress.get(url, headers={"Accept": JSON}) as resp:
+async def call_json(svc: usvc.Service, url: str, within: float | None = None) -> dict[str, Any]:
+    """GET ``url`` as JSON through the egress client; raise HopFailed on an error answer.
+
+    ``within`` (seconds) bounds the call, retries included, inside the request's deadline.
+    """
+    async with svc.egress.get(url, timeout=within, headers={"Accept": JSON}) as resp:
         try:
             body = await resp.json(content_type=None)
         except (ValueError, aiohttp.ContentTypeError):

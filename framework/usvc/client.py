@@ -37,6 +37,7 @@ from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
 from .context import current_request
+from .deadlines import BodyTimeoutError, Deadline
 from .metrics import Metrics, method_label
 from .propagation import EMPTY, Propagator, Sampling
 from .spans import NOT_SAMPLED, SAMPLED, UnsampledSpan, UsvcSpan, span_context
@@ -64,6 +65,9 @@ ResponseHook = Callable[[Span, ClientRequest, "ClientResponse | BaseException"],
 
 # Set by usvc.egress.EgressCall around each retry: the span's resend count.
 resend_count: ContextVar[int] = ContextVar("usvc_resend_count", default=0)
+# Set by usvc.egress.EgressCall around each attempt: its deadline, which the
+# middleware makes the request's timer (usvc.deadlines).
+attempt_deadline: ContextVar[Deadline | None] = ContextVar("usvc_attempt_deadline", default=None)
 
 
 class UpstreamError(Exception):
@@ -115,6 +119,8 @@ def upstream_of(exc: aiohttp.ClientError) -> str | None:
         return upstream_name(URL.build(scheme="http", host=exc.host, port=exc.port))
     if isinstance(exc, aiohttp.ClientResponseError):
         return upstream_name(exc.request_info.real_url)
+    if isinstance(exc, BodyTimeoutError):
+        return upstream_name(exc.url)
     return None
 
 
@@ -141,13 +147,25 @@ class _Target:
 class _Attempt:
     """One attempt's span and metrics observation, finished exactly once."""
 
-    __slots__ = ("done", "method", "metrics", "span", "started", "status", "upstream")
+    __slots__ = (
+        "deadline",
+        "done",
+        "method",
+        "metrics",
+        "span",
+        "started",
+        "status",
+        "upstream",
+    )
 
-    def __init__(self, metrics: Metrics, span: Span, upstream: str, method: str) -> None:
+    def __init__(
+        self, metrics: Metrics, span: Span, upstream: str, method: str, deadline: Deadline | None
+    ) -> None:
         self.metrics = metrics
         self.span = span
         self.upstream = upstream
         self.method = method
+        self.deadline = deadline
         self.status: int | None = None
         self.done = False
         self.started = time.perf_counter()
@@ -157,6 +175,8 @@ class _Attempt:
         if self.done:
             return
         self.done = True
+        if self.deadline is not None:
+            self.deadline.close()
         span = self.span
         if outcome is None:
             outcome = str(self.status)
@@ -244,9 +264,17 @@ class ClientInstrumentation:
         if self.request_hooks:
             for request_hook in self.request_hooks:
                 _run_hook(request_hook, span, request)
-        attempt = _Attempt(self.metrics, span, target.upstream, method_label(request.method))
+        deadline = attempt_deadline.get()
+        attempt = _Attempt(
+            self.metrics, span, target.upstream, method_label(request.method), deadline
+        )
         try:
-            response = await handler(request)
+            if deadline is None:
+                response = await handler(request)
+            else:
+                with deadline:  # the connection and the response head
+                    response = await handler(request)
+                deadline.response = response  # and then its body
         except BaseException as exc:
             if self.response_hooks:
                 self._response_hooks(span, request, exc)

@@ -17,7 +17,9 @@ across attempts:
 
 * every call is bounded by the request's deadline (``REQUEST_DEADLINE``,
   shortened by Envoy's ``x-envoy-expected-rq-timeout-ms``), retries included,
-  and the response body must arrive within the attempt's timeout too;
+  and by ``timeout`` seconds when the call gives one; each attempt by
+  ``EGRESS_TIMEOUT`` too; the response body must arrive within the attempt's
+  bound. Attempt deadlines share one loop timer (:mod:`usvc.deadlines`);
 * only idempotent methods are retried, on a failed attempt (no connection, a
   lost connection, a broken or late reply) and on 502/503/504, with
   exponential backoff and full jitter, never past the deadline.
@@ -44,11 +46,13 @@ from .client import (
     ResponseHook,
     UpstreamError,
     UpstreamResponse,
+    attempt_deadline,
     failure,
     resend_count,
     upstream_name,
 )
 from .context import RequestContext, current_request
+from .deadlines import Deadlines
 from .metrics import Metrics
 from .propagation import Propagator
 from .settings import Settings
@@ -79,12 +83,10 @@ class Egress:
         # The loop the session runs on, kept at start: asyncio.get_running_loop() costs a
         # getpid() system call in CPython 3.11 (it checks for a fork), once per call.
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Built once, not per call: a service calls the same few URLs, with the
-        # same per-attempt timeout whenever the deadline is further away than it.
+        # Every attempt's deadline, on one timer (usvc.deadlines): set at start.
+        self.deadlines: Deadlines | None = None
+        # Built once, not per call: a service calls the same few URLs.
         self._urls: dict[str, tuple[URL, str]] = {}
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.egress_timeout, sock_connect=settings.egress_connect_timeout
-        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -105,10 +107,15 @@ class Egress:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self._loop)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
+            # No total: an attempt's deadline is usvc's own (EgressCall), which
+            # costs no loop timer per request as aiohttp's total would.
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.settings.egress_connect_timeout
+            ),
             auto_decompress=True,
             trust_env=False,
             middlewares=(self.middleware,),
@@ -118,14 +125,29 @@ class Egress:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self.deadlines is not None:
+            self.deadlines.close()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         return asyncio.get_running_loop() if loop is None else loop
 
-    def request(self, method: str, url: str | URL, **kwargs: Any) -> EgressCall:
-        """Start a call; use as ``async with svc.egress.request("GET", url) as resp``."""
-        return EgressCall(self, method.upper(), *self._target(url), kwargs)
+    def request(
+        self, method: str, url: str | URL, *, timeout: float | None = None, **kwargs: Any
+    ) -> EgressCall:
+        """Start a call; use as ``async with svc.egress.request("GET", url) as resp``.
+
+        ``timeout`` (seconds) bounds this call, retries included, within the
+        request's deadline; ``kwargs`` go to aiohttp's ``ClientSession.request``.
+        """
+        return self._call(method.upper(), url, timeout, kwargs)
+
+    def _call(
+        self, method: str, url: str | URL, timeout: float | None, kwargs: dict[str, Any]
+    ) -> EgressCall:
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        return EgressCall(self, method, *self._target(url), timeout, kwargs)
 
     def _target(self, url: str | URL) -> tuple[URL, str]:
         """The URL and its upstream's name, parsed once per distinct URL string."""
@@ -139,25 +161,17 @@ class Egress:
                 self._urls[url] = target
         return target
 
-    def timeout(self, per_try: float) -> aiohttp.ClientTimeout:
-        """The attempt's timeout: aiohttp's total covers reading the body too."""
-        if per_try == self.settings.egress_timeout:
-            return self._timeout
-        return aiohttp.ClientTimeout(
-            total=per_try, sock_connect=self.settings.egress_connect_timeout
-        )
+    def get(self, url: str | URL, *, timeout: float | None = None, **kwargs: Any) -> EgressCall:
+        return self._call("GET", url, timeout, kwargs)
 
-    def get(self, url: str | URL, **kwargs: Any) -> EgressCall:
-        return self.request("GET", url, **kwargs)
+    def post(self, url: str | URL, *, timeout: float | None = None, **kwargs: Any) -> EgressCall:
+        return self._call("POST", url, timeout, kwargs)
 
-    def post(self, url: str | URL, **kwargs: Any) -> EgressCall:
-        return self.request("POST", url, **kwargs)
+    def put(self, url: str | URL, *, timeout: float | None = None, **kwargs: Any) -> EgressCall:
+        return self._call("PUT", url, timeout, kwargs)
 
-    def put(self, url: str | URL, **kwargs: Any) -> EgressCall:
-        return self.request("PUT", url, **kwargs)
-
-    def delete(self, url: str | URL, **kwargs: Any) -> EgressCall:
-        return self.request("DELETE", url, **kwargs)
+    def delete(self, url: str | URL, *, timeout: float | None = None, **kwargs: Any) -> EgressCall:
+        return self._call("DELETE", url, timeout, kwargs)
 
     def deadline(self, ctx: RequestContext | None) -> float:
         if ctx is None:  # a background call: bounded by one call's timeout
@@ -177,13 +191,20 @@ class EgressCall:
     """
 
     def __init__(
-        self, egress: Egress, method: str, url: URL, upstream: str, kwargs: dict[str, Any]
+        self,
+        egress: Egress,
+        method: str,
+        url: URL,
+        upstream: str,
+        timeout: float | None,
+        kwargs: dict[str, Any],
     ) -> None:
         self.egress = egress
         self.method = method
         self.url = url
         self.kwargs = kwargs
         self.upstream = upstream
+        self.timeout = timeout
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
@@ -203,8 +224,12 @@ class EgressCall:
         settings = egress.settings
         session = egress.session
         loop = egress._running_loop()
+        deadlines = egress.deadlines
+        assert deadlines is not None  # set with the session
         ctx = current_request.get()
         deadline = egress.deadline(None) if ctx is None else ctx.deadline
+        if self.timeout is not None:
+            deadline = min(deadline, loop.time() + self.timeout)
         retries = settings.egress_retries if self.method in IDEMPOTENT_METHODS else 0
         attempt = 0
         while True:
@@ -213,20 +238,26 @@ class EgressCall:
                 raise UpstreamError(504, self.upstream, "deadline exceeded", attempt)
             per_try = min(settings.egress_timeout, remaining)
             token = resend_count.set(attempt) if attempt else None
+            # Covers the body too: the attempt ends when it has been read.
+            timer = deadlines.start(loop.time() + per_try)
+            timer_token = attempt_deadline.set(timer)
             try:
                 response = await session.request(
                     self.method,
                     self.url,
-                    timeout=egress.timeout(per_try),
                     proxy=settings.egress_proxy,
                     allow_redirects=False,
                     **self.kwargs,
                 )
             except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+                timer.close()
                 _, status, detail = failure(exc)
                 if isinstance(exc, TimeoutError):
                     detail = f"no answer within {per_try:.3g}s"
                 answer: aiohttp.ClientResponse | None = None
+            except BaseException:
+                timer.close()
+                raise
             else:
                 answer = response
                 if response.status not in RETRYABLE_STATUS:  # the usual answer: done
@@ -234,6 +265,7 @@ class EgressCall:
                     return response
                 status, detail = 502, f"answered {response.status}"
             finally:
+                attempt_deadline.reset(timer_token)
                 if token is not None:
                     resend_count.reset(token)
             may_retry = attempt < retries and deadline - loop.time() > 0

@@ -31,6 +31,7 @@ def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]:
     logs = tmp_path_factory.mktemp("logs")
     procs: dict[str, Proc] = {}
+    sockets: list[socket.socket] = []
     try:
         procs["worldtime"] = start(
             "worldtime", "services.worldtime.app", {}, logs, ready_path="/api/timezone/Etc/UTC"
@@ -59,6 +60,27 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
             logs,
         )
         dead = free_port()
+        # Accepts connections (the kernel's backlog) and never answers.
+        silent = socket.create_server(("127.0.0.1", 0), backlog=64)
+        sockets.append(silent)
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/timezone/Asia/Jakarta"
+        procs["core-slow"] = start(
+            "core-slow",
+            "services.core.app:svc",
+            {
+                "SERVICE_ENV": "prod",
+                "UPSTREAM_URI": silent_url,
+                "FALLBACK_URI": clock,
+                "TIME_API_TIMEOUT": "0.5",
+            },
+            logs,
+        )
+        procs["core-slow-nofallback"] = start(
+            "core-slow-nofallback",
+            "services.core.app:svc",
+            {"SERVICE_ENV": "prod", "UPSTREAM_URI": silent_url, "TIME_API_TIMEOUT": "0.5"},
+            logs,
+        )
         procs["core-offline"] = start(
             "core-offline",
             "services.core.app:svc",
@@ -98,6 +120,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
     finally:
         for proc in procs.values():
             proc.stop()
+        for sock in sockets:
+            sock.close()
 
 
 def test_plain_text_reply_shows_one_line_per_hop_with_its_time(chain: dict[str, Proc]) -> None:
@@ -162,6 +186,23 @@ def test_core_prod_without_fallback_is_a_502_naming_the_time_api(chain: dict[str
     assert status == 502 and ctype == "application/problem+json"
     assert problem["service"] == "core"
     assert problem["upstream"] == "127.0.0.1"
+
+
+def test_core_prod_falls_back_when_the_time_api_does_not_answer_within_its_timeout(
+    chain: dict[str, Proc],
+) -> None:
+    # TIME_API_TIMEOUT (0.5 s) ends the call, far inside the 10 s egress timeout and
+    # the 15 s request deadline: the fallback answers.
+    status, _, body = get(chain["core-slow"].url + "/", accept="application/json")
+    reply = json.loads(body)
+    assert status == 200, reply
+    assert reply["fallback"] is True
+    assert "no answer within 0.5s" in reply["note"] and "(fallback)" in reply["note"]
+    assert reply["upstream"]["service"] == "clock"
+    status, _, body = get(chain["core-slow-nofallback"].url + "/")
+    problem = json.loads(body)
+    assert status == 504, problem
+    assert problem["upstream"] == "127.0.0.1" and "no answer within 0.5s" in problem["detail"]
 
 
 def test_worldtime_stand_in_speaks_the_real_apis_format(chain: dict[str, Proc]) -> None:
