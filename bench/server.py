@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -42,7 +43,8 @@ CLIENT_KEY = web.AppKey("bench.client", aiohttp.ClientSession)
 def render_text(reply: dict[str, Any], depth: int = 0) -> str:
     """One line per hop, the upstream indented beneath (the demo's text format)."""
     pad = "  " * depth
-    line = f"{pad}took ({reply['took_ms']:g} ms) {reply['service']} {reply['version']}"
+    where = f"{reply['service']} {reply['version']} ({reply['env']}) {reply['instance']}"
+    line = f"{pad}took ({reply['took_ms']:g} ms) {where}"
     if reply.get("called"):
         line += f" --> {reply['called']}"
     upstream = reply.get("upstream")
@@ -58,11 +60,22 @@ def respond(request: web.Request, reply: dict[str, Any]) -> web.Response:
 
 
 def hop_handler(role: str, upstream: str | None) -> Handler:
-    """A chain hop without any framework: the same work as ``services/``."""
+    """A chain hop without any framework: the same work as ``services/``.
+
+    The same reply, field for field, but for what only the framework knows
+    (the trace id): the instance is the host's name, as a usvc service's is
+    by default.
+    """
+    instance = socket.gethostname()
 
     async def index(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        reply: dict[str, Any] = {"service": role, "version": "v1", "env": "bench"}
+        reply: dict[str, Any] = {
+            "service": role,
+            "version": "v1",
+            "env": "bench",
+            "instance": instance,
+        }
         if upstream is None:
             now = datetime.now(UTC).isoformat(timespec="milliseconds")
             reply.update(upstream=f"clock: {now}", time=now, called=None)
