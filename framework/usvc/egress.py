@@ -208,18 +208,7 @@ class EgressCall:
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        return await self._send()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._response is not None:
-            self._response.release()
-
-    async def _send(self) -> aiohttp.ClientResponse:
+        """Send the call's attempts; the answer, or UpstreamError."""
         egress = self.egress
         settings = egress.settings
         session = egress.session
@@ -278,3 +267,12 @@ class EgressCall:
                 raise UpstreamError(status, self.upstream, detail, attempt + 1)
             attempt += 1
             await asyncio.sleep(egress.backoff(attempt, deadline - loop.time()))
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            self._response.release()

@@ -70,13 +70,16 @@ ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 PROBLEM_TYPE = "application/problem+json"
 
 
-def _span_attacher() -> tuple[Callable[[Span], object], Callable[[Any], None]]:
-    """(attach, detach) for making a request's span current.
+def _span_attacher() -> tuple[
+    Callable[[Span], object], Callable[[Any], None], Callable[[], Span | None]
+]:
+    """(attach, detach, current) for making a request's span current and reading it.
 
     With OpenTelemetry's default runtime context (one ContextVar holding a
     Context) the span is set in that variable directly, which is what
     ``context.attach(trace.set_span_in_context(span))`` does through four
-    calls; with any other runtime context, through the API.
+    calls, and read from it as ``trace.get_current_span()`` does through
+    three; with any other runtime context, through the API.
     """
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
     if type(runtime) is not ContextVarsRuntimeContext:
@@ -84,7 +87,7 @@ def _span_attacher() -> tuple[Callable[[Span], object], Callable[[Any], None]]:
         def attach_by_api(span: Span) -> object:
             return otel_context.attach(set_span_in_context(span))
 
-        return attach_by_api, otel_context.detach
+        return attach_by_api, otel_context.detach, get_current_span
     variable = runtime._current_context
 
     def attach(span: Span) -> object:
@@ -101,10 +104,13 @@ def _span_attacher() -> tuple[Callable[[Span], object], Callable[[Any], None]]:
         except Exception:  # as otel_context.detach: never fail the request over it
             log.exception("Failed to detach context")
 
-    return attach, detach
+    def current() -> Span | None:
+        return variable.get().get(_SPAN_KEY)  # type: ignore[return-value]
+
+    return attach, detach, current
 
 
-_attach_span, _detach = _span_attacher()
+_attach_span, _detach, _current_span = _span_attacher()
 
 
 def problem(
@@ -241,7 +247,7 @@ class Service:
         ``svc.tracer``'s span.
         """
         ctx = current_request.get()
-        if ctx is None or get_current_span() is not ctx.span:
+        if ctx is None or _current_span() is not ctx.span:
             return self.tracer.start_span(name, kind=kind, attributes=attributes)
         tracing = self.tracing
         span_id = tracing.new_span_id()
