@@ -8,7 +8,7 @@ through a :class:`contextvars.ContextVar` without passing it by hand.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opentelemetry.trace import Span
 
@@ -24,26 +24,11 @@ class RequestContext:
     sampled: bool
     request_id: str
     deadline: float  # event-loop time by which every egress call must be done
+    # The ids as 32 and 16 lowercase hex digits, formatted once: the access line,
+    # the egress headers, log records, replies and problem documents all read them.
+    trace_id_hex: str
+    span_id_hex: str
     route: str = ""
-    # The ids as hex, made on first use: the access line, log records, replies and
-    # problem documents each read them, and a 128-bit format is not free.
-    _trace_hex: str | None = field(default=None, repr=False, compare=False)
-    _span_hex: str | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def trace_id_hex(self) -> str:
-        text = self._trace_hex
-        if text is None:
-            # to_bytes().hex(): cheaper than an f-string's format spec.
-            text = self._trace_hex = self.trace_id.to_bytes(16, "big").hex()
-        return text
-
-    @property
-    def span_id_hex(self) -> str:
-        text = self._span_hex
-        if text is None:
-            text = self._span_hex = self.span_id.to_bytes(8, "big").hex()
-        return text
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar("usvc_request", default=None)

@@ -357,6 +357,8 @@ class Service:
             sampled,
             incoming.request_id or new_request_id(),
             (self._loop or asyncio.get_running_loop()).time() + deadline,
+            trace_id.to_bytes(16, "big").hex(),
+            span_id.to_bytes(8, "big").hex(),
             route,
         )
 
