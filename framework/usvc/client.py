@@ -220,7 +220,9 @@ class UpstreamResponse(ClientResponse):
         return body
 
     def release(self) -> Any:
-        self._usvc_end()
+        attempt = self._usvc_attempt
+        if attempt is not None and not attempt.done:  # read() has ended it, usually
+            self._usvc_end()
         return super().release()
 
     def close(self) -> None:
@@ -330,9 +332,12 @@ class ClientInstrumentation:
                 trace_hex=ctx.trace_id_hex,
                 parent_hex=ctx.span_id_hex,
             )
-            if not ctx.span.is_recording():  # unsampled (or tracing off): record nothing
+            server = ctx.span
+            # Unsampled (or tracing off): record nothing. usvc made this span, so its
+            # fields are read directly (is_recording(), get_span_context()).
+            if type(server) is not UsvcSpan or server._end is not None:
                 return UnsampledSpan(trace_id, span_id, SAMPLED if ctx.sampled else NOT_SAMPLED)
-            parent = ctx.span.get_span_context()
+            parent = server._context
         else:  # a call outside any request starts a trace of its own
             trace_id, parent = tracing.new_trace_id(), None
             sampled = tracing.enabled and tracing.head_sampler.sampled(Sampling.DEFER, trace_id)

@@ -211,8 +211,10 @@ class EgressCall:
         """Send the call's attempts; the answer, or UpstreamError."""
         egress = self.egress
         settings = egress.settings
-        session = egress.session
-        loop = egress._running_loop()
+        session = egress._session
+        if session is None:  # aiohttp says so itself once it is closed
+            raise RuntimeError("the egress session exists only while the service runs")
+        loop = egress._loop or asyncio.get_running_loop()
         deadlines = egress.deadlines
         assert deadlines is not None  # set with the session
         ctx = current_request.get()

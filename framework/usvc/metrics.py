@@ -157,7 +157,10 @@ class Metrics:
         _add(series, self._bounds, seconds)
 
     def observe_egress(self, upstream: str, method: str, outcome: str, seconds: float) -> None:
-        self.egress.observe((upstream, method, outcome), seconds)
+        egress = self.egress
+        labels = (upstream, method, outcome)
+        series = egress._series.get(labels) or egress.series(labels)
+        _add(series, egress.bounds, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
