@@ -31,10 +31,6 @@ class HopFailed(Exception):
     problem: dict[str, Any]
 
 
-def wants_json(request: web.Request) -> bool:
-    return JSON in request.headers.get("Accept", "")
-
-
 async def call_json(svc: usvc.Service, url: str, within: float | None = None) -> dict[str, Any]:
     """GET ``url`` as JSON through the egress client; raise HopFailed on an error answer.
 
@@ -90,7 +86,7 @@ def render_text(reply: dict[str, Any], depth: int = 0) -> str:
 
 
 def respond(request: web.Request, reply: dict[str, Any]) -> web.Response:
-    if wants_json(request):
+    if JSON in request.headers.get("Accept", ""):
         return web.json_response(reply)
     return web.Response(text=render_text(reply) + "\n")
 

@@ -38,7 +38,7 @@ from yarl import URL
 
 from .context import current_request
 from .deadlines import BodyTimeoutError, Deadline
-from .metrics import Metrics, method_label
+from .metrics import KNOWN_METHODS, Metrics, method_label
 from .propagation import EMPTY, Propagator, Sampling
 from .spans import NOT_SAMPLED, SAMPLED, UnsampledSpan, UsvcSpan, span_context
 from .tracing import Tracing
@@ -267,8 +267,13 @@ class ClientInstrumentation:
             for request_hook in self.request_hooks:
                 _run_hook(request_hook, span, request)
         deadline = attempt_deadline.get()
+        method = request.method  # aiohttp's, upper case: method_label without a call
         attempt = _Attempt(
-            self.metrics, span, target.upstream, method_label(request.method), deadline
+            self.metrics,
+            span,
+            target.upstream,
+            method if method in KNOWN_METHODS else method_label(method),
+            deadline,
         )
         try:
             if deadline is None:
