@@ -5,26 +5,17 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench.builds import CHAIN_HEADERS, Processes, chain_builds
+from tests.chain.conftest import hops
 
 pytestmark = pytest.mark.slow  # starts two chains of real processes
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # What only the framework knows: bare aiohttp has no trace to name.
 FRAMEWORK_ONLY = {"trace_id"}
-
-
-def hops(reply: dict[str, Any]) -> list[dict[str, Any]]:
-    found = []
-    node: Any = reply
-    while isinstance(node, dict) and "service" in node:
-        found.append(node)
-        node = node.get("upstream")
-    return found
 
 
 def reply_of(build: Processes, accept: str) -> str:

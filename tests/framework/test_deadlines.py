@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 import usvc
 from usvc.deadlines import Deadlines
@@ -16,6 +17,23 @@ from usvc.deadlines import Deadlines
 from .conftest import Serve, ServiceFactory
 
 LONG = 10.0  # a deadline no test waits out: one that is cut short takes less than half of it
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def problem_of(serve: Serve, svc: usvc.Service, path: str) -> tuple[int, Any]:
+    """Serve ``svc`` and GET ``path``: (status, JSON body), well before any LONG wait."""
+    front = await serve(svc.app)
+    async with aiohttp.ClientSession() as client:
+        async with asyncio.timeout(LONG / 2):  # fails the test if it waited LONG out
+            async with client.get(front.make_url(path)) as resp:
+                return resp.status, await resp.json(content_type=None)
+
+
+async def upstream(serve: Serve, answer: Handler) -> str:
+    """The URL of a plain aiohttp upstream that answers every GET with ``answer``."""
+    app = web.Application()
+    app.router.add_get("/", answer)
+    return str((await serve(app)).make_url("/"))
 
 
 async def test_a_deadline_turns_its_wait_into_a_timeout_and_leaves_the_task_uncancelled() -> None:
@@ -101,20 +119,17 @@ async def test_an_earlier_deadline_rearms_the_timer_and_a_later_one_does_not() -
 async def test_egress_calls_arm_one_loop_timer_between_them_not_one_each(
     make_service: ServiceFactory, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upstream_app = web.Application()
-
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    upstream_app.router.add_get("/", ok)
-    upstream = await serve(upstream_app)
+    url = await upstream(serve, ok)
     svc = make_service("front", EGRESS_TIMEOUT="5")
     calls = 20
 
     @svc.get("/fan")
     async def fan(request: web.Request) -> web.Response:
         for _ in range(calls):
-            async with svc.egress.get(str(upstream.make_url("/"))) as resp:
+            async with svc.egress.get(url) as resp:
                 assert await resp.text() == "ok"
         return web.Response(text="done")
 
@@ -147,41 +162,32 @@ async def test_a_body_still_coming_at_the_deadline_fails_however_it_is_read(
         await asyncio.sleep(LONG)
         return resp
 
-    upstream_app = web.Application()
-    upstream_app.router.add_get("/", trickle)
-    upstream = await serve(upstream_app)
+    url = await upstream(serve, trickle)
     svc = make_service("front", EGRESS_TIMEOUT="0.2", EGRESS_RETRIES="0")
 
     @svc.get("/stream")
     async def stream(request: web.Request) -> web.Response:
-        async with svc.egress.get(str(upstream.make_url("/"))) as resp:
+        async with svc.egress.get(url) as resp:
             chunks = [chunk async for chunk in resp.content.iter_any()]
             return web.Response(body=b"".join(chunks))
 
-    front = await serve(svc.app)
-    async with aiohttp.ClientSession() as client:
-        async with asyncio.timeout(LONG / 2):
-            async with client.get(front.make_url("/stream")) as resp:
-                problem = await resp.json(content_type=None)
-    assert resp.status == 504, problem
-    assert problem["upstream"] == f"127.0.0.1:{upstream.port}"
+    status, problem = await problem_of(serve, svc, "/stream")
+    assert status == 504, problem
+    assert problem["upstream"] == URL(url).authority
 
 
 async def test_a_body_that_arrived_whole_is_read_after_the_deadline(
     make_service: ServiceFactory, serve: Serve
 ) -> None:
-    upstream_app = web.Application()
-
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="all of it")
 
-    upstream_app.router.add_get("/", ok)
-    upstream = await serve(upstream_app)
+    url = await upstream(serve, ok)
     svc = make_service("front", EGRESS_TIMEOUT="0.1", EGRESS_RETRIES="0")
 
     @svc.get("/late-read")
     async def late_read(request: web.Request) -> web.Response:
-        async with svc.egress.get(str(upstream.make_url("/"))) as resp:
+        async with svc.egress.get(url) as resp:
             await asyncio.sleep(0.3)  # the handler's own work, past the attempt's deadline
             return web.Response(text=await resp.text())
 
@@ -202,23 +208,17 @@ async def test_a_call_timeout_bounds_the_call_retries_included(
         await asyncio.sleep(LONG)
         return web.Response()
 
-    upstream_app = web.Application()
-    upstream_app.router.add_get("/", hang)
-    upstream = await serve(upstream_app)
+    url = await upstream(serve, hang)
     # Each attempt could take 10 s, two retries: the call's own 0.3 s is what ends it.
     svc = make_service("front", EGRESS_TIMEOUT="10", REQUEST_DEADLINE="30", EGRESS_RETRIES="2")
 
     @svc.get("/bounded")
     async def bounded(request: web.Request) -> web.Response:
-        async with svc.egress.get(str(upstream.make_url("/")), timeout=0.3) as resp:
+        async with svc.egress.get(url, timeout=0.3) as resp:
             return web.Response(text=await resp.text())
 
-    front = await serve(svc.app)
-    async with aiohttp.ClientSession() as client:
-        async with asyncio.timeout(LONG / 2):
-            async with client.get(front.make_url("/bounded")) as resp:
-                problem = await resp.json(content_type=None)
-    assert resp.status == 504, problem
+    status, problem = await problem_of(serve, svc, "/bounded")
+    assert status == 504, problem
     assert "no answer within 0.3s" in problem["detail"]
     assert attempts == 1  # no time left for a retry
 
