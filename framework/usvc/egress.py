@@ -224,13 +224,16 @@ class EgressCall:
         retries = settings.egress_retries if self.method in IDEMPOTENT_METHODS else 0
         attempt = 0
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            now = loop.time()
+            if deadline <= now:
                 raise UpstreamError(504, self.upstream, "deadline exceeded", attempt)
-            per_try = min(settings.egress_timeout, remaining)
+            # The attempt's own end, which covers its body too (the attempt ends when
+            # that has been read). Calls bounded by the request's deadline end at
+            # exactly it: none is earlier than the one the timer is armed for.
+            ends = min(now + settings.egress_timeout, deadline)
+            per_try = ends - now
             token = resend_count.set(attempt) if attempt else None
-            # Covers the body too: the attempt ends when it has been read.
-            timer = deadlines.start(loop.time() + per_try)
+            timer = deadlines.start(ends)
             timer_token = attempt_deadline.set(timer)
             try:
                 response = await session.request(

@@ -123,7 +123,9 @@ async def test_egress_calls_arm_one_loop_timer_between_them_not_one_each(
         return web.Response(text="ok")
 
     url = await upstream(serve, ok)
-    svc = make_service("front", EGRESS_TIMEOUT="5")
+    # A timeout no run of 20 local calls reaches, however busy the machine: the timer
+    # armed for the first call's deadline never fires, so nothing re-arms it.
+    svc = make_service("front", EGRESS_TIMEOUT="60", REQUEST_DEADLINE="60")
     calls = 20
 
     @svc.get("/fan")
