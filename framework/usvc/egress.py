@@ -62,6 +62,7 @@ __all__ = ["Egress", "EgressCall", "UpstreamError", "upstream_name"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+_NOT_RUNNING = "the egress session exists only while the service runs"
 # Distinct URL strings whose parse is kept (a service calls a few upstreams).
 _URL_CACHE_SIZE = 256
 
@@ -91,7 +92,7 @@ class Egress:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            raise RuntimeError("the egress session exists only while the service runs")
+            raise RuntimeError(_NOT_RUNNING)
         return self._session
 
     def request_hook(self, hook: RequestHook) -> RequestHook:
@@ -213,10 +214,9 @@ class EgressCall:
         settings = egress.settings
         session = egress._session
         if session is None:  # aiohttp says so itself once it is closed
-            raise RuntimeError("the egress session exists only while the service runs")
-        loop = egress._loop or asyncio.get_running_loop()
-        deadlines = egress.deadlines
-        assert deadlines is not None  # set with the session
+            raise RuntimeError(_NOT_RUNNING)
+        loop, deadlines = egress._loop, egress.deadlines
+        assert loop is not None and deadlines is not None  # set with the session
         ctx = current_request.get()
         deadline = egress.deadline(None) if ctx is None else ctx.deadline
         if self.timeout is not None:

@@ -60,12 +60,6 @@ class RedSeries(Collector):
         # label values -> [count per bucket (the last one is +Inf)..., sum]
         self._series: dict[tuple[str, ...], list[float]] = {}
 
-    def observe(self, labels: tuple[str, ...], seconds: float) -> None:
-        series = self._series.get(labels)
-        if series is None:
-            series = self.series(labels)
-        _add(series, self.bounds, seconds)
-
     def series(self, labels: tuple[str, ...]) -> list[float]:
         """The counts of one label set ([per bucket..., +Inf, sum]), for observing into."""
         series = self._series.get(labels)
@@ -157,6 +151,7 @@ class Metrics:
         _add(series, self._bounds, seconds)
 
     def observe_egress(self, upstream: str, method: str, outcome: str, seconds: float) -> None:
+        """Count one egress attempt (the series looked up in place: one call per attempt)."""
         egress = self.egress
         labels = (upstream, method, outcome)
         series = egress._series.get(labels) or egress.series(labels)

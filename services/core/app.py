@@ -71,10 +71,10 @@ async def index(request: web.Request) -> web.Response:
         falls_back = FALLBACK is not None and not (
             isinstance(exc, HopFailed) and "service" in exc.problem
         )
-        outcome(source, outcome_of(exc), why(exc), fallback=falls_back)
+        reason = why(exc)
+        outcome(source, outcome_of(exc), reason, fallback=falls_back)
         if isinstance(exc, HopFailed) and "service" in exc.problem:
             return failed(svc, exc)  # a mesh hop (clock) failed: say so, don't mask it
-        reason = why(exc)
         if FALLBACK is None:
             status = exc.status if isinstance(exc, usvc.UpstreamError) else 502
             raise usvc.UpstreamError(status, UPSTREAM_HOST, reason) from None
