@@ -187,17 +187,21 @@ class MeshBuild(Build):
             raise StartError(f"the mesh gateway {self.url} does not answer 200")
 
     def _pids(self) -> dict[str, int]:
-        pids = {
-            name: w.process.pid for name, w in self.mesh.workloads.items() if w.process is not None
-        }
-        if self.mesh.proxy is not None:
-            pids["envoy"] = self.mesh.proxy.pid
-        return pids
+        """Every process the mesh runs, by instance (``front-1``, ..., ``envoy``).
+
+        Each replica is a process of its own: a workload with three replicas serves
+        with three, and the build's CPU is all of theirs.
+        """
+        return {name: process.pid for name, process in self.mesh.children().items()}
 
     def cpu(self) -> dict[str, float]:
         return {label: cpu_seconds(pid) for label, pid in self._pids().items()}
 
     def pid_of(self, label: str) -> int:
+        """A workload's first replica (``front``), or one instance by name (``front-2``)."""
+        workload = self.mesh.workloads.get(label)
+        if workload is not None and workload.process is not None:
+            return int(workload.process.pid)
         return self._pids()[label]
 
     def listener_requests(self) -> int | None:
