@@ -89,3 +89,18 @@ def test_each_repeat_run_is_one_run_and_its_md_its_rendering(path: Path) -> None
 
 def test_there_are_repeat_runs_to_check() -> None:
     assert len(REPEATS) >= 2
+
+
+FULL_REPEATS = sorted((ROOT / "bench" / "results").glob("full-repeat-*.json"))
+
+
+@pytest.mark.parametrize("path", FULL_REPEATS, ids=lambda p: p.stem)
+def test_each_full_repeat_is_one_full_run_and_its_md_its_rendering(path: Path) -> None:
+    # Earlier full runs the READMEs cite beside latest.json's: each one run, tables its own.
+    data: dict[str, Any] = json.loads(path.read_text())
+    assert [s["suite"] for s in data["suites"]] == ["single", "chain"]
+    check_one_run(data)
+    md = path.with_suffix(".md").read_text()
+    assert md == report.markdown(data), "render it again from its JSON (bench.report.markdown)"
+    for suite in data["suites"]:
+        check_suite(suite, report.extract(md, suite["suite"]))
