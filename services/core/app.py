@@ -68,13 +68,13 @@ async def index(request: web.Request) -> web.Response:
         # Bounded by TIME_API_TIMEOUT, retries included: a 504 UpstreamError past it.
         body = await call_json(svc, UPSTREAM, TIME_API_TIMEOUT)
     except (HopFailed, usvc.UpstreamError) as exc:
-        falls_back = FALLBACK is not None and not (
-            isinstance(exc, HopFailed) and "service" in exc.problem
-        )
+        # A mesh hop (clock) that failed says so itself: passed on, never masked.
+        hop_failed = exc if isinstance(exc, HopFailed) and "service" in exc.problem else None
         reason = why(exc)
+        falls_back = FALLBACK is not None and hop_failed is None
         outcome(source, outcome_of(exc), reason, fallback=falls_back)
-        if isinstance(exc, HopFailed) and "service" in exc.problem:
-            return failed(svc, exc)  # a mesh hop (clock) failed: say so, don't mask it
+        if hop_failed is not None:
+            return failed(svc, hop_failed)
         if FALLBACK is None:
             status = exc.status if isinstance(exc, usvc.UpstreamError) else 502
             raise usvc.UpstreamError(status, UPSTREAM_HOST, reason) from None
