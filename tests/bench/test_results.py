@@ -73,34 +73,23 @@ def test_readme_benchmarks_section_has_no_table_of_its_own() -> None:
     assert not report.tables(outside), outside
 
 
-REPEATS = sorted((ROOT / "bench" / "results").glob("single-repeat-*.json"))
+RESULTS = ROOT / "bench" / "results"
+# The separate runs the READMEs cite beside latest.json's, and the suites each one ran.
+REPEATS = sorted(RESULTS.glob("single-repeat-*.json"))
+FULL_REPEATS = sorted(RESULTS.glob("full-repeat-*.json"))
+SUITES_OF = {"single-repeat": ["single"], "full-repeat": ["single", "chain"]}
 
 
-@pytest.mark.parametrize("path", REPEATS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", REPEATS + FULL_REPEATS, ids=lambda p: p.stem)
 def test_each_repeat_run_is_one_run_and_its_md_its_rendering(path: Path) -> None:
-    # The separate single-suite runs bench/README.md cites beside the full run.
     data: dict[str, Any] = json.loads(path.read_text())
-    assert [s["suite"] for s in data["suites"]] == ["single"]
-    check_one_run(data)
-    md = path.with_suffix(".md").read_text()
-    assert md == report.markdown(data), "render it again from its JSON (bench.report.markdown)"
-    check_suite(data["suites"][0], report.extract(md, "single"))
-
-
-def test_there_are_repeat_runs_to_check() -> None:
-    assert len(REPEATS) >= 2
-
-
-FULL_REPEATS = sorted((ROOT / "bench" / "results").glob("full-repeat-*.json"))
-
-
-@pytest.mark.parametrize("path", FULL_REPEATS, ids=lambda p: p.stem)
-def test_each_full_repeat_is_one_full_run_and_its_md_its_rendering(path: Path) -> None:
-    # Earlier full runs the READMEs cite beside latest.json's: each one run, tables its own.
-    data: dict[str, Any] = json.loads(path.read_text())
-    assert [s["suite"] for s in data["suites"]] == ["single", "chain"]
+    assert [s["suite"] for s in data["suites"]] == SUITES_OF[path.stem.rsplit("-", 1)[0]]
     check_one_run(data)
     md = path.with_suffix(".md").read_text()
     assert md == report.markdown(data), "render it again from its JSON (bench.report.markdown)"
     for suite in data["suites"]:
         check_suite(suite, report.extract(md, suite["suite"]))
+
+
+def test_there_are_repeat_runs_to_check() -> None:
+    assert len(REPEATS) >= 2
